@@ -1,0 +1,5 @@
+import sys
+
+from loratune.cli import main
+
+sys.exit(main())

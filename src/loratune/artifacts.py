@@ -1,0 +1,186 @@
+"""The run folder: its layout, atomic writes, and saving / loading the trained model with its labels and config.
+
+Every file is written to a temporary name and renamed into place, and `COMPLETE` is written last, so a crash
+never leaves a half-written file that looks valid, and an unfinished run never looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import RunError
+
+COMPLETE = "COMPLETE"
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+FULL_MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "learning_rate",
+    "epoch_seconds",
+)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; is {path.parent} a loratune run folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is damaged ({error}); rerun training or restore the file.") from None
+
+
+def save_directory(path: Path, write: Any) -> None:
+    """Call `write(tmp_dir)` and move the result to `path` in one rename (replacing an older copy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder, refusing to write over a finished run unless asked to."""
+    if (run_dir / COMPLETE).exists():
+        if not overwrite:
+            raise RunError(f"{run_dir} already holds a finished run; choose another --output-dir or pass --overwrite.")
+        (run_dir / COMPLETE).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def mark_complete(run_dir: Path) -> None:
+    write_text(run_dir / COMPLETE, "")
+
+
+def check_run(run_dir: str | Path) -> Path:
+    """The run folder as a Path, or a RunError saying why it cannot be used."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"Run folder {str(run_dir)!r} does not exist; check the path (train one with loratune train).")
+    if not (run_dir / COMPLETE).exists():
+        raise RunError(f"{run_dir} is not a finished run (no {COMPLETE} marker); it failed or is still training.")
+    return run_dir
+
+
+def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
+    """Save what the method trained: a PEFT adapter, the head weights, or the whole model; and the tokenizer."""
+    if method in ("lora", "dora", "ia3"):
+        save_directory(run_dir / ADAPTER_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))
+    elif method == "head":
+        from safetensors.torch import save_file
+
+        state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
+        os.close(fd)
+        save_file(state, tmp)
+        os.replace(tmp, run_dir / HEAD_FILE)
+    elif method == "full":
+        save_directory(run_dir / FULL_MODEL_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))
+    save_directory(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
+
+
+def artifact_size_bytes(run_dir: Path, method: str) -> int:
+    """Bytes on disk of what the method adds to the base model."""
+    path = {"head": run_dir / HEAD_FILE, "full": run_dir / FULL_MODEL_DIR}.get(method, run_dir / ADAPTER_DIR)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    write_json(run_dir / "metrics.json", metrics)
+    write_text(run_dir / "history.csv", history_csv(metrics.get("history", [])))
+
+
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str], Any]:
+    """Rebuild the trained classifier from a run folder.
+
+    Returns:
+        (model in eval mode, tokenizer, label names, Config)
+
+    Raises:
+        RunError: for a missing, unfinished or damaged run folder.
+    """
+    from loratune.config import load_config
+    from loratune.modeling import load_classifier, load_tokenizer
+
+    run_dir = check_run(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    labels = read_json(run_dir / "labels.json")
+    method = cfg.lora.method
+    base = cfg.model.name_or_path
+    trust = cfg.model.trust_remote_code
+    try:
+        tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
+        if method == "full":
+            model, _ = load_classifier(str(run_dir / FULL_MODEL_DIR), labels, trust)
+        else:
+            model, _ = load_classifier(base, labels, trust)
+            model.config.pad_token_id = tokenizer.pad_token_id
+            if method in ("lora", "dora", "ia3"):
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))
+            elif method == "head":
+                from safetensors.torch import load_file
+
+                missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
+                if missing:
+                    raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
+    except RunError:
+        raise
+    except Exception as error:
+        if type(error).__name__ == "ModelError":
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer, labels, cfg

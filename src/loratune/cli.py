@@ -1,0 +1,187 @@
+"""Command line: `loratune train | evaluate | predict | report | validate`. Each subcommand is a few lines that call
+the library; user mistakes print one line and exit with status 2 (`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from loratune.config import Config, field_flags, load_config
+from loratune.errors import LoratuneError
+
+EXIT_USAGE = 2
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, help text taken from the field; values stay strings until `Config.from_dict`."""
+    parser.add_argument("--config", metavar="YAML", help="Config file; flags and key=value overrides win over it.")
+    for section in ("data", "model", "lora", "train"):
+        group = parser.add_argument_group(f"{section} options")
+        for flag, key, f in field_flags():
+            if not key.startswith(section + "."):
+                continue
+            default = f.default if f.default is not None else "auto"
+            kwargs: dict[str, Any] = {
+                "dest": key,
+                "default": argparse.SUPPRESS,
+                "help": f"{f.metadata['help']} [{key}, default: {default}]",
+            }
+            if f.type in (bool, "bool"):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(flag, metavar=f.name.upper(), **kwargs)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="Overrides such as train.learning_rate=3e-4."
+    )
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    overrides = dict(item.partition("=")[::2] for item in args.overrides if "=" in item)
+    bad = [item for item in args.overrides if "=" not in item]
+    if bad:
+        from loratune.errors import ConfigError
+
+        raise ConfigError(f"Unexpected argument {bad[0]!r}; overrides look like train.learning_rate=3e-4.")
+    return load_config(args.config, {**given, **overrides})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import loratune
+
+    cfg = _config_from_args(args)
+    result = loratune.train(cfg)
+    _print_summary(result.metrics, result.run_dir)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    print(cfg.to_yaml(), end="")
+    print("config OK", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from loratune import artifacts
+    from loratune.batching import build_eval_loader
+    from loratune.data import load_eval_split, tokenize
+    from loratune.evaluate import evaluate
+    from loratune.hardware import resolve_device
+
+    run_dir = artifacts.check_run(args.run)
+    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, resolve_device(args.device))
+    data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
+    ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
+    metrics = evaluate(model, build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id), labels)
+    metrics["truncated"] = truncated
+    if args.output:
+        artifacts.write_json(Path(args.output), metrics)
+    print(
+        f"{args.split}: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  ({metrics['num_samples']} texts)"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from loratune.errors import DataError
+    from loratune.predict import Predictor, read_texts, write_predictions
+
+    texts = list(args.text or [])
+    if args.input:
+        texts += read_texts(args.input, args.text_column)
+    if not texts:
+        raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
+    predictor = Predictor.from_run(args.run, device=args.device)
+    predictions = predictor.predict(texts)
+    if args.output:
+        write_predictions(args.output, texts, predictions)
+        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for text, p in zip(texts, predictions, strict=True):
+            print(f"{p['label']}\t{p['score']:.4f}\t{text}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from loratune.report import write_report
+
+    print(write_report(args.run))
+    return 0
+
+
+def _print_summary(metrics: dict, run_dir: Path) -> None:
+    before, after = metrics["before"], metrics["after"]
+    print(f"run folder: {run_dir}")
+    print(f"{'metric':<10} {'before':>8} {'after':>8}")
+    for key in ("accuracy", "precision", "recall", "f1"):
+        print(f"{key:<10} {before[key]:>8.4f} {after[key]:>8.4f}")
+    print(
+        f"trained {metrics['trainable_params']:,} of {metrics['total_params']:,} parameters "
+        f"in {metrics['train_seconds']:.1f}s; best epoch {metrics['best_epoch']}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loratune", description="LoRA fine-tuning of text classifiers, measured.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks for user errors too.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="Evaluate, fine-tune with LoRA, evaluate again; write a run folder.")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    validate = sub.add_parser("validate", help="Check a config (and flags) without loading a model.")
+    _add_config_flags(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    evaluate = sub.add_parser("evaluate", help="Score a finished run on a labelled dataset.")
+    evaluate.add_argument("run", help="Run folder.")
+    evaluate.add_argument("--data", required=True, help="Folder or file with labelled texts.")
+    evaluate.add_argument("--split", default="test", help="Split file to use in a folder (default: test).")
+    evaluate.add_argument("--max-samples", type=int, default=None, help="Score at most this many texts.")
+    evaluate.add_argument("--output", help="Write the metrics as JSON here.")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="Label texts with a finished run.")
+    predict.add_argument("run", help="Run folder.")
+    predict.add_argument("--text", action="append", help="A text to classify (repeatable).")
+    predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
+    predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
+    predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="Rebuild plots, report.md and report.html from a run folder.")
+    report.add_argument("run", help="Run folder.")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `loratune` command; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except LoratuneError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

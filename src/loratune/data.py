@@ -1,0 +1,358 @@
+"""Load a labelled text dataset into train / validation / test splits with a stable label map, and tokenise it.
+
+Datasets stay Arrow tables (memory-mapped by `datasets`) from file to tokens, so a large CSV is never held in
+Python lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from loratune.config import DataArgs
+from loratune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document", "utterance", "query")
+PAIR_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("text", "text_pair"),
+    ("text1", "text2"),
+)
+LABEL_COLUMNS = ("label", "labels", "category", "class", "intent", "target", "sentiment")
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev", "development"),
+    "test": ("test", "testing", "eval"),
+}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Splits:
+    """Train / validation / test datasets with columns `text`, optional `text_pair`, and integer `label`."""
+
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+    labels: list[str]
+    has_test: bool = True
+
+    @property
+    def eval_name(self) -> str:
+        """The split that 'before' and 'after' are measured on."""
+        return "test" if self.has_test else "validation"
+
+    @property
+    def eval(self) -> Dataset:
+        return self.test if self.has_test else self.validation
+
+    @property
+    def is_pair(self) -> bool:
+        return "text_pair" in self.train.column_names
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """{split: {label name: rows}}, for the report."""
+        counts = {}
+        for name in ("train", "validation", "test"):
+            ids = getattr(self, name)["label"]
+            counts[name] = {label: 0 for label in self.labels}
+            for i in ids:
+                counts[name][self.labels[i]] += 1
+        return counts
+
+
+def load_splits(args: DataArgs, seed: int = 42) -> Splits:
+    """Load, check, label-encode and subsample the dataset named by `args.path`.
+
+    Raises:
+        DataError: for a missing path, an empty file, a missing or ambiguous column, a single-class train split,
+            or a label in validation/test that train lacks.
+    """
+    if not args.path:
+        raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
+    raw = _load_raw(args)
+    text_col, pair_col, label_col = _detect_columns(raw["train"], args)
+    raw = DatasetDict({name: _standardise(ds, name, text_col, pair_col, label_col) for name, ds in raw.items()})
+    labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
+    raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
+
+    has_test = "test" in raw
+    if "test" not in raw:
+        raw["train"], raw["test"] = _carve(raw["train"], args.test_ratio, seed, "test")
+        has_test = True
+    if "validation" not in raw:
+        raw["train"], raw["validation"] = _carve(raw["train"], args.validation_ratio, seed, "validation")
+    train = _subsample(raw["train"], args.max_train_samples, seed)
+    if len(set(train.unique("label"))) < 2:
+        raise DataError(
+            f"The train split has a single class ({labels[train[0]['label']]!r}); a classifier needs at least two. "
+            "Check data.label_column or the data file."
+        )
+    validation = _subsample(raw["validation"], args.max_eval_samples, seed)
+    test = _subsample(raw["test"], args.max_eval_samples, seed)
+    return Splits(train=train, validation=validation, test=test, labels=labels, has_test=has_test)
+
+
+def _load_raw(args: DataArgs) -> DatasetDict:
+    path = Path(args.path).expanduser()
+    if path.is_dir():
+        files = _split_files(path)
+    elif path.is_file():
+        files = {"train": path}
+    elif path.suffix.lower() in FORMATS or args.path.startswith((".", "/", "~")) or args.path.count("/") > 1:
+        raise DataError(f"Data path {args.path!r} does not exist; check the path, or give a hub dataset id.")
+    else:
+        return _load_hub(args)
+    loaded = {}
+    for split, file in files.items():
+        if file.stat().st_size == 0:
+            raise DataError(f"{file} is empty; it needs a header row and at least one labelled row.")
+        loaded[split] = _read_file(file)
+        if len(loaded[split]) == 0:
+            raise DataError(f"{file} has a header but no rows; add labelled rows.")
+    return DatasetDict(loaded)
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in FORMATS:
+            continue
+        for split, names in SPLIT_NAMES.items():
+            if file.stem.lower() in names:
+                if split in found:
+                    raise DataError(f"{folder} has two {split} files ({found[split].name}, {file.name}); keep one.")
+                found[split] = file
+    if "train" not in found:
+        data_files = [f.name for f in folder.iterdir() if f.suffix.lower() in FORMATS]
+        if len(data_files) == 1:
+            return {"train": folder / data_files[0]}
+        raise DataError(
+            f"{folder} has no train file; name it train.csv (or .jsonl / .parquet), with optional "
+            f"validation and test files beside it. Found: {sorted(data_files) or 'no data files'}."
+        )
+    return found
+
+
+def _read_file(file: Path) -> Dataset:
+    fmt = FORMATS[file.suffix.lower()]
+    kwargs: dict[str, Any] = {"sep": "\t"} if file.suffix.lower() == ".tsv" else {}
+    try:
+        # keep_in_memory=False: datasets writes an Arrow cache and memory-maps it, so big files stay on disk.
+        ds = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
+    except Exception as error:  # datasets raises many types for a malformed file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"Could not read {file} as {fmt.upper()}: {first}. Check the file's format.") from error
+    return ds
+
+
+def _load_hub(args: DataArgs) -> DatasetDict:
+    try:
+        loaded = datasets.load_dataset(args.path, args.subset)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(
+            f"Could not load dataset {args.path!r} from the hub ({first}); check the id and network, or pass a "
+            "local folder or file."
+        ) from error
+    splits = {}
+    for split, names in SPLIT_NAMES.items():
+        for name in names:
+            if name in loaded:
+                splits[split] = loaded[name]
+                break
+    if "train" not in splits:
+        raise DataError(f"Dataset {args.path!r} has no train split (it has {list(loaded)}).")
+    # A hub test split without labels (GLUE marks them -1) cannot measure anything; carve one from train instead.
+    for split in ("validation", "test"):
+        if split in splits and _unlabelled(splits[split]):
+            log.warning("The hub %s split has no labels; carving one out of train instead.", split)
+            del splits[split]
+    return DatasetDict(splits)
+
+
+def _unlabelled(ds: Dataset) -> bool:
+    for column in LABEL_COLUMNS:
+        if column in ds.column_names:
+            sample = ds.select(range(min(len(ds), 100)))[column]
+            return all(v is None or v == -1 for v in sample)
+    return False
+
+
+def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str]:
+    columns = ds.column_names
+    lowered = {c.lower(): c for c in columns}
+    for role, given in (
+        ("text", args.text_column),
+        ("text pair", args.text_pair_column),
+        ("label", args.label_column),
+    ):
+        if given is not None and given not in columns:
+            key = {"text": "text_column", "text pair": "text_pair_column", "label": "label_column"}[role]
+            raise DataError(f"data.{key}={given!r} is not in the train split; its columns are {columns}.")
+    label = args.label_column or _pick(lowered, LABEL_COLUMNS, "label", columns, "label_column")
+    text, pair = args.text_column, args.text_pair_column
+    if text is None:
+        for first, second in PAIR_COLUMNS:
+            if first in lowered and second in lowered:
+                text, pair = lowered[first], pair or lowered[second]
+                break
+    if text is None:
+        text = _pick(lowered, TEXT_COLUMNS, "text", columns, "text_column", exclude={label})
+    if text == label:
+        raise DataError(f"The text and label columns are both {text!r}; set data.text_column or data.label_column.")
+    return text, pair, label
+
+
+def _pick(lowered: dict[str, str], candidates: tuple[str, ...], role: str, columns: list, key: str, exclude=()) -> str:
+    found = [lowered[c] for c in candidates if c in lowered and lowered[c] not in exclude]
+    if not found:
+        raise DataError(
+            f"No {role} column found among {columns}; name it with --{key.replace('_', '-')} "
+            f"(looked for {', '.join(candidates)})."
+        )
+    if len(found) > 1 and role == "label":
+        raise DataError(f"Several possible {role} columns {found}; choose one with --{key.replace('_', '-')}.")
+    return found[0]
+
+
+def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: str) -> Dataset:
+    wanted = [text, label] + ([pair] if pair else [])
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise DataError(f"The {split} split lacks column(s) {missing}; its columns are {ds.column_names}.")
+    ds = ds.select_columns(wanted)
+    mapping = {text: "text", label: "label"} | ({pair: "text_pair"} if pair else {})
+    ds = ds.rename_columns({old: new for old, new in mapping.items() if old != new})
+    before = len(ds)
+    ds = ds.filter(_usable_rows, batched=True)
+    if len(ds) < before:
+        log.warning("Dropped %d of %d %s rows with an empty text or a missing label.", before - len(ds), before, split)
+    if len(ds) == 0:
+        raise DataError(f"The {split} split has no row with both a text and a label; check its columns and values.")
+    texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
+    if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
+        ds = ds.map(lambda b: {k: [str(v) for v in b[k]] for k in texts}, batched=True)
+    return ds
+
+
+def _usable_rows(batch: dict[str, list]) -> list[bool]:
+    keep = []
+    for i, label in enumerate(batch["label"]):
+        text_ok = all(isinstance(batch[c][i], str) and batch[c][i].strip() for c in batch if c.startswith("text"))
+        label_ok = label is not None and not (isinstance(label, float) and math.isnan(label)) and str(label).strip()
+        keep.append(bool(text_ok and label_ok))
+    return keep
+
+
+def _label_names(train: Dataset, label_col_feature: Any) -> list[str]:
+    if isinstance(label_col_feature, ClassLabel):
+        return list(label_col_feature.names)
+    values = train.unique("label")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in values):
+        return [str(int(v)) for v in sorted(values)]
+    return sorted(str(v).strip() for v in set(values))
+
+
+def _encode_labels(ds: Dataset, split: str, labels: list[str]) -> Dataset:
+    if isinstance(ds.features["label"], ClassLabel) and list(ds.features["label"].names) == labels:
+        return ds
+    index = {name: i for i, name in enumerate(labels)}
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        names = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip() for v in batch["label"]]
+        unknown = sorted({n for n in names if n not in index})
+        if unknown:
+            raise DataError(
+                f"The {split} split has label(s) {unknown} that train lacks; known labels: {labels}. "
+                "Fix the labels or add train examples of them."
+            )
+        return {"label": [index[n] for n in names]}
+
+    features = ds.features.copy()
+    features["label"] = ClassLabel(names=labels)
+    return ds.map(encode, batched=True, features=features)
+
+
+def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Dataset]:
+    size = max(1, round(len(ds) * ratio))
+    if len(ds) - size < 2:
+        raise DataError(f"Too few rows ({len(ds)}) to carve a {name} split out of train; add rows or a {name} file.")
+    try:
+        parts = ds.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
+    except ValueError:  # a class with a single example cannot be stratified
+        log.warning("A class is too small to stratify the %s split; splitting at random.", name)
+        parts = ds.train_test_split(test_size=size, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int]:
+    """Tokenise once (cached by `datasets`) and add a `length` column for length-grouped batching.
+
+    Returns:
+        The tokenised dataset (input_ids, attention_mask, [token_type_ids], label, length) and how many texts
+        were longer than `max_length` and so truncated.
+    """
+    pair = "text_pair" in ds.column_names
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        args = (batch["text"], batch["text_pair"]) if pair else (batch["text"],)
+        full = tokenizer(*args, truncation=False, verbose=False)
+        over = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
+        if over:
+            # Only the few long texts are encoded a second time, so the truncation count costs almost nothing.
+            cut = tokenizer(*[[a[i] for i in over] for a in args], truncation=True, max_length=max_length)
+            for key in full:
+                for j, i in enumerate(over):
+                    full[key][i] = cut[key][j]
+        over_set = set(over)
+        full["length"] = [len(ids) for ids in full["input_ids"]]
+        full["truncated"] = [i in over_set for i in range(len(batch["text"]))]
+        return dict(full)
+
+    remove = [c for c in ds.column_names if c != "label"]
+    encoded = ds.map(encode, batched=True, batch_size=1000, remove_columns=remove, desc="Tokenising")
+    truncated = int(sum(encoded["truncated"]))
+    return encoded.remove_columns("truncated"), truncated
+
+
+def load_eval_split(args: DataArgs, split: str, labels: list[str]) -> Dataset:
+    """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate`).
+
+    A folder gives its `split` file; a single file is used whole.
+
+    Raises:
+        DataError: as `load_splits`, and when the split is missing or has a label the run never saw.
+    """
+    if not args.path:
+        raise DataError("No dataset given; pass --data PATH.")
+    path = Path(args.path).expanduser()
+    if path.is_file():
+        raw = {split: _read_file(path)}
+        if len(raw[split]) == 0:
+            raise DataError(f"{path} has a header but no rows; add labelled rows.")
+    else:
+        loaded = _load_raw(args)
+        if split not in loaded:
+            raise DataError(f"{args.path} has no {split} split (it has {list(loaded)}); choose one with --split.")
+        raw = {split: loaded[split]}
+    text_col, pair_col, label_col = _detect_columns(raw[split], args)
+    ds = _standardise(raw[split], split, text_col, pair_col, label_col)
+    return _subsample(_encode_labels(ds, split, labels), args.max_eval_samples, seed=0)

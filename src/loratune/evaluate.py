@@ -1,0 +1,78 @@
+"""Predictions -> metrics: accuracy, macro precision / recall / F1, per-class scores, confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None) -> dict:
+    """Scores of predicted label ids against true ones; macro averages weigh every class alike.
+
+    Returns:
+        accuracy, precision, recall, f1 (macro), per_class {name: precision, recall, f1, support},
+        confusion_matrix (rows = true, columns = predicted), num_samples, and loss when given.
+    """
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, average=None, zero_division=0
+    )
+    metrics: dict[str, Any] = {
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "precision": float(np.mean(precision)),
+        "recall": float(np.mean(recall)),
+        "f1": float(np.mean(f1)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(labels)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        "num_samples": int(len(y_true)),
+    }
+    if loss is not None:
+        metrics["loss"] = float(loss)
+    return metrics
+
+
+def predict_logits(model: torch.nn.Module, loader: Any, accelerator: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the model over a loader under inference mode; returns (logits, labels) in the loader's order.
+
+    With an Accelerate `accelerator`, each process scores its shard and the results are gathered.
+    """
+    model.eval()
+    all_logits, all_labels = [], []
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    with torch.inference_mode(), _autocast(accelerator, device):
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels", None)
+            logits = model(**batch).logits.float()
+            if accelerator is not None:
+                logits, labels = accelerator.gather_for_metrics((logits, labels))
+            all_logits.append(logits.cpu())
+            if labels is not None:
+                all_labels.append(labels.cpu())
+    logits = torch.cat(all_logits).numpy() if all_logits else np.zeros((0, 0))
+    labels = torch.cat(all_labels).numpy() if all_labels else np.zeros((0,), dtype=int)
+    return logits, labels
+
+
+def _autocast(accelerator: Any, device: torch.device):
+    if accelerator is not None:
+        return accelerator.autocast()
+    return torch.autocast(device.type, enabled=False)
+
+
+def evaluate(model: torch.nn.Module, loader: Any, labels: list[str], accelerator: Any = None) -> dict:
+    """Metrics (and mean cross-entropy loss) of `model` on every example of `loader`."""
+    logits, y_true = predict_logits(model, loader, accelerator)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true)).item()
+    return compute_metrics(y_true, logits.argmax(-1), labels, loss=loss)

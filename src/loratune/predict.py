@@ -1,0 +1,133 @@
+"""Load a finished run and classify new texts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loratune import artifacts
+from loratune.errors import DataError
+
+
+class Predictor:
+    """A trained classifier from a run folder, ready to label texts.
+
+    Example:
+        >>> Predictor.from_run("runs/sst2").predict(["an utterly charming film"])
+        [{'label': 'positive', 'score': 0.97, 'probabilities': {'negative': 0.03, 'positive': 0.97}}]
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int, batch_size: int = 128):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+        """Load base model + adapter + labels from `run_dir`; LoRA is merged into the weights for speed.
+
+        Args:
+            run_dir: a finished run folder.
+            device: auto, cpu or cuda.
+            precision: fp32 (default, exact) or bf16 (faster on CPUs and GPUs with bf16).
+        """
+        from loratune.hardware import resolve_device
+
+        device = resolve_device(device)
+        model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device)
+        if hasattr(model, "merge_and_unload") and cfg.lora.method in ("lora", "dora", "ia3"):
+            model = model.merge_and_unload()  # one matmul per layer instead of base + adapter
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        return cls(model, tokenizer, labels, cfg.data.max_length, cfg.train.eval_batch_size)
+
+    def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> torch.Tensor:
+        """Class probabilities, shape (len(texts), num_labels), in the order of `texts`."""
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths batch with little padding
+        probs = torch.empty((len(texts), len(self.labels)))
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                args = [[texts[i] for i in idx]]
+                if text_pairs is not None:
+                    args.append([text_pairs[i] for i in idx])
+                batch = self.tokenizer(
+                    *args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+                ).to(device)
+                logits = self.model(**batch).logits.float()
+                probs[idx] = torch.softmax(logits, dim=-1).cpu()
+        return probs
+
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Label, its probability, and every class's probability for each text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = self.predict_proba(list(texts), text_pairs)
+        results = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append(
+                {
+                    "label": self.labels[best],
+                    "score": row[best],
+                    "probabilities": dict(zip(self.labels, row, strict=True)),
+                }
+            )
+        return results
+
+
+def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
+    """Texts from a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Input file {str(path)!r} does not exist; check the path.")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+    elif suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise DataError(f"Cannot read {path.name}: use a .csv, .tsv, .jsonl or .txt file.")
+    if not rows:
+        raise DataError(f"{path} has no rows to predict.")
+    columns = list(rows[0])
+    column = text_column or ("text" if "text" in columns else columns[0] if len(columns) == 1 else None)
+    if column is None or column not in columns:
+        raise DataError(
+            f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
+        )
+    return [str(row[column]) for row in rows]
+
+
+def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:
+    """Write text, label, score and per-class probabilities as CSV or JSONL (by the file's extension)."""
+    path = Path(path)
+    rows = [
+        {"text": t, "label": p["label"], "score": round(p["score"], 6)}
+        | {f"prob_{k}": round(v, 6) for k, v in p["probabilities"].items()}
+        for t, p in zip(texts, predictions, strict=True)
+    ]
+    if path.suffix.lower() in (".jsonl", ".json"):
+        artifacts.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    elif path.suffix.lower() == ".csv":
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "label", "score"])
+        writer.writeheader()
+        writer.writerows(rows)
+        artifacts.write_text(path, buffer.getvalue())
+    else:
+        raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")

@@ -1,0 +1,178 @@
+"""Open report.html and comparison.html in headless Chromium: every image decodes, tables show, phones fit.
+
+Needs Debian's chromium (`apt-get install chromium`); CI installs it. Chromium is driven over its DevTools protocol
+through `--remote-debugging-pipe` (JSON messages on file descriptors 3 and 4), so no driver or extra package is
+needed, the pages are loaded unchanged, and a phone can be emulated properly: plain `--window-size` won't go below
+500 px in headless mode. Full-page screenshots go to tmp_path, and also to LORATUNE_SCREENSHOT_DIR when it is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report import PNG_MAGIC, SIX, write_fake_run  # tests/ is on sys.path under pytest's default import mode
+
+from loratune.report import write_comparison, write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_S = 60.0
+# Emulation.setDeviceMetricsOverride parameters: a common phone, and a laptop.
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+DESKTOP = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+# Runs inside the page once it has loaded; returns what the test asserts on.
+CHECK_JS = """
+new Promise((resolve) => {
+  const check = () => {
+    const images = Array.from(document.images);
+    resolve({
+      url: location.href,
+      images: images.length,
+      decoded: images.filter((img) => img.complete && img.naturalWidth > 0).length,
+      tables: document.querySelectorAll("table").length,
+      overflow_px: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    });
+  };
+  document.readyState === "complete" ? check() : window.addEventListener("load", check);
+})
+"""
+
+
+class Browser:
+    """Just enough of the Chrome DevTools protocol, over --remote-debugging-pipe, to load, check and screenshot."""
+
+    def __init__(self, profile: Path) -> None:
+        # Chromium reads commands from fd 3 and writes replies to fd 4.
+        commands_r, self._commands = os.pipe()
+        self._replies, replies_w = os.pipe()
+
+        def wire_pipes() -> None:
+            os.dup2(commands_r, 3)
+            os.dup2(replies_w, 4)
+
+        offline = (
+            "--disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync"
+        )
+        command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *offline.split()]
+        command += ["--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        self._process = subprocess.Popen(
+            command, pass_fds=(3, 4), preexec_fn=wire_pipes, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        os.close(commands_r)
+        os.close(replies_w)
+        self._buffer = b""
+        self._events: list[dict[str, Any]] = []
+        self._next_id = 0
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Page.enable", session=True)
+
+    def call(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self._session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read()
+            if reply.get("id") == self._next_id:
+                assert "error" not in reply, f"{method} failed: {reply['error']}"
+                return reply["result"]
+            self._events.append(reply)
+
+    def wait_for(self, event: str) -> None:
+        while not any(e.get("method") == event for e in self._events):
+            self._events.append(self._read())
+        self._events.clear()
+
+    def open(self, page: Path, device: dict[str, Any]) -> dict[str, Any]:
+        """Load `page` on the emulated `device` and return what CHECK_JS found."""
+        self.call("Emulation.setDeviceMetricsOverride", session=True, **device)
+        self._events.clear()
+        self.call("Page.navigate", session=True, url=page.as_uri())
+        self.wait_for("Page.loadEventFired")
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=CHECK_JS, awaitPromise=True, returnByValue=True
+        )
+        return result["result"]["value"]
+
+    def screenshot(self, path: Path) -> Path:
+        shot = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+            self._process.wait(timeout=10)
+        finally:
+            if self._process.poll() is None:
+                self._process.kill()
+            os.close(self._commands)
+            os.close(self._replies)
+
+    def _read(self) -> dict[str, Any]:
+        """The next NUL-terminated JSON message from Chromium, failing rather than hanging if none comes."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._replies], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"Chromium sent nothing for {TIMEOUT_S:.0f} s"
+            chunk = os.read(self._replies, 1 << 16)
+            assert chunk, "Chromium closed the DevTools pipe"
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def pages(tmp_path) -> dict[str, Path]:
+    runs = {
+        "base": write_fake_run(tmp_path / "runs" / "base", SIX, epochs=0, method="base", after_acc=0.5),
+        "head": write_fake_run(tmp_path / "runs" / "head", SIX, epochs=2, method="head", after_acc=0.71),
+        "lora": write_fake_run(tmp_path / "runs" / "lora", SIX, epochs=3, method="lora", after_acc=0.86),
+    }
+    return {"report": write_report(runs["lora"]), "comparison": write_comparison(tmp_path / "compare", runs)}
+
+
+def keep_screenshot(shot: Path) -> None:
+    assert shot.read_bytes()[:8] == PNG_MAGIC
+    keep = os.environ.get("LORATUNE_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+@pytest.mark.parametrize(("page", "images", "tables"), [("report", 4, 6), ("comparison", 2, 1)])
+@pytest.mark.parametrize("device", ["phone", "desktop"])
+def test_page_renders_every_image_and_table_and_fits_the_screen(
+    browser, pages, tmp_path, page, images, tables, device
+):
+    found = browser.open(pages[page], PHONE if device == "phone" else DESKTOP)
+
+    assert found["url"] == pages[page].as_uri()
+    assert found["images"] == images
+    assert found["decoded"] == images, "some <img> did not decode"
+    assert found["tables"] == tables
+    # Wide tables and figures scroll inside their own boxes; the page itself must never scroll sideways.
+    assert found["overflow_px"] <= 0
+    keep_screenshot(browser.screenshot(tmp_path / f"{page}-{device}.png"))
