@@ -150,7 +150,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
         RunError: for a missing, unfinished or damaged run folder.
     """
     from loratune.config import load_config
-    from loratune.modeling import load_classifier, load_tokenizer
+    from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, use_mean_pooling
 
     run_dir = check_run(run_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -158,13 +158,16 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     method = cfg.lora.method
     base = cfg.model.name_or_path
     trust = cfg.model.trust_remote_code
+    attention = resolve_attention(cfg.model.attn_implementation, device)
     try:
         tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
         if method == "full":
-            model, _ = load_classifier(str(run_dir / FULL_MODEL_DIR), labels, trust)
+            model, _ = load_classifier(str(run_dir / FULL_MODEL_DIR), labels, trust, attention)
         else:
-            model, _ = load_classifier(base, labels, trust)
+            model, _ = load_classifier(base, labels, trust, attention)
             model.config.pad_token_id = tokenizer.pad_token_id
+            if cfg.model.pooling == "mean":
+                use_mean_pooling(model)
             if method in ("lora", "dora", "ia3"):
                 from peft import PeftModel
 

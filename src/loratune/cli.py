@@ -16,13 +16,13 @@ from loratune.errors import LoratuneError
 EXIT_USAGE = 2
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
     """One flag per config field, help text taken from the field; values stay strings until `Config.from_dict`."""
     parser.add_argument("--config", metavar="YAML", help="Config file; flags and key=value overrides win over it.")
     for section in ("data", "model", "lora", "train"):
         group = parser.add_argument_group(f"{section} options")
         for flag, key, f in field_flags():
-            if not key.startswith(section + "."):
+            if not key.startswith(section + ".") or key in skip:
                 continue
             default = f.default if f.default is not None else "auto"
             kwargs: dict[str, Any] = {
@@ -109,6 +109,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loratune.compare import compare, parse_methods
+
+    methods = parse_methods(args.methods)
+    cfg = _config_from_args(args)
+    print(compare(cfg, methods, args.compare_dir))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from loratune.report import write_report
 
@@ -158,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     predict.set_defaults(func=cmd_predict)
+
+    compare = sub.add_parser("compare", help="Train several methods on the same data and compare them in one table.")
+    compare.add_argument(
+        "--methods", default="base,head,lora,full", help="Comma-separated: base, head, lora, full, dora, ia3."
+    )
+    compare.add_argument(
+        "--compare-dir", "--output-dir", dest="compare_dir", required=True, help="Folder for all runs."
+    )
+    _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
+    compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="Rebuild plots, report.md and report.html from a run folder.")
     report.add_argument("run", help="Run folder.")

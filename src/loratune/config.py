@@ -91,6 +91,36 @@ class ModelArgs:
     trust_remote_code: bool = field(
         default=False, metadata=_help("Allow a hub model to run its own Python code. Off unless you trust it.")
     )
+    attn_implementation: str = field(
+        default="auto",
+        metadata=_help(
+            "Attention kernel: auto (eager on CPU, where it beats sdpa on short texts; sdpa on CUDA), eager, sdpa."
+        ),
+    )
+
+    pooling: str = field(
+        default="auto",
+        metadata=_help(
+            "Sentence vector for the head: model (the architecture's own, e.g. BERT's pooler), mean (masked mean "
+            "of token states, how sentence-embedding models were trained), or auto (mean for head-only training "
+            "of a sentence-transformers model, else model)."
+        ),
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata=_help("Set every dropout probability inside the pretrained model; unset keeps the model's own."),
+    )
+
+    def __post_init__(self) -> None:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        if self.pooling not in ("auto", "model", "mean"):
+            raise ConfigError(f"model.pooling must be auto, model or mean, got {self.pooling!r}.")
+        if self.attn_implementation not in ("auto", "eager", "sdpa", "flash_attention_2"):
+            raise ConfigError(
+                f"model.attn_implementation must be auto, eager, sdpa or flash_attention_2, "
+                f"got {self.attn_implementation!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Python lists.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ def _split_files(folder: Path) -> dict[str, Path]:
 def _read_file(file: Path) -> Dataset:
     fmt = FORMATS[file.suffix.lower()]
     kwargs: dict[str, Any] = {"sep": "\t"} if file.suffix.lower() == ".tsv" else {}
+    if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
+        # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
+        raise DataError(f"{file} has a header but no rows; add labelled rows.")
     try:
         # keep_in_memory=False: datasets writes an Arrow cache and memory-maps it, so big files stay on disk.
         ds = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
@@ -155,6 +159,13 @@ def _read_file(file: Path) -> Dataset:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"Could not read {file} as {fmt.upper()}: {first}. Check the file's format.") from error
     return ds
+
+
+def _header_only(file: Path, sep: str) -> bool:
+    with file.open(newline="", encoding="utf-8", errors="replace") as handle:
+        rows = csv.reader(handle, delimiter=sep)
+        next(rows, None)
+        return not any(any(cell.strip() for cell in row) for row in rows)
 
 
 def _load_hub(args: DataArgs) -> DatasetDict:

@@ -55,6 +55,7 @@ class BuiltModel:
     name_or_path: str
     head_modules: list[str]
     target_modules: list[str] = field(default_factory=list)
+    pooling: str = "model"
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable (all, and adapter weights alone) and total parameter counts."""
@@ -84,7 +85,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 
 
 def load_classifier(
-    name_or_path: str, labels: list[str], trust_remote_code: bool = False
+    name_or_path: str, labels: list[str], trust_remote_code: bool = False, attn_implementation: str | None = None
 ) -> tuple[nn.Module, list[str]]:
     """Load `AutoModelForSequenceClassification` with a head for `labels`.
 
@@ -110,6 +111,7 @@ def load_classifier(
             output_loading_info=True,
             trust_remote_code=trust_remote_code,
             use_safetensors=_has_safetensors(name_or_path),
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
         )
     except Exception as error:
         raise ModelError(_load_failure(name_or_path, error)) from error
@@ -186,18 +188,91 @@ def _in_head(name: str, head_modules: list[str]) -> bool:
     return any(part in head_modules for part in name.split("."))
 
 
-def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str]) -> BuiltModel:
+def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
+    """True for a local sentence-transformers folder whose pooling is the masked mean (e.g. all-MiniLM-L6-v2)."""
+    import json
+
+    pooling = Path(name_or_path) / "1_Pooling" / "config.json"
+    try:
+        return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
+    except (OSError, ValueError):
+        return name_or_path == HUB_DEFAULT_MODEL
+
+
+def resolve_pooling(pooling: str, method: str, name_or_path: str) -> str:
+    """'auto' -> mean only where a frozen encoder would otherwise feed an untrained pooler (see the README)."""
+    if pooling != "auto":
+        return pooling
+    return "mean" if method == "head" and is_mean_pooled_sentence_model(name_or_path) else "model"
+
+
+class MeanPooler(nn.Module):
+    """Masked mean of token states, in place of a BERT-style pooler.
+
+    Hand-written because transformers' classifiers pool the first token; sentence-embedding models were trained
+    on the mean, so a frozen-encoder baseline on the first token would understate them. The attention mask
+    reaches it through a pre-hook on the classifier's forward (see `use_mean_pooling`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (batch, seq_len, hidden) -> (batch, hidden)
+        if self.mask is None:
+            return hidden_states.mean(dim=1)
+        mask = self.mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def use_mean_pooling(model: nn.Module) -> None:
+    """Replace the model's pooler with `MeanPooler`.
+
+    Raises:
+        ModelError: for architectures without a pooler module to replace.
+    """
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None or not hasattr(base, "pooler"):
+        raise ModelError(
+            f"model.pooling=mean needs a BERT-style pooler; {model.config.model_type!r} has none. Use pooling=model."
+        )
+    pooler = MeanPooler()
+    base.pooler = pooler
+
+    def remember_mask(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        pooler.mask = mask if mask is not None else None
+
+    model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+
+
+def resolve_attention(attn_implementation: str, device: str) -> str:
+    """'auto' -> eager on CPU (measured faster than sdpa for training on short texts), sdpa on GPUs."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    return "sdpa" if device == "cuda" else "eager"
+
+
+def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], device: str = "cpu") -> BuiltModel:
     """Load the base classifier and prepare it for `lora_args.method`.
 
     Only the adapter weights and the head modules can be trained (everything, for method 'full').
     """
     name = model_args.name_or_path or default_model_path()
     tokenizer = load_tokenizer(name, model_args.trust_remote_code)
-    model, head = load_classifier(name, labels, model_args.trust_remote_code)
+    attention = resolve_attention(model_args.attn_implementation, device)
+    model, head = load_classifier(name, labels, model_args.trust_remote_code, attention)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if model_args.dropout is not None:
+        set_dropout(model, model_args.dropout)
+    pooling = resolve_pooling(model_args.pooling, lora_args.method, name)
+    if pooling == "mean":
+        use_mean_pooling(model)
+        head = [h for h in head if h != "pooler"]
     head = list(lora_args.modules_to_save) if lora_args.modules_to_save is not None else head
-    built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head)
+    built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head, pooling=pooling)
     method = lora_args.method
     if method in ("lora", "dora", "ia3"):
         built.target_modules = list(lora_args.target_modules or choose_target_modules(model, head))
@@ -208,6 +283,20 @@ def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str]) -
     elif method == "none":
         model.requires_grad_(False)
     return built
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout in the model: its modules, and the config values that functional dropout reads."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        config = getattr(module, "config", None)
+        for key in list(vars(config)) if config is not None else []:
+            if key.endswith(("dropout", "dropout_prob", "pdrop")) and isinstance(getattr(config, key), float):
+                setattr(config, key, p)
+    for module in model.modules():
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = p  # attention modules that keep a float (Llama, GPT-2 eager paths)
 
 
 def wrap_peft(model: nn.Module, lora_args: LoraArgs, targets: list[str], head: list[str]) -> nn.Module:

@@ -104,10 +104,10 @@ def run(cfg: Config) -> Run:
     if is_main:
         artifacts.prepare_run_dir(run_dir, cfg.train.overwrite)
     set_seed(cfg.train.seed)
-    built = build_model(cfg.model, cfg.lora, splits.labels)
+    built = build_model(cfg.model, cfg.lora, splits.labels, device)
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path),
+        model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path, pooling=built.pooling),
         lora=dataclasses.replace(
             cfg.lora, target_modules=built.target_modules or None, modules_to_save=built.head_modules
         ),
