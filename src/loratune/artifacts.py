@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loratune.errors import RunError
+from loratune.errors import ConfigError, RunError
 
 COMPLETE = "COMPLETE"
 ADAPTER_DIR = "adapter"
@@ -87,6 +87,14 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def check_resumable(run_dir: Path) -> None:
+    """Raise unless `run_dir` is a started, unfinished run."""
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"Nothing to resume in {run_dir}: it has no config.yaml; start a new run with loratune train.")
+    if (run_dir / COMPLETE).exists():
+        raise RunError(f"{run_dir} already finished; nothing to resume.")
+
+
 def mark_complete(run_dir: Path) -> None:
     write_text(run_dir / COMPLETE, "")
 
@@ -140,6 +148,47 @@ def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_text(run_dir / "history.csv", history_csv(metrics.get("history", [])))
 
 
+def load_labels(run_dir: Path) -> list[str]:
+    """The run's label names, checked to be two or more distinct strings."""
+    labels = read_json(run_dir / "labels.json")
+    if (
+        not isinstance(labels, list)
+        or len(labels) < 2
+        or not all(isinstance(label, str) for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise RunError(
+            f"{run_dir / 'labels.json'} must be a list of two or more distinct label names, got "
+            f"{json.dumps(labels)[:80]}; restore the file or rerun training."
+        )
+    return labels
+
+
+def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
+    # Weights are read from safetensors only: a pickle (.bin) planted in a run folder is never unpickled.
+    if method in ("lora", "dora", "ia3"):
+        needed = run_dir / ADAPTER_DIR / "adapter_model.safetensors"
+    elif method == "head":
+        needed = run_dir / HEAD_FILE
+    elif method == "full":
+        folder = run_dir / FULL_MODEL_DIR
+        if not any(folder.glob("*.safetensors")):
+            raise RunError(f"{folder} holds no .safetensors weights; loratune never loads pickled (.bin) weights.")
+        # transformers would give a head of the wrong size fresh random weights rather than fail
+        saved = read_json(folder / "config.json")
+        num_labels = len(saved.get("id2label") or {}) if isinstance(saved, dict) else 0
+        if num_labels != len(labels):
+            raise RunError(
+                f"{run_dir / 'labels.json'} lists {len(labels)} labels but the saved model has {num_labels}; "
+                "restore labels.json or rerun training."
+            )
+        return
+    else:
+        return
+    if not needed.is_file():
+        raise RunError(f"{needed} is missing; loratune loads only safetensors weights (never pickled .bin files).")
+
+
 def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str], Any]:
     """Rebuild the trained classifier from a run folder.
 
@@ -153,9 +202,13 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, use_mean_pooling
 
     run_dir = check_run(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    labels = read_json(run_dir / "labels.json")
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+    except ConfigError as error:
+        raise RunError(f"Run folder {run_dir} has a damaged config.yaml: {error}") from None
+    labels = load_labels(run_dir)
     method = cfg.lora.method
+    _check_weights(run_dir, method, labels)
     base = cfg.model.name_or_path
     trust = cfg.model.trust_remote_code
     attention = resolve_attention(cfg.model.attn_implementation, device)
@@ -183,6 +236,11 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     except Exception as error:
         if type(error).__name__ == "ModelError":
             raise
+        if "size mismatch" in str(error):
+            raise RunError(
+                f"{run_dir / 'labels.json'} lists {len(labels)} labels, which does not match the saved "
+                "classification head; restore labels.json or rerun training."
+            ) from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -1,5 +1,5 @@
-"""Command line: `loratune train | evaluate | predict | report | validate`. Each subcommand is a few lines that call
-the library; user mistakes print one line and exit with status 2 (`--debug` shows the traceback)."""
+"""Command line: `loratune train | evaluate | predict | export | report | validate`. Each subcommand is a few lines
+that call the library; user mistakes print one line and exit with status 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,24 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     import loratune
 
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config is None:
+            args.config = str(run_dir / "config.yaml")
+            if not Path(args.config).is_file():
+                from loratune.errors import RunError
+
+                raise RunError(f"Nothing to resume in {run_dir}: it has no config.yaml; check the path.")
+        setattr(args, "train.output_dir", str(run_dir))
     cfg = _config_from_args(args)
-    result = loratune.train(cfg)
+    try:
+        result = loratune.run(cfg, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; finished epochs are saved. Continue with: loratune train --resume {cfg.train.output_dir}",
+            file=sys.stderr,
+        )
+        return 130
     _print_summary(result.metrics, result.run_dir)
     return 0
 
@@ -119,9 +135,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from loratune.errors import RunError
     from loratune.report import write_report
 
-    print(write_report(args.run))
+    try:
+        print(write_report(args.run))
+    except FileNotFoundError as error:  # a missing folder or metrics.json is a user mistake, not a bug
+        raise RunError(str(error)) from error
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from loratune.export import export_run
+
+    folder = export_run(args.run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
+    form = "PEFT adapter" if args.adapter_only else "transformers model"
+    print(f"exported {args.run} as a {form} to {folder}")
     return 0
 
 
@@ -143,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="Evaluate, fine-tune with LoRA, evaluate again; write a run folder.")
+    train.add_argument("--resume", metavar="RUN", help="Continue an interrupted run from its last finished epoch.")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -177,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
     compare.set_defaults(func=cmd_compare)
+
+    export = sub.add_parser("export", help="Write a run as a plain transformers model (LoRA merged) or its adapter.")
+    export.add_argument("run", help="Run folder.")
+    export.add_argument("--output-dir", required=True, help="Folder to write; must be missing or empty.")
+    export.add_argument(
+        "--adapter-only", action="store_true", help="Copy the PEFT adapter, tokenizer and labels instead of merging."
+    )
+    export.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+    export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="Rebuild plots, report.md and report.html from a run folder.")
     report.add_argument("run", help="Run folder.")

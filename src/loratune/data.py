@@ -6,7 +6,9 @@ Python lists.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from loratune.config import DataArgs
 from loratune.errors import DataError
@@ -148,6 +150,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 def _read_file(file: Path) -> Dataset:
     fmt = FORMATS[file.suffix.lower()]
+    if fmt != "parquet":
+        _check_utf8(file)
     kwargs: dict[str, Any] = {"sep": "\t"} if file.suffix.lower() == ".tsv" else {}
     if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
         # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
@@ -159,6 +163,27 @@ def _read_file(file: Path) -> Dataset:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"Could not read {file} as {fmt.upper()}: {first}. Check the file's format.") from error
     return ds
+
+
+def _check_utf8(file: Path) -> None:
+    # Readers disagree on bad bytes: some fail late, deep inside Arrow, some replace them silently.
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with file.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{file} is not valid UTF-8 (byte {offset + error.start}); save it as UTF-8 and retry."
+                ) from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{file} is not valid UTF-8 (it ends mid-character); save it as UTF-8 and retry."
+            ) from None
 
 
 def _header_only(file: Path, sep: str) -> bool:
@@ -252,10 +277,21 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
         log.warning("Dropped %d of %d %s rows with an empty text or a missing label.", before - len(ds), before, split)
     if len(ds) == 0:
         raise DataError(f"The {split} split has no row with both a text and a label; check its columns and values.")
+    if not isinstance(ds.features["label"], (ClassLabel, Value)):
+        # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
+        features = ds.features.copy()
+        features["label"] = Value("string")
+        ds = ds.map(lambda b: {"label": [_scalar_label(v, split) for v in b["label"]]}, batched=True, features=features)
     texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
     if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
         ds = ds.map(lambda b: {k: [str(v) for v in b[k]] for k in texts}, batched=True)
     return ds
+
+
+def _scalar_label(value: Any, split: str) -> str:
+    if isinstance(value, (list, dict)):
+        raise DataError(f"The {split} split has a label {json.dumps(value)[:40]}; each label must be one value.")
+    return _label_name(value)
 
 
 def _usable_rows(batch: dict[str, list]) -> list[bool]:
@@ -272,8 +308,13 @@ def _label_names(train: Dataset, label_col_feature: Any) -> list[str]:
         return list(label_col_feature.names)
     values = train.unique("label")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in values):
-        return [str(int(v)) for v in sorted(values)]
-    return sorted(str(v).strip() for v in set(values))
+        return [str(v) for v in sorted({int(v) for v in values})]
+    return sorted({_label_name(v) for v in values})
+
+
+def _label_name(value: Any) -> str:
+    # One spelling per label whatever the reader made of it: 1, 1.0 and " 1" are all "1".
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
 
 
 def _encode_labels(ds: Dataset, split: str, labels: list[str]) -> Dataset:
@@ -282,7 +323,7 @@ def _encode_labels(ds: Dataset, split: str, labels: list[str]) -> Dataset:
     index = {name: i for i, name in enumerate(labels)}
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        names = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip() for v in batch["label"]]
+        names = [_label_name(v) for v in batch["label"]]
         unknown = sorted({n for n in names if n not in index})
         if unknown:
             raise DataError(

@@ -4,8 +4,10 @@ The CLI, the Python API and the notebook all call `run`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune import artifacts
+from loratune.checkpoint import CHECKPOINT_DIR
 from loratune.config import Config
 
 log = logging.getLogger(__name__)
@@ -56,17 +59,24 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, artifacts.read_json(run_dir / "metrics.json"), load_config(run_dir / "config.yaml"))
 
 
+def load_checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
+    """The loop state saved with the last checkpoint, or None when the run never finished an epoch."""
+    path = run_dir / CHECKPOINT_DIR / "state.json"
+    return json.loads(path.read_text())["state"] if path.is_file() else None
+
+
 def default_run_dir(cfg: Config) -> Path:
     data = Path(cfg.data.path.rstrip("/")).stem if cfg.data.path else "data"
     data = re.sub(r"[^A-Za-z0-9_.-]+", "-", data) or "data"
     return Path("runs") / f"{data}-{cfg.lora.method}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def run(cfg: Config) -> Run:
+def run(cfg: Config, resume: bool = False) -> Run:
     """Evaluate before, train, evaluate after, and write the run folder.
 
     Args:
         cfg: a validated config (see `load_config`).
+        resume: continue the unfinished run in `cfg.train.output_dir` from its last end-of-epoch checkpoint.
 
     Returns:
         The finished `Run`.
@@ -101,7 +111,9 @@ def run(cfg: Config) -> Run:
         project_dir=str(run_dir / "logs"),
     )
     is_main = accelerator.is_main_process
-    if is_main:
+    if resume:
+        artifacts.check_resumable(run_dir)
+    elif is_main:
         artifacts.prepare_run_dir(run_dir, cfg.train.overwrite)
     set_seed(cfg.train.seed)
     built = build_model(cfg.model, cfg.lora, splits.labels, device)
@@ -141,7 +153,8 @@ def run(cfg: Config) -> Run:
     from loratune.batching import build_eval_loader
 
     eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, tokenizer.pad_token_id))
-    before = evaluate(model, eval_loader, splits.labels, accelerator)
+    saved = load_checkpoint_state(run_dir) if resume else None
+    before = saved["before"] if saved else evaluate(model, eval_loader, splits.labels, accelerator)
     log.info("before: accuracy %.4f, f1 %.4f", before["accuracy"], before["f1"])
 
     result = None
@@ -156,6 +169,8 @@ def run(cfg: Config) -> Run:
             accelerator,
             tokenizer.pad_token_id,
             on_epoch_end=lambda entry: accelerator.log(entry, step=entry["epoch"]),
+            checkpoint_dir=run_dir,
+            extra_state={"before": before},
         )
     model = accelerator.unwrap_model(model)
     started = time.perf_counter()
@@ -203,6 +218,7 @@ def run(cfg: Config) -> Run:
 
         write_report(run_dir)
         artifacts.mark_complete(run_dir)
+        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # only needed while unfinished
     accelerator.wait_for_everyone()
     return Run(run_dir, metrics, cfg)
 

@@ -8,12 +8,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
 
 from loratune.batching import build_eval_loader, build_train_loader
+from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.config import TrainArgs
 from loratune.evaluate import evaluate
 
@@ -67,6 +69,8 @@ def train(
     accelerator: Any,
     pad_token_id: int,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    extra_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` (already on its device) and leave it holding the best epoch's weights.
 
@@ -79,6 +83,9 @@ def train(
         accelerator: an `accelerate.Accelerator`.
         pad_token_id: the tokenizer's pad id.
         on_epoch_end: called with each epoch's history entry (for trackers).
+        checkpoint_dir: the run folder; a checkpoint is written there after every epoch, and training resumes
+            from one found there.
+        extra_state: kept in the checkpoint (the pipeline keeps its "before" scores there).
     """
     result = TrainResult()
     world = accelerator.num_processes
@@ -90,8 +97,19 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     higher = HIGHER_IS_BETTER[args.best_metric]
     best_score, best_state, patience_left = None, None, args.early_stopping_patience
-    started = time.perf_counter()
-    for epoch in range(1, args.num_epochs + 1):
+    start_epoch, elapsed = 1, 0.0
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        state, best_state = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        start_epoch, elapsed = state["epoch"] + 1, state["train_seconds"]
+        best_score, patience_left = state["best_score"], state["patience_left"]
+        for key in ("history", "best_epoch", "train_samples", "train_tokens", "padded_tokens", "step_seconds"):
+            setattr(result, key, state[key])
+        result.stopped_early = state["stopped_early"]
+        log.info("Resuming after epoch %d of %d.", state["epoch"], args.num_epochs)
+        if result.stopped_early:
+            start_epoch = args.num_epochs + 1
+    started = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, args.num_epochs + 1):
         epoch_started = time.perf_counter()
         loader = accelerator.prepare(
             build_train_loader(train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length)
@@ -127,7 +145,20 @@ def train(
             if patience_left <= 0:
                 log.info("No %s gain for %d epochs; stopping early.", args.best_metric, args.early_stopping_patience)
                 result.stopped_early = True
-                break
+        if checkpoint_dir is not None and accelerator.is_main_process:
+            state = {
+                "epoch": epoch,
+                "train_seconds": time.perf_counter() - started,
+                "best_score": best_score,
+                "patience_left": patience_left,
+                **{k: getattr(result, k) for k in ("history", "best_epoch", "train_samples", "train_tokens")},
+                **{k: getattr(result, k) for k in ("padded_tokens", "step_seconds", "stopped_early")},
+                **(extra_state or {}),
+            }
+            save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, best_state)
+        accelerator.wait_for_everyone()
+        if result.stopped_early:
+            break
     result.train_seconds = time.perf_counter() - started
     if best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)

@@ -1,0 +1,168 @@
+"""Export a finished run for use without loratune: a plain transformers model (LoRA merged into the weights), or
+the PEFT adapter with its tokenizer and labels.
+
+The merged form loads with `transformers.pipeline("text-classification", model=DIR)` alone, no PEFT and no
+loratune, and gives the probabilities `loratune predict` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loratune import artifacts
+from loratune.errors import RunError
+
+ADAPTER_METHODS = ("lora", "dora", "ia3")
+
+MERGED_README = """# {name}
+
+A text classifier exported by `loratune export` from the run `{run}` (method `{method}`, base model
+`{base}`). {merged}It is a plain transformers model, saved as fp32 safetensors; it needs neither PEFT nor loratune.
+
+Labels, in id order: {labels}
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="{name}", top_k=None)
+classifier("some text", truncation=True)  # texts were cut to {max_length} tokens in training
+```
+"""
+
+ADAPTER_README = """# {name}
+
+The PEFT adapter of the loratune run `{run}` (method `{method}`), with its tokenizer and `labels.json`. It needs
+the base model `{base}` and PEFT; the trained classification head is part of the adapter.
+
+Labels, in id order: {labels}
+
+```python
+import json
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+labels = json.load(open("{name}/labels.json"))
+base = AutoModelForSequenceClassification.from_pretrained(
+    "{base}", num_labels=len(labels), id2label=dict(enumerate(labels)),
+    label2id={{label: i for i, label in enumerate(labels)}},
+)
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+base.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and Llama have none of their own
+model = PeftModel.from_pretrained(base, "{name}").eval()
+```
+"""
+
+
+def export_run(
+    run_dir: str | Path, output_dir: str | Path, adapter_only: bool = False, overwrite: bool = False
+) -> Path:
+    """Write a run's model to `output_dir`, atomically (a temporary folder renamed into place).
+
+    Args:
+        run_dir: a finished run folder.
+        output_dir: the folder to write; it must be missing or empty unless `overwrite`.
+        adapter_only: copy the PEFT adapter, tokenizer and labels instead of merging into a full model.
+        overwrite: replace a non-empty `output_dir`.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        RunError: for a missing or damaged run, a non-empty `output_dir`, or a run that cannot take this form
+            (mean pooling, which transformers lacks; an adapter export of a run without an adapter).
+    """
+    run_dir = artifacts.check_run(run_dir)
+    output_dir = Path(output_dir)
+    if output_dir.resolve() == run_dir.resolve() or run_dir.resolve() in output_dir.resolve().parents:
+        raise RunError(f"--output-dir {str(output_dir)!r} is inside the run folder; choose a folder outside it.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunError(f"--output-dir {str(output_dir)!r} is a file; choose a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise RunError(f"{output_dir} is not empty; choose another --output-dir or pass --overwrite.")
+    if adapter_only:
+        artifacts.save_directory(output_dir, lambda d: _write_adapter(run_dir, d, output_dir.name))
+    else:
+        artifacts.save_directory(output_dir, lambda d: _write_merged(run_dir, d, output_dir.name))
+    return output_dir
+
+
+def _check_exportable(run_dir: Path, cfg: Any, adapter_only: bool) -> None:
+    method = cfg.lora.method
+    if method == "none":
+        raise RunError(f"{run_dir} trained nothing (method none); there is no model to export.")
+    if cfg.model.pooling == "mean":
+        raise RunError(
+            f"{run_dir} uses mean pooling (model.pooling=mean), which transformers classifiers lack; it cannot be "
+            "exported as a plain transformers model. Use loratune predict, or retrain with model.pooling=model."
+        )
+    if adapter_only and method not in ADAPTER_METHODS:
+        raise RunError(f"{run_dir} has no PEFT adapter (method {method}); export it without --adapter-only.")
+
+
+def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
+    from loratune.config import load_config
+
+    _check_exportable(run_dir, _load_run_config(run_dir, load_config), adapter_only=False)
+    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, "cpu")
+    if cfg.lora.method in ADAPTER_METHODS:
+        model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+    model = model.float()
+    config = model.config
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.num_labels = len(labels)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.problem_type = "single_label_classification"  # the pipeline then applies softmax, as predict does
+    model.save_pretrained(folder, safe_serialization=True)
+    _save_tokenizer(tokenizer, folder, cfg.data.max_length)
+    artifacts.write_json(folder / "labels.json", labels)
+    artifacts.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
+
+
+def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
+    from loratune.config import load_config
+
+    cfg = _load_run_config(run_dir, load_config)
+    _check_exportable(run_dir, cfg, adapter_only=True)
+    labels = artifacts.read_json(run_dir / "labels.json")
+    adapter = run_dir / artifacts.ADAPTER_DIR
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / file).is_file():
+            raise RunError(f"{adapter / file} is missing; the run folder is damaged.")
+        shutil.copy2(adapter / file, folder / file)
+    from loratune.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(run_dir / artifacts.TOKENIZER_DIR), cfg.model.trust_remote_code)
+    _save_tokenizer(tokenizer, folder, cfg.data.max_length)
+    artifacts.write_json(folder / "labels.json", labels)
+    artifacts.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
+
+
+def _load_run_config(run_dir: Path, load_config: Any) -> Any:
+    try:
+        return load_config(run_dir / "config.yaml")
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{run_dir / 'config.yaml'} is damaged ({first}); restore it or rerun training.") from None
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:
+    # Texts were cut to max_length in training and in predict; `truncation=True` in the pipeline then matches.
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(folder)
+
+
+def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]) -> str:
+    merged = "The adapter is merged into the base weights. " if cfg.lora.method in ADAPTER_METHODS else ""
+    return template.format(
+        name=name,
+        run=run_dir.name,
+        method=cfg.lora.method,
+        base=cfg.model.name_or_path,
+        merged=merged,
+        labels=json.dumps(labels, ensure_ascii=False),
+        max_length=cfg.data.max_length,
+    )

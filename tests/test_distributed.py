@@ -1,0 +1,44 @@
+"""`loratune train` scales out through Accelerate: two CPU processes (gloo) started by torchrun, no code of ours
+for process groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="torchrun is not installed",
+)
+def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path, tiny_bert, data_dir):
+    from loratune.pipeline import run
+
+    single = run(tiny_config(tiny_bert, data_dir, tmp_path / "single", train__num_epochs=4))
+
+    run_dir = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    # Half the per-process batch, so the global batch (and the number of optimizer steps) matches the single run.
+    cmd = [
+        torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "loratune", "train",
+        "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(run_dir),
+        "--epochs", "4", "--batch-size", "4", "--learning-rate", "5e-3", "--precision", "fp32",
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert (run_dir / "COMPLETE").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]  # one folder, written once
+    assert metrics["after"]["num_samples"] == single.after["num_samples"]  # every test example scored once
+    assert abs(metrics["after"]["accuracy"] - single.after["accuracy"]) <= 0.15
+    assert metrics["after"]["accuracy"] > metrics["before"]["accuracy"]

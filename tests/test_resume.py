@@ -1,0 +1,81 @@
+"""A run killed after its first epoch resumes from the checkpoint and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from loratune.cli import main
+
+SCORES = ("accuracy", "precision", "recall", "f1")
+
+
+def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
+    """Train in a child process that SIGKILLs itself right after writing its first end-of-epoch checkpoint."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import loratune.checkpoint as checkpoint, loratune.train as train
+        from loratune.config import load_config
+        from loratune.pipeline import run
+        real_save = train.save_checkpoint
+        def save_then_die(*args, **kwargs):
+            real_save(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        train.save_checkpoint = save_then_die
+        run(load_config({str(cfg_yaml)!r}))
+        """
+    )
+    return subprocess.run([sys.executable, "-c", script], env=os.environ | {"HF_HUB_OFFLINE": "1"}).returncode
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(tmp_path, tiny_bert, data_dir, precision):
+    from loratune.pipeline import run
+
+    uninterrupted = run(
+        tiny_config(tiny_bert, data_dir, tmp_path / "full", train__num_epochs=3, train__precision=precision)
+    )
+
+    run_dir = tmp_path / "killed"
+    cfg = tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=3, train__precision=precision)
+    cfg_yaml = tmp_path / "cfg.yaml"
+    cfg_yaml.write_text(cfg.to_yaml())
+    assert _kill_after_first_checkpoint(cfg_yaml) == -9
+    assert (run_dir / "checkpoint" / "state.json").is_file()
+    assert not (run_dir / "COMPLETE").exists()
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["state"]["epoch"] == 1
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "COMPLETE").exists()
+    assert not (run_dir / "checkpoint").exists()
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["after"]["confusion_matrix"] == uninterrupted.after["confusion_matrix"]
+    for key in SCORES:
+        assert resumed["after"][key] == pytest.approx(uninterrupted.after[key])
+        assert resumed["before"][key] == pytest.approx(uninterrupted.before[key])
+    for mine, theirs in zip(resumed["history"], uninterrupted.metrics["history"], strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_bert, data_dir, capsys):
+    from loratune.pipeline import run
+
+    run(tiny_config(tiny_bert, data_dir, tmp_path / "done", train__num_epochs=1))
+    assert main(["train", "--resume", str(tmp_path / "done")]) == 2
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_resume_of_a_folder_without_a_run_names_the_problem(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Nothing to resume" in err and len(err.splitlines()) == 1
