@@ -24,7 +24,7 @@ TRACKERS = ("none", "tensorboard", "mlflow")
 
 # Each method's learning rate when the user gives none. LoRA-style adapters start from zero (or one, for IA3)
 # and need a larger step than full fine-tuning, which moves pretrained weights directly.
-DEFAULT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "head": 5e-3, "full": 5e-5, "none": 0.0}
+DEFAULT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "head": 5e-3, "full": 5e-5, "none": None}
 
 
 def _help(text: str, flag: str | None = None) -> dict[str, str]:
@@ -214,7 +214,7 @@ class TrainArgs:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
 
-    def resolved_learning_rate(self, method: str) -> float:
+    def resolved_learning_rate(self, method: str) -> float | None:
         """The learning rate to use: the user's, else the method's default."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[method]
 

@@ -153,6 +153,11 @@ def _read_file(file: Path) -> Dataset:
     if fmt != "parquet":
         _check_utf8(file)
     kwargs: dict[str, Any] = {"sep": "\t"} if file.suffix.lower() == ".tsv" else {}
+    if fmt == "csv":
+        # only an empty cell is missing: pandas would also drop texts such as "NA", "null" or "None"
+        kwargs.update(keep_default_na=False, na_values=[""])
+    if fmt == "csv":
+        _check_csv_header(file, kwargs.get("sep", ","))
     if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
         # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
         raise DataError(f"{file} has a header but no rows; add labelled rows.")
@@ -186,11 +191,26 @@ def _check_utf8(file: Path) -> None:
             ) from None
 
 
+def _check_csv_header(file: Path, sep: str) -> None:
+    # pandas renames a repeated column to "text.1" and goes on; which one holds the texts is then a guess
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            header = [name.strip() for name in next(csv.reader(handle, delimiter=sep), [])]
+    except csv.Error:
+        return  # a header the csv module cannot parse; datasets reports it
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{file} has more than one column named {repeated}; rename or remove the extra ones.")
+
+
 def _header_only(file: Path, sep: str) -> bool:
     with file.open(newline="", encoding="utf-8", errors="replace") as handle:
         rows = csv.reader(handle, delimiter=sep)
-        next(rows, None)
-        return not any(any(cell.strip() for cell in row) for row in rows)
+        try:
+            next(rows, None)
+            return not any(any(cell.strip() for cell in row) for row in rows)
+        except csv.Error:  # e.g. a field over csv.field_size_limit(): there are rows, let datasets read them
+            return False
 
 
 def _load_hub(args: DataArgs) -> DatasetDict:
@@ -281,7 +301,9 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
         # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
         features = ds.features.copy()
         features["label"] = Value("string")
-        ds = ds.map(lambda b: {"label": [_scalar_label(v, split) for v in b["label"]]}, batched=True, features=features)
+        ds = ds.map(
+            lambda b: {"label": [_scalar_label(v, split) for v in b["label"]]}, batched=True, features=features
+        )
     texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
     if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
         ds = ds.map(lambda b: {k: [str(v) for v in b[k]] for k in texts}, batched=True)

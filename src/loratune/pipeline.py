@@ -98,6 +98,10 @@ def run(cfg: Config, resume: bool = False) -> Run:
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     run_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_run_dir(cfg)
+    if not cfg.train.progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
 
     # Accelerate keeps one global state per process; a second run in the same process (tests, notebooks,

@@ -1,0 +1,45 @@
+"""`loratune compare` trains every method on the same data into its own run folder and tables them together."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune.cli import main
+from loratune.compare import parse_methods
+from loratune.errors import ConfigError
+
+
+def test_compare_writes_one_filled_row_per_method(tmp_path, tiny_bert, data_dir, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(out)]
+    argv += ["--methods", "base,head,lora,full", "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    assert main(argv) == 0
+
+    rows = {row["method"]: row for row in json.loads((out / "comparison.json").read_text())}
+    assert list(rows) == ["base", "head", "lora", "full"]
+    for method in ("base", "head", "lora", "full"):
+        assert (out / method / "COMPLETE").exists()
+        assert rows[method]["peak_memory_mb"] > 0
+    assert rows["base"]["train_seconds"] == 0
+    assert rows["full"]["trainable_params"] == rows["full"]["total_params"]
+    assert 0 < rows["lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["head"]["trainable_params"] < rows["lora"]["trainable_params"]
+    for name in ("comparison.md", "comparison.html", "comparison_val_accuracy.png", "comparison_accuracy_vs_time.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| LoRA" in (out / "comparison.md").read_text() or "lora" in (out / "comparison.md").read_text().lower()
+
+
+def test_methods_are_checked_before_anything_trains():
+    assert parse_methods("base, lora,dora") == ["base", "lora", "dora"]
+    with pytest.raises(ConfigError, match="Unknown method.*'qlora'"):
+        parse_methods("lora,qlora")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_methods("lora,lora")
+
+
+def test_unknown_method_exits_2_with_one_line(tmp_path, data_dir, capsys):
+    assert main(["compare", "--data", str(data_dir), "--methods", "lora,magic", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "magic" in err and len(err.splitlines()) == 1
