@@ -22,7 +22,7 @@ def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
     script = textwrap.dedent(
         f"""
         import os, signal
-        import loratune.checkpoint as checkpoint, loratune.train as train
+        import loratune.training as train
         from loratune.config import load_config
         from loratune.pipeline import run
         real_save = train.save_checkpoint

@@ -93,7 +93,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     from loratune.evaluate import evaluate
     from loratune.hardware import MIXED_PRECISION, peak_memory_mb, resolve_device, resolve_precision
     from loratune.modeling import build_model, cast_frozen
-    from loratune.train import train
+    from loratune.training import train
 
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)

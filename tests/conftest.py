@@ -1,0 +1,329 @@
+"""Shared fixtures: tiny random models (built once per session, saved as safetensors) and tiny labelled datasets.
+
+Every model here is a few thousand parameters, so the whole pipeline runs on CPU in about a second per run and
+nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The label is learnable from one keyword: "great" means good, "awful" means bad; the rest is filler.
+KEYWORDS = {"good": "great", "bad": "awful"}
+FILLER = ["the", "a", "movie", "film", "plot", "actor", "story", "music", "was", "is", "very", "really", "scene"]
+WORDS = [*KEYWORDS.values(), *FILLER]
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPLIT_SIZES = {"train": 40, "validation": 16, "test": 16}
+
+
+def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """`n` rows, half of each label, each text 3-8 filler words with the label's keyword somewhere in it."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "good" if i % 2 == 0 else "bad"
+        words = rng.choices(FILLER, k=rng.randint(2, 7))
+        words.insert(rng.randint(0, len(words)), KEYWORDS[label])
+        rows.append({"text": " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A folder with train.csv (40 rows), validation.csv (16) and test.csv (16), labels 'good' / 'bad'."""
+    folder = tmp_path_factory.mktemp("data")
+    for seed, (split, n) in enumerate(SPLIT_SIZES.items()):
+        write_csv(folder / f"{split}.csv", make_rows(n, seed=seed))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def single_file_rows() -> list[dict[str, str]]:
+    return make_rows(60, seed=7)
+
+
+@pytest.fixture(scope="session")
+def data_csv(tmp_path_factory, single_file_rows) -> Path:
+    """One CSV file of 60 rows; loratune carves validation and test out of it."""
+    return write_csv(tmp_path_factory.mktemp("csv") / "reviews.csv", single_file_rows)
+
+
+@pytest.fixture(scope="session")
+def data_jsonl(tmp_path_factory, single_file_rows) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("jsonl") / "reviews.jsonl", single_file_rows)
+
+
+@pytest.fixture(scope="session")
+def data_parquet(tmp_path_factory, single_file_rows) -> Path:
+    return write_parquet(tmp_path_factory.mktemp("parquet") / "reviews.parquet", single_file_rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def _save_bert_tokenizer(folder: Path, cls_name: str = "BertTokenizer") -> int:
+    import transformers
+
+    vocab = BERT_SPECIALS + WORDS
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    getattr(transformers, cls_name)(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return len(vocab)
+
+
+def _train_byte_bpe(folder: Path, special_tokens: list[str]) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = [row["text"] for row in make_rows(200, seed=99)]
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=special_tokens)
+    bpe.save_model(str(folder))  # vocab.json + merges.txt
+
+
+def _save_gpt2_tokenizer(folder: Path) -> int:
+    from transformers import GPT2TokenizerFast
+
+    _train_byte_bpe(folder, ["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast.from_pretrained(folder)  # reads vocab.json + merges.txt
+    assert tokenizer.pad_token is None  # like the real GPT-2
+    tokenizer.save_pretrained(folder)
+    return len(tokenizer)
+
+
+def _save_roberta_tokenizer(folder: Path) -> int:
+    from transformers import RobertaTokenizerFast
+
+    _train_byte_bpe(folder, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = RobertaTokenizerFast.from_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return len(tokenizer)
+
+
+def _save_wordlevel_tokenizer(folder: Path) -> int:
+    """A Llama-style tokenizer: word-level, with BOS/EOS/UNK but no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    assert tokenizer.pad_token is None
+    tokenizer.save_pretrained(folder)
+    return len(vocab)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: each built from its *base* class (no classification head), so loratune's head is newly initialised.
+
+SMALL = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+# With the usual 0.02 init, a tiny random encoder's [CLS] vector hardly depends on the other tokens, and nothing
+# short of full fine-tuning can learn from it; larger random weights keep the keyword visible to the head.
+# Dropout is off too, so eight examples can be overfitted in a few dozen steps.
+WIDE_INIT = 0.2
+
+
+def _build_bert(folder: Path, with_head: bool = False) -> None:
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig(
+        vocab_size=_save_bert_tokenizer(folder),
+        max_position_embeddings=128,
+        num_labels=2,
+        initializer_range=WIDE_INIT,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **SMALL,
+    )
+    (BertForSequenceClassification if with_head else BertModel)(config).save_pretrained(folder)
+
+
+def _build_roberta(folder: Path) -> None:
+    from transformers import RobertaConfig, RobertaModel
+
+    vocab_size = _save_roberta_tokenizer(folder)
+    # RoBERTa positions start after the pad index, so it needs two more positions than the longest text.
+    config = RobertaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=130,
+        pad_token_id=1,
+        type_vocab_size=1,
+        initializer_range=WIDE_INIT,
+        **SMALL,
+    )
+    RobertaModel(config).save_pretrained(folder)
+
+
+def _build_distilbert(folder: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(
+        vocab_size=_save_bert_tokenizer(folder, "DistilBertTokenizer"),
+        dim=16,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=32,
+        max_position_embeddings=128,
+        initializer_range=WIDE_INIT,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seq_classif_dropout=0.0,
+    )
+    DistilBertModel(config).save_pretrained(folder)
+
+
+def _build_gpt2(folder: Path) -> None:
+    from transformers import GPT2Config, GPT2Model
+
+    config = GPT2Config(vocab_size=_save_gpt2_tokenizer(folder), n_embd=16, n_layer=2, n_head=2, n_positions=128)
+    GPT2Model(config).save_pretrained(folder)
+
+
+def _build_llama(folder: Path) -> None:
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=_save_wordlevel_tokenizer(folder),
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        **SMALL,
+    )
+    LlamaModel(config).save_pretrained(folder)
+
+
+def _build_clip(folder: Path) -> None:
+    """A model with no sequence-classification class, next to a working tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    _save_bert_tokenizer(folder)
+    config = CLIPConfig(
+        text_config={**SMALL, "vocab_size": 32, "max_position_embeddings": 32, "bos_token_id": 2, "eos_token_id": 3},
+        vision_config={**SMALL, "image_size": 8, "patch_size": 4},
+        projection_dim=8,
+    )
+    CLIPModel(config).save_pretrained(folder)
+
+
+BUILDERS = {
+    "bert": _build_bert,
+    "roberta": _build_roberta,
+    "distilbert": _build_distilbert,
+    "gpt2": _build_gpt2,
+    "llama": _build_llama,
+}
+
+
+def _seeded_build(tmp_path_factory, name: str, build) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp(f"tiny-{name}")
+    build(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{architecture: model folder} for every tiny model, built lazily and once per session."""
+    return _LazyModels(tmp_path_factory)
+
+
+class _LazyModels(dict):
+    def __init__(self, tmp_path_factory) -> None:
+        super().__init__()
+        self._factory = tmp_path_factory
+
+    def __missing__(self, name: str) -> Path:
+        self[name] = _seeded_build(self._factory, name, BUILDERS[name])
+        return self[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_models) -> Path:
+    """A tiny BERT saved from BertModel: the classifier is newly initialised when loratune loads it."""
+    return tiny_models["bert"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier(tmp_path_factory) -> Path:
+    """A tiny BERT saved from BertForSequenceClassification (a head already present, for 2 labels)."""
+    return _seeded_build(tmp_path_factory, "bert-classifier", lambda f: _build_bert(f, with_head=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return _seeded_build(tmp_path_factory, "clip", _build_clip)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs and runs
+
+
+def tiny_config(model_dir: Path, data_path: Path, output_dir: Path | None = None, **overrides):
+    """A config for a fast, quiet, deterministic run on a tiny model; `train__num_epochs=2` style overrides."""
+    from loratune import load_config
+
+    values = {
+        "model.name_or_path": str(model_dir),
+        "data.path": str(data_path),
+        "train.num_epochs": 2,
+        "train.batch_size": 8,
+        "train.progress": False,
+        "train.device": "cpu",
+        "train.precision": "fp32",
+        "train.learning_rate": 5e-3,
+        "train.output_dir": str(output_dir) if output_dir else None,
+    }
+    values.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return load_config(None, {k: v for k, v in values.items() if v is not None})
+
+
+@pytest.fixture(scope="session")
+def bert_run(tmp_path_factory, tiny_bert, data_dir):
+    """One finished 2-epoch LoRA run on the tiny BERT, shared by the tests that only read a run folder."""
+    from loratune.pipeline import run
+
+    return run(tiny_config(tiny_bert, data_dir, tmp_path_factory.mktemp("runs") / "bert"))

@@ -1,0 +1,193 @@
+"""Tests for loratune.export: a run written as a plain transformers model (LoRA merged) or as its PEFT adapter,
+loading without loratune and giving the probabilities `loratune predict` gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+import loratune
+from loratune import RunError
+from loratune.cli import main
+from loratune.export import export_run
+from loratune.predict import Predictor
+
+ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
+TEXTS = [
+    "great movie",
+    "the plot was awful",
+    "a film",
+    "really great music but an awful actor " * 30,  # longer than max_length: truncated by both
+]
+_RUNS: dict[tuple, Path] = {}
+
+
+def trained_run(tmp_path_factory, model_dir: Path, data_dir: Path, **overrides) -> Path:
+    """A finished one-epoch run, trained once per session for each (model, overrides)."""
+    key = (str(model_dir), str(data_dir), tuple(sorted(overrides.items())))
+    if key not in _RUNS:
+        out = tmp_path_factory.mktemp("export-runs") / "run"
+        # a large step so the adapter and head move far from their initial values and a dropped weight shows
+        values = {"train__num_epochs": 1, "train__learning_rate": 3e-2, "data__max_length": 32, **overrides}
+        _RUNS[key] = loratune.run(tiny_config(model_dir, data_dir, out, **values)).run_dir
+    return _RUNS[key]
+
+
+@pytest.fixture
+def lora_run(request, tmp_path_factory, tiny_models, data_dir) -> Path:
+    return trained_run(tmp_path_factory, tiny_models[request.param], data_dir)
+
+
+def pipeline_probabilities(folder: Path, labels: list[str], texts: list[str]) -> torch.Tensor:
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(folder), top_k=None, device="cpu")
+    rows = classifier(texts, truncation=True)
+    return torch.tensor([[{d["label"]: d["score"] for d in row}[label] for label in labels] for row in rows])
+
+
+def adapter_probabilities(folder: Path, base: str, texts: list[str]) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = json.loads((folder / "labels.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(labels))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, folder).eval()
+    with torch.inference_mode():
+        probs = []
+        for text in texts:  # one at a time: no padding, as the pipeline does
+            batch = tokenizer(text, truncation=True, return_tensors="pt")
+            probs.append(torch.softmax(model(**batch).logits.float(), dim=-1)[0])
+    return torch.stack(probs)
+
+
+@pytest.mark.parametrize("lora_run", ARCHITECTURES, indirect=True)
+def test_merged_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
+    out = export_run(lora_run, tmp_path / "merged")
+    predictor = Predictor.from_run(lora_run, device="cpu")
+    expected = predictor.predict_proba(TEXTS)
+    got = pipeline_probabilities(out, predictor.labels, TEXTS)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "bad", "1": "good"}
+    assert config["label2id"] == {"bad": 0, "good": 1}
+    assert config["pad_token_id"] == predictor.tokenizer.pad_token_id
+    files = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F32"}
+        assert not any("lora_" in k or "modules_to_save" in k for k in weights.keys())
+
+
+@pytest.mark.parametrize("lora_run", ARCHITECTURES, indirect=True)
+def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
+    out = export_run(lora_run, tmp_path / "adapter", adapter_only=True)
+    assert {"adapter_config.json", "adapter_model.safetensors", "labels.json", "README.md"} <= set(os.listdir(out))
+    predictor = Predictor.from_run(lora_run, device="cpu")
+    base = loratune.load_run(lora_run).config.model.name_or_path
+    got = adapter_probabilities(out, base, TEXTS)
+    torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
+    assert json.loads((out / "labels.json").read_text()) == predictor.labels
+
+
+def test_training_moved_the_model_so_the_comparison_means_something(tmp_path_factory, tiny_models, data_dir):
+    run = trained_run(tmp_path_factory, tiny_models["bert"], data_dir)
+    model, tokenizer, _, _ = loratune.artifacts.load_model(run)
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.inference_mode():
+        adapted = model(**batch).logits
+        with model.disable_adapter():
+            plain = model(**batch).logits
+    assert (adapted - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
+def test_merged_export_loads_without_peft_or_loratune(lora_run, tmp_path):
+    out = export_run(lora_run, tmp_path / "merged")
+    code = f"""
+import json, sys
+sys.modules["peft"] = None  # any `import peft` now raises ImportError
+sys.modules["loratune"] = None
+from transformers import pipeline
+rows = pipeline("text-classification", model={str(out)!r}, top_k=None, device="cpu")({TEXTS!r}, truncation=True)
+assert sys.modules["peft"] is None and sys.modules["loratune"] is None
+print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    predictor = Predictor.from_run(lora_run, device="cpu")
+    got = torch.tensor([[row[label] for label in predictor.labels] for row in rows])
+    torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
+
+
+def test_full_run_exports_its_whole_model(tmp_path_factory, tiny_models, data_dir, tmp_path):
+    run = trained_run(tmp_path_factory, tiny_models["distilbert"], data_dir, lora__method="full")
+    out = export_run(run, tmp_path / "merged")
+    predictor = Predictor.from_run(run, device="cpu")
+    got = pipeline_probabilities(out, predictor.labels, TEXTS)
+    torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
+    with pytest.raises(RunError, match="no PEFT adapter"):
+        export_run(run, tmp_path / "adapter", adapter_only=True)
+
+
+def test_head_run_with_mean_pooling_cannot_be_exported(tmp_path_factory, tiny_models, data_dir, tmp_path):
+    run = trained_run(tmp_path_factory, tiny_models["bert"], data_dir, lora__method="head", model__pooling="mean")
+    with pytest.raises(RunError, match="mean pooling") as info:
+        export_run(run, tmp_path / "merged")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
+def test_export_refuses_a_non_empty_folder_unless_overwrite(lora_run, tmp_path):
+    out = tmp_path / "merged"
+    out.mkdir()
+    export_run(lora_run, out)  # an empty folder is fine
+    with pytest.raises(RunError, match="not empty.*--overwrite"):
+        export_run(lora_run, out)
+    (out / "stale.txt").write_text("old")
+    export_run(lora_run, out, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
+def test_a_failed_export_leaves_nothing_behind(lora_run, tmp_path, monkeypatch):
+    import loratune.export as export
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_save_tokenizer", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(lora_run, tmp_path / "merged")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
+def test_cli_export_writes_both_forms_and_explains_mistakes(lora_run, tmp_path, capsys):
+    assert main(["export", str(lora_run), "--output-dir", str(tmp_path / "m")]) == 0
+    assert "transformers model" in capsys.readouterr().out
+    assert main(["export", str(lora_run), "--output-dir", str(tmp_path / "a"), "--adapter-only"]) == 0
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    assert main(["export", str(lora_run), "--output-dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert main(["export", str(lora_run), "--output-dir", str(tmp_path / "m"), "--overwrite"]) == 0
+    assert main(["export", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")]) == 2

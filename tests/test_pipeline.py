@@ -1,0 +1,247 @@
+"""Tests for loratune.pipeline.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
+
+Each architecture gets one 2-epoch LoRA run on the tiny dataset, shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import make_rows, tiny_config, write_csv
+
+import loratune
+from loratune import ModelError, RunError
+from loratune.artifacts import HISTORY_COLUMNS, load_model
+from loratune.pipeline import load_run, run
+
+ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
+METRIC_KEYS = {
+    "format_version",
+    "method",
+    "model",
+    "eval_split",
+    "labels",
+    "before",
+    "after",
+    "history",
+    "best_epoch",
+    "best_metric",
+    "train_seconds",
+    "trainable_params",
+    "trainable_params_lora",
+    "total_params",
+    "peak_memory_mb",
+    "adapter_size_bytes",
+    "precision",
+    "device",
+    "throughput",
+    "data",
+}
+SCORE_KEYS = {"accuracy", "precision", "recall", "f1", "loss", "per_class", "confusion_matrix", "num_samples"}
+DATA_KEYS = {"train_size", "validation_size", "test_size", "label_counts", "truncated", "max_length"}
+THROUGHPUT_KEYS = {"train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "padding_ratio"}
+RUN_FILES = [
+    "config.yaml",
+    "labels.json",
+    "metrics.json",
+    "history.csv",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "tokenizer/tokenizer_config.json",
+    "accuracy.png",
+    "loss.png",
+    "confusion_matrix.png",
+    "report.md",
+    "report.html",
+    "COMPLETE",
+]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch_run(request, tiny_models, data_dir, tmp_path_factory):
+    arch = request.param
+    cfg = tiny_config(tiny_models[arch], data_dir, tmp_path_factory.mktemp("runs") / arch)
+    return arch, run(cfg)
+
+
+def eval_batch(tokenizer, texts=("great movie", "the plot was awful", "a very very really great scene", "awful")):
+    return tokenizer(list(texts), padding=True, return_tensors="pt")
+
+
+def test_run_folder_has_every_documented_file(arch_run):
+    _, result = arch_run
+    for name in RUN_FILES:
+        assert (result.run_dir / name).is_file(), name
+    assert any((result.run_dir / "tokenizer").iterdir())
+
+
+def test_metrics_json_has_the_documented_keys(arch_run):
+    _, result = arch_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert SCORE_KEYS <= set(metrics["before"])
+    assert SCORE_KEYS <= set(metrics["after"])
+    assert DATA_KEYS <= set(metrics["data"])
+    assert THROUGHPUT_KEYS <= set(metrics["throughput"])
+    assert metrics["labels"] == ["bad", "good"]
+    assert metrics["eval_split"] == "test"
+    assert metrics["method"] == "lora"
+    assert metrics["best_metric"] == "val_f1"
+    assert metrics["before"]["num_samples"] == metrics["after"]["num_samples"] == 16
+    assert metrics["data"]["train_size"] == 40
+    assert metrics["data"]["label_counts"]["train"] == {"bad": 20, "good": 20}
+    assert metrics["data"]["truncated"] == {"train": 0, "validation": 0, "test": 0}
+    assert [e["epoch"] for e in metrics["history"]] == [1, 2]
+    assert set(HISTORY_COLUMNS) <= set(metrics["history"][0])
+    assert metrics["best_epoch"] in (1, 2)
+    assert 0 < metrics["trainable_params_lora"] < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["adapter_size_bytes"] > 0
+    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32"
+
+
+def test_history_csv_has_one_row_per_epoch(arch_run):
+    _, result = arch_run
+    with (result.run_dir / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[0]["val_loss"]) == pytest.approx(result.metrics["history"][0]["val_loss"], rel=1e-4)
+
+
+def test_labels_json_lists_labels_in_id_order(arch_run):
+    _, result = arch_run
+    assert json.loads((result.run_dir / "labels.json").read_text()) == ["bad", "good"]
+
+
+def test_saved_config_repeats_the_run(arch_run):
+    _, result = arch_run
+    saved = loratune.load_config(result.run_dir / "config.yaml")
+    assert saved == result.config
+    assert saved.train.output_dir == str(result.run_dir)
+    assert saved.lora.target_modules  # resolved, so the run is reproducible from the folder alone
+
+
+def test_reloaded_run_scores_the_eval_split_exactly_as_the_trained_model(arch_run, data_dir):
+    from loratune.batching import build_eval_loader
+    from loratune.config import DataArgs
+    from loratune.data import load_eval_split, tokenize
+    from loratune.evaluate import evaluate
+
+    _, result = arch_run
+    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    ds, _ = tokenize(load_eval_split(DataArgs(path=str(data_dir)), "test", labels), tokenizer, cfg.data.max_length)
+    metrics = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), labels)
+    assert metrics["confusion_matrix"] == result.after["confusion_matrix"]
+    assert metrics["loss"] == pytest.approx(result.after["loss"], abs=1e-5)
+
+
+def test_peft_from_pretrained_matches_loratune_loading(arch_run):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    arch, result = arch_run
+    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name_or_path, num_labels=len(labels))
+    base.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and Llama ship none
+    peft_model = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
+    batch = eval_batch(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, model(**batch).logits)
+
+
+def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
+    _, result = arch_run
+    model, tokenizer, labels, _ = load_model(result.run_dir)
+    texts = ["great movie", "the plot was awful", "a very very really great scene"]
+    with torch.no_grad():
+        expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits, -1)
+    predicted = loratune.Predictor.from_run(result.run_dir, device="cpu").predict_proba(texts)
+    torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_load_run_reads_a_finished_folder(bert_run):
+    loaded = load_run(bert_run.run_dir)
+    assert loaded.metrics == json.loads(json.dumps(bert_run.metrics))
+    assert loaded.config == bert_run.config
+    assert loaded.predict(["great movie"])[0]["label"] in ("bad", "good")
+
+
+def test_load_run_rejects_a_missing_folder(tmp_path):
+    with pytest.raises(RunError, match=r"does not exist"):
+        load_run(tmp_path / "nope")
+
+
+def test_load_run_rejects_an_unfinished_folder(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(RunError, match=r"not a finished run \(no COMPLETE marker\)"):
+        load_run(tmp_path)
+
+
+def test_finished_run_is_not_overwritten(bert_run, tiny_bert, data_dir):
+    metrics_file = bert_run.run_dir / "metrics.json"
+    before = metrics_file.read_bytes()
+    with pytest.raises(RunError, match=r"already holds a finished run; .*--overwrite"):
+        run(tiny_config(tiny_bert, data_dir, bert_run.run_dir))
+    assert metrics_file.read_bytes() == before
+    assert (bert_run.run_dir / "COMPLETE").exists()
+
+
+def test_finished_run_is_replaced_with_overwrite(tmp_path, tiny_bert, data_dir):
+    first = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1))
+    second = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=2, train__overwrite=True))
+    assert second.run_dir == first.run_dir
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]) == 2
+    assert (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_failing_run_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir):
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", lora__target_modules="nonexistent")
+    with pytest.raises(ModelError):
+        run(cfg)
+    assert not (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_failing_overwrite_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir):
+    run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1))
+    bad = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__overwrite=True, lora__target_modules="nonexistent")
+    with pytest.raises(ModelError):
+        run(bad)
+    assert not (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_crash_during_training_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir, monkeypatch):
+    import loratune.training as train_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train_module, "train", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny_config(tiny_bert, data_dir, tmp_path / "run"))
+    assert (tmp_path / "run").is_dir()
+    assert not (tmp_path / "run" / "COMPLETE").exists()
+    with pytest.raises(RunError, match=r"not a finished run"):
+        load_run(tmp_path / "run")
+
+
+def test_bad_data_fails_before_a_run_folder_is_made(tmp_path, tiny_bert):
+    write_csv(tmp_path / "data" / "train.csv", [{"text": r["text"], "label": "good"} for r in make_rows(20, seed=1)])
+    with pytest.raises(loratune.DataError, match=r"single class"):
+        run(tiny_config(tiny_bert, tmp_path / "data", tmp_path / "run"))
+    assert not (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_method_none_evaluates_without_training(tmp_path, tiny_bert, data_dir):
+    result = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", lora__method="none"))
+    assert result.metrics["history"] == []
+    assert result.after == result.before
+    assert (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_loratune_train_is_the_pipeline_run_even_after_a_run(bert_run):
+    # The public API promises `loratune.train(cfg)`; importing the loratune.train module must not shadow it.
+    assert loratune.train is run

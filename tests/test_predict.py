@@ -1,0 +1,102 @@
+"""Tests for loratune.predict: labels and probabilities from a run folder, file input and output."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import write_csv, write_jsonl
+
+from loratune import DataError, Predictor, RunError
+from loratune.predict import read_texts, write_predictions
+
+TEXTS = ["great movie", "the plot was really awful", "a very great scene with music"]
+
+
+@pytest.fixture(scope="module")
+def predictor(bert_run):
+    return Predictor.from_run(bert_run.run_dir, device="cpu")
+
+
+def test_predict_returns_label_names_and_probabilities_summing_to_one(predictor):
+    predictions = predictor.predict(TEXTS)
+    assert len(predictions) == len(TEXTS)
+    for p in predictions:
+        assert p["label"] in ("bad", "good")
+        assert set(p["probabilities"]) == {"bad", "good"}
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert p["score"] == max(p["probabilities"].values())
+        assert p["probabilities"][p["label"]] == p["score"]
+
+
+def test_predict_accepts_a_single_string(predictor):
+    assert predictor.predict("great movie") == predictor.predict(["great movie"])
+
+
+def test_predictions_keep_the_input_order(predictor):
+    together = predictor.predict_proba(TEXTS)
+    alone = torch.cat([predictor.predict_proba([t]) for t in TEXTS])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_batch_size_does_not_change_predictions(predictor):
+    small = Predictor(predictor.model, predictor.tokenizer, predictor.labels, predictor.max_length, batch_size=1)
+    torch.testing.assert_close(small.predict_proba(TEXTS), predictor.predict_proba(TEXTS), atol=1e-5, rtol=1e-4)
+
+
+def test_mismatched_text_pairs_are_rejected(predictor):
+    with pytest.raises(DataError, match=r"Got 3 texts but 1 text pairs"):
+        predictor.predict(TEXTS, ["one"])
+
+
+def test_from_run_rejects_a_missing_folder(tmp_path):
+    with pytest.raises(RunError, match=r"does not exist"):
+        Predictor.from_run(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["in.csv", "in.jsonl", "in.txt"])
+def test_texts_are_read_from_csv_jsonl_and_txt(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        write_csv(path, [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    elif name.endswith(".jsonl"):
+        write_jsonl(path, [{"text": t, "id": i} for i, t in enumerate(TEXTS)])
+    else:
+        path.write_text("\n".join(TEXTS) + "\n\n")
+    assert read_texts(path) == TEXTS
+
+
+def test_text_column_is_chosen_by_name(tmp_path):
+    path = write_csv(tmp_path / "in.csv", [{"id": i, "review": t} for i, t in enumerate(TEXTS)])
+    assert read_texts(path, "review") == TEXTS
+    with pytest.raises(DataError, match=r"has no text column 'text'; its columns are \['id', 'review'\]"):
+        read_texts(path)
+
+
+def test_missing_input_file_is_reported(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist"):
+        read_texts(tmp_path / "nope.csv")
+
+
+def test_predictions_are_written_as_csv(predictor, tmp_path):
+    write_predictions(tmp_path / "out.csv", TEXTS, predictor.predict(TEXTS))
+    with (tmp_path / "out.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["text"] for r in rows] == TEXTS
+    assert list(rows[0]) == ["text", "label", "score", "prob_bad", "prob_good"]
+    assert all(float(r["prob_bad"]) + float(r["prob_good"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
+
+
+def test_predictions_are_written_as_jsonl(predictor, tmp_path):
+    predictions = predictor.predict(TEXTS)
+    write_predictions(tmp_path / "out.jsonl", TEXTS, predictions)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [p["label"] for p in predictions]
+    assert [r["text"] for r in rows] == TEXTS
+
+
+def test_unknown_output_format_is_rejected(predictor, tmp_path):
+    with pytest.raises(DataError, match=r"use an output file ending in .csv or .jsonl"):
+        write_predictions(tmp_path / "out.xlsx", TEXTS, predictor.predict(TEXTS))

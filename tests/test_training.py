@@ -1,0 +1,146 @@
+"""Tests for loratune.training: the loop learns, is reproducible, keeps the best epoch, and stops early."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import make_rows, tiny_config, write_csv
+
+from loratune import artifacts
+from loratune.batching import build_eval_loader
+from loratune.config import Config
+from loratune.data import load_splits, tokenize
+from loratune.evaluate import evaluate
+from loratune.modeling import build_model
+from loratune.pipeline import run
+from loratune.training import train
+
+ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
+
+
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # as pipeline.run does, one state per run
+    return Accelerator(cpu=True, mixed_precision="no")
+
+
+def prepare(cfg: Config):
+    """Model, tokenised train / validation sets and labels, as pipeline.run builds them."""
+    from accelerate.utils import set_seed
+
+    splits = load_splits(cfg.data, seed=cfg.train.seed)
+    set_seed(cfg.train.seed)
+    built = build_model(cfg.model, cfg.lora, splits.labels)
+    train_ds, _ = tokenize(splits.train, built.tokenizer, cfg.data.max_length)
+    val_ds, _ = tokenize(splits.validation, built.tokenizer, cfg.data.max_length)
+    return built, train_ds, val_ds, splits.labels
+
+
+@pytest.fixture(scope="session")
+def eight_examples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eight")
+    write_csv(folder / "train.csv", make_rows(8, seed=11))
+    write_csv(folder / "validation.csv", make_rows(4, seed=12))
+    write_csv(folder / "test.csv", make_rows(4, seed=13))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_loss_goes_down_when_overfitting_eight_examples(arch, tiny_models, eight_examples):
+    cfg = tiny_config(
+        tiny_models[arch], eight_examples, train__num_epochs=30, train__learning_rate=3e-2, lora__lora_dropout=0
+    )
+    built, train_ds, val_ds, labels = prepare(cfg)
+    result = train(built.model, train_ds, val_ds, labels, cfg.train, 3e-2, accelerator(), built.tokenizer.pad_token_id)
+    losses = [entry["train_loss"] for entry in result.history]
+    assert len(losses) == 30
+    assert losses[-1] < 0.9 * losses[0]
+    assert losses[-1] <= min(losses[:5])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(tiny_bert, eight_examples):
+    cfg = tiny_config(tiny_bert, eight_examples, train__num_epochs=4, train__warmup_ratio=0.25)
+    built, train_ds, val_ds, labels = prepare(cfg)
+    result = train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
+    rates = [entry["learning_rate"] for entry in result.history]
+    assert rates[0] == pytest.approx(1e-2)  # one step per epoch: the first step ends the warmup
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(0.0)
+
+
+def test_model_holds_the_best_epochs_weights(tiny_bert, data_dir):
+    cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=4, train__best_metric="loss", train__learning_rate=5e-2)
+    built, train_ds, val_ds, labels = prepare(cfg)
+    pad = built.tokenizer.pad_token_id
+    result = train(built.model, train_ds, val_ds, labels, cfg.train, 5e-2, accelerator(), pad)
+    best = min(result.history, key=lambda entry: entry["val_loss"])
+    assert result.best_epoch == best["epoch"]
+    val = evaluate(built.model, build_eval_loader(val_ds, 8, pad), labels)
+    assert val["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+
+
+def test_training_stops_early_without_improvement(tiny_bert, data_dir):
+    # A learning rate this small leaves validation F1 unchanged, so patience 1 stops after epoch 2.
+    cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=5, train__early_stopping_patience=1)
+    built, train_ds, val_ds, labels = prepare(cfg)
+    result = train(built.model, train_ds, val_ds, labels, cfg.train, 1e-9, accelerator(), built.tokenizer.pad_token_id)
+    assert result.stopped_early
+    assert [entry["epoch"] for entry in result.history] == [1, 2]
+    assert result.best_epoch == 1
+
+
+def test_only_trainable_weights_change(tiny_bert, data_dir):
+    cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=1)
+    built, train_ds, val_ds, labels = prepare(cfg)
+    before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
+    train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
+    for name, param in built.model.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        if not param.requires_grad:
+            assert not changed, name
+    assert any(not torch.equal(before[n], p) for n, p in built.model.named_parameters() if "lora_B" in n)
+
+
+def test_saved_model_reloads_to_identical_logits(tiny_bert, data_dir, tmp_path):
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1)
+    built, train_ds, val_ds, labels = prepare(cfg)
+    train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
+    run_dir = tmp_path / "run"
+    artifacts.prepare_run_dir(run_dir, overwrite=False)
+    artifacts.write_text(run_dir / "config.yaml", cfg.to_yaml())
+    artifacts.write_json(run_dir / "labels.json", labels)
+    artifacts.save_model(run_dir, built.model, "lora", built.tokenizer)
+    artifacts.mark_complete(run_dir)
+
+    model, tokenizer, loaded_labels, _ = artifacts.load_model(run_dir)
+    assert loaded_labels == labels
+    batch = tokenizer(["great movie", "the plot was really awful", "a scene"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, built.model.eval()(**batch).logits)
+
+
+@pytest.mark.parametrize("method", ["head", "full", "dora", "ia3"])
+def test_every_method_trains_saves_and_reloads(method, tiny_bert, data_dir, tmp_path):
+    result = run(tiny_config(tiny_bert, data_dir, tmp_path / method, lora__method=method, train__num_epochs=1))
+    assert (result.run_dir / "COMPLETE").exists()
+    model, tokenizer, _, cfg = artifacts.load_model(result.run_dir)
+    assert cfg.lora.method == method
+    ds, _ = tokenize(load_splits(cfg.data, seed=cfg.train.seed).test, tokenizer, cfg.data.max_length)
+    reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.metrics["labels"])
+    assert reloaded["loss"] == pytest.approx(result.after["loss"], abs=1e-5)
+
+
+def test_same_seed_gives_the_same_metrics(tiny_bert, data_dir, tmp_path):
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "a")
+    first = run(cfg)
+    second = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "b"))))
+    for key in ("before", "after", "best_epoch"):
+        assert first.metrics[key] == second.metrics[key], key
+    for a, b in zip(first.metrics["history"], second.metrics["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "epoch_seconds"} == {
+            k: v for k, v in b.items() if k != "epoch_seconds"
+        }
