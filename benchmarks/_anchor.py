@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_seconds = time.perf_counter() - start
 
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    accuracy = float(np.mean(np.argmax(logits, axis=-1) == prediction.label_ids))
+    predicted = np.argmax(logits, axis=-1)
+    accuracy = float(np.mean(predicted == prediction.label_ids))
     result = {
         "precision": "bf16" if args.bf16 else "fp32",
         "device": str(training_args.device),
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_tokens_per_s": train_tokens / train_seconds,
         "eval_samples_per_s": len(val_ds) / eval_seconds,
         "val_accuracy": accuracy,
+        # Shows at a glance when a short run has collapsed onto one class (accuracy = that class's share).
+        "val_predicted_counts": {name: int((predicted == i).sum()) for i, name in enumerate(labels)},
         # ru_maxrss is in KiB on Linux.
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

@@ -223,7 +223,8 @@ def run_anchor(variant: str, data: Path, n_train: int, args: argparse.Namespace,
     row.eval_samples_per_s = result["eval_samples_per_s"]
     row.val_accuracy = result["val_accuracy"]
     row.train_seconds = result["train_seconds"]
-    row.extra.update({k: result[k] for k in ("precision", "device", "torch_threads", "self_peak_rss_mb")})
+    keys = ("precision", "device", "torch_threads", "self_peak_rss_mb", "val_predicted_counts")
+    row.extra.update({k: result[k] for k in keys})
     return row
 
 
