@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loratune.errors import RunError
 from loratune.report import write_comparison, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -227,7 +228,7 @@ def test_base_run_without_history_still_renders(tmp_path):
 
 
 def test_missing_metrics_json_raises_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"has no metrics\.json; is it a loratune run folder\? Train one"):
+    with pytest.raises(RunError, match=r"has no metrics\.json; is it a loratune run folder\? Train one"):
         write_report(tmp_path)
 
 
@@ -293,5 +294,5 @@ def test_comparison_md_and_html_hold_the_table_and_both_plots(tmp_path, comparis
 def test_write_comparison_names_the_run_without_metrics(tmp_path, comparison_runs):
     comparison_runs["full"] = tmp_path / "runs" / "missing"
 
-    with pytest.raises(FileNotFoundError, match="missing has no metrics.json"):
+    with pytest.raises(RunError, match="missing has no metrics.json"):
         write_comparison(tmp_path / "compare", comparison_runs)

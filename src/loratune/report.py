@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from loratune.errors import RunError
+
 __all__ = ["write_report", "write_comparison"]
 
 _DASH = "—"
@@ -58,7 +60,7 @@ def write_report(run_dir: str | Path) -> Path:
         The path of `report.html`.
 
     Raises:
-        FileNotFoundError: If the folder has no `metrics.json`.
+        RunError: If the folder has no `metrics.json`.
     """
     run = _load_run(Path(run_dir))
     figures = _write_run_plots(run)
@@ -86,7 +88,7 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
         The path of `comparison.html`.
 
     Raises:
-        FileNotFoundError: If a run folder has no `metrics.json`.
+        RunError: If a run folder has no `metrics.json`.
         ValueError: If `runs` is empty.
     """
     if not runs:
@@ -139,9 +141,7 @@ class _Run:
 def _load_run(run_dir: Path) -> _Run:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} has no metrics.json; is it a loratune run folder? Train one with `loratune train`."
-        )
+        raise RunError(f"{run_dir} has no metrics.json; is it a loratune run folder? Train one with `loratune train`.")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     labels_path = run_dir / "labels.json"
     if labels_path.is_file():
