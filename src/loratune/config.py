@@ -109,7 +109,10 @@ class ModelArgs:
     )
     dropout: float | None = field(
         default=None,
-        metadata=_help("Set every dropout probability inside the pretrained model; unset keeps the model's own."),
+        metadata=_help(
+            "Dropout inside the pretrained model. Unset: 0 when its weights are frozen (lora, dora, ia3, head), "
+            "the model's own for full fine-tuning."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -135,7 +138,7 @@ class LoraArgs:
     )
     r: int = field(default=8, metadata=_help("LoRA rank.", "--lora-r"))
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling numerator (scale = lora_alpha / r)."))
-    lora_dropout: float = field(default=0.1, metadata=_help("Dropout on the LoRA input."))
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input."))
     target_modules: list[str] | None = field(
         default=None,
         metadata=_help("Module names to adapt, comma-separated; chosen per architecture when unset (attention)."),

@@ -55,4 +55,13 @@ def peak_memory_mb(device: str) -> float:
     """Peak memory so far: the process's resident-set high-water mark on CPU, allocated memory on CUDA."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    # VmHWM starts afresh at exec; ru_maxrss is inherited from the parent (a notebook kernel calling `compare`
+    # would lend its own peak to every child), so it is only the fallback where /proc is missing.
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
