@@ -199,9 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--methods", default="base,head,lora,full", help="Comma-separated: base, head, lora, full, dora, ia3."
     )
-    compare.add_argument(
-        "--compare-dir", "--output-dir", dest="compare_dir", required=True, help="Folder for all runs."
-    )
+    compare.add_argument("--output-dir", dest="compare_dir", required=True, help="Folder for all runs.")
     _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
     compare.set_defaults(func=cmd_compare)
 

@@ -88,8 +88,9 @@ def train(
         extra_state: kept in the checkpoint (the pipeline keeps its "before" scores there).
     """
     result = TrainResult()
-    world = accelerator.num_processes
-    steps_per_epoch = math.ceil(len(train_ds) / (args.batch_size * world) / args.gradient_accumulation_steps)
+    # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
+    # step, so the schedule spans the run whatever the number of processes.
+    steps_per_epoch = math.ceil(len(train_ds) / args.batch_size / args.gradient_accumulation_steps)
     optimizer = build_optimizer(model, args, learning_rate)
     scheduler = build_scheduler(optimizer, steps_per_epoch * args.num_epochs, args.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
