@@ -233,7 +233,18 @@ def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precis
 
     The learning rate is deliberately not passed: the row measures loratune as a user gets it.
     """
-    argv = [sys.executable, "-m", "loratune", "train", "--data", str(data), "--output-dir", str(output_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "loratune",
+        "train",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(output_dir),
+        "--overwrite",
+        "--no-progress",
+    ]
     argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(MAX_LENGTH)]
     if precision:
         argv += ["--precision", precision]

@@ -92,7 +92,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     from loratune.data import load_splits, tokenize
     from loratune.evaluate import evaluate
     from loratune.hardware import MIXED_PRECISION, peak_memory_mb, resolve_device, resolve_precision
-    from loratune.modeling import build_model, cast_frozen, display_name
+    from loratune.modeling import build_model, cast_frozen, display_name, keep_adapter_inputs_in_autocast_dtype
     from loratune.training import train
 
     device = resolve_device(cfg.train.device)
@@ -150,6 +150,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     model = built.model
     if precision != "fp32" and accelerator.distributed_type.value in ("NO", "MULTI_CPU", "MULTI_GPU"):
         cast_frozen(model, torch.bfloat16 if precision == "bf16" else torch.float16)
+        keep_adapter_inputs_in_autocast_dtype(model)
     model.to(accelerator.device)
     if cfg.train.report_to != "none":
         accelerator.init_trackers(run_dir.name, config=_flat(cfg.to_dict()))
