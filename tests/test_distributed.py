@@ -20,7 +20,11 @@ from conftest import tiny_config
 def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path, tiny_bert, data_dir):
     from loratune.pipeline import run
 
-    single = run(tiny_config(tiny_bert, data_dir, tmp_path / "single", train__num_epochs=4))
+    # Plain shuffling (no length groups): two processes with half the batch then see exactly the single run's
+    # batches, split in two, and average the same gradients; only float rounding differs.
+    single = run(
+        tiny_config(tiny_bert, data_dir, tmp_path / "single", train__num_epochs=4, train__group_by_length=False)
+    )
 
     run_dir = tmp_path / "ddp"
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -29,7 +33,7 @@ def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path
         torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "loratune", "train",
         "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(run_dir),
         "--epochs", "4", "--batch-size", "4", "--learning-rate", "5e-3", "--precision", "fp32",
-        "--device", "cpu", "--no-progress",
+        "--device", "cpu", "--no-progress", "--no-group-by-length",
     ]  # fmt: skip
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -40,7 +44,7 @@ def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path
     assert (run_dir / "COMPLETE").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]  # one folder, written once
     assert metrics["after"]["num_samples"] == single.after["num_samples"]  # every test example scored once
-    assert abs(metrics["after"]["accuracy"] - single.after["accuracy"]) <= 0.15
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
-    ddp_loss, single_loss = metrics["history"][-1]["train_loss"], single.metrics["history"][-1]["train_loss"]
-    assert abs(ddp_loss - single_loss) <= 0.1, (ddp_loss, single_loss)
+    for mine, theirs in zip(metrics["history"], single.metrics["history"], strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=0.005)
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=0.005)
