@@ -62,6 +62,7 @@ def test_mlflow_logs_to_a_local_file_store(tiny_bert, data_dir, tmp_path, monkey
 
     store = tmp_path / "mlruns"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.x wants a database unless told otherwise
     cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=EPOCHS, train__report_to="mlflow")
     loratune.run(cfg)
     client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
