@@ -79,3 +79,20 @@ def test_resume_of_a_folder_without_a_run_names_the_problem(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "Nothing to resume" in err and len(err.splitlines()) == 1
+
+
+def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_path, tiny_bert, data_dir):
+    from loratune.pipeline import run
+
+    run_dir = tmp_path / "killed"
+    killed = tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=2, train__learning_rate=5e-2)
+    cfg_yaml = tmp_path / "cfg.yaml"
+    cfg_yaml.write_text(killed.to_yaml())
+    assert _kill_after_first_checkpoint(cfg_yaml) == -9
+    stale = json.loads((run_dir / "checkpoint" / "state.json").read_text())["state"]["history"][0]["train_loss"]
+
+    fresh = run(tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=2, train__learning_rate=1e-3))
+    reference = run(tiny_config(tiny_bert, data_dir, tmp_path / "ref", train__num_epochs=2, train__learning_rate=1e-3))
+    first = fresh.metrics["history"][0]["train_loss"]
+    assert first == pytest.approx(reference.metrics["history"][0]["train_loss"])
+    assert first != pytest.approx(stale)

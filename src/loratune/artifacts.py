@@ -84,6 +84,8 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise RunError(f"{run_dir} already holds a finished run; choose another --output-dir or pass --overwrite.")
         (run_dir / COMPLETE).unlink()
+    # A fresh run must not pick up the checkpoint of an earlier, unfinished one (that is what --resume is for).
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
