@@ -96,3 +96,38 @@ def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_p
     first = fresh.metrics["history"][0]["train_loss"]
     assert first == pytest.approx(reference.metrics["history"][0]["train_loss"])
     assert first != pytest.approx(stale)
+
+
+def test_ctrl_c_stops_with_a_resume_hint_and_the_run_resumes(tmp_path, tiny_bert, data_dir):
+    import signal
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "loratune", "train", "--data", str(data_dir), "--model", str(tiny_bert)]
+    cmd += [
+        "--output-dir",
+        str(run_dir),
+        "--epochs",
+        "200",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--no-progress",
+    ]
+    child = subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    state = run_dir / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert f"loratune train --resume {run_dir}" in err
+    assert not (run_dir / "COMPLETE").exists()
+    finished = json.loads(state.read_text())["state"]["epoch"]
+    assert 1 <= finished < 200
+
+    assert main(["train", "--resume", str(run_dir), "train.num_epochs=" + str(finished + 1)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, finished + 2))
