@@ -4,6 +4,7 @@ that call the library; user mistakes print one line and exit with status 2 (`--d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -64,6 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise RunError(f"Nothing to resume in {run_dir}: it has no config.yaml; check the path.")
         setattr(args, "train.output_dir", str(run_dir))
     cfg = _config_from_args(args)
+    if cfg.train.output_dir is None:  # named now, so an interrupted run can say where it is
+        from loratune.pipeline import default_run_dir
+
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(default_run_dir(cfg))))
     try:
         result = loratune.run(cfg, resume=bool(args.resume))
     except KeyboardInterrupt:
@@ -84,8 +89,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from loratune import artifacts
     from loratune.batching import build_eval_loader
     from loratune.data import load_eval_split, tokenize
