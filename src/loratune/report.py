@@ -1,30 +1,28 @@
 """Plots, report.md and report.html for a run folder, and a side-by-side comparison of several runs.
 
 Everything here is rendered from the files a run leaves on disk (see docs/run-folder.md), so a report can be
-rebuilt, moved or tested without a model. Both the Markdown and the HTML come from one list of blocks, which keeps
-the two outputs in step.
+rebuilt, moved or tested without a model. This module decides what a report says, as one list of blocks;
+`loratune.render` turns that list into both the Markdown and the HTML, which keeps the two outputs in step.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from loratune.errors import RunError
+from loratune.render import Block, Code, Figure, Figures, Heading, Table, Text, render_html, render_markdown
 
 __all__ = ["write_report", "write_comparison"]
 
@@ -66,9 +64,11 @@ def write_report(run_dir: str | Path) -> Path:
     figures = _write_run_plots(run)
     title = _report_title(run)
     blocks = _report_blocks(run, figures)
-    (run.dir / "report.md").write_text(_render_markdown(title, blocks), encoding="utf-8")
+    (run.dir / "report.md").write_text(render_markdown(title, blocks), encoding="utf-8")
     html_path = run.dir / "report.html"
-    html_path.write_text(_render_html(title, blocks, run.dir, kicker="loratune · run report"), encoding="utf-8")
+    html_path.write_text(
+        render_html(title, blocks, run.dir, kicker="loratune · run report", dpi=_DPI), encoding="utf-8"
+    )
     return html_path
 
 
@@ -105,9 +105,11 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
     ]
     title = "Method comparison"
     blocks = _comparison_blocks(loaded, rows, figures)
-    (output_dir / "comparison.md").write_text(_render_markdown(title, blocks), encoding="utf-8")
+    (output_dir / "comparison.md").write_text(render_markdown(title, blocks), encoding="utf-8")
     html_path = output_dir / "comparison.html"
-    html_path.write_text(_render_html(title, blocks, output_dir, kicker="loratune · comparison"), encoding="utf-8")
+    html_path.write_text(
+        render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=_DPI), encoding="utf-8"
+    )
     return html_path
 
 
@@ -283,20 +285,13 @@ def _share_of_count(part: Any, total: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Figure:
-    filename: str
-    caption: str
-    wide: bool = False  # too detailed to shrink to a phone's width: scrolls sideways there instead
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
+def _new_figure(width: float, height: float) -> MplFigure:
+    figure = MplFigure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path: Path) -> None:
+def _save(figure: MplFigure, path: Path) -> None:
     # No Software/date metadata, so identical inputs give byte-identical PNGs.
     figure.savefig(path, dpi=_DPI, facecolor="white", metadata={"Software": None})
 
@@ -317,22 +312,22 @@ def _style_axes(ax: Any, percent: bool) -> None:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
-def _write_run_plots(run: _Run) -> list[list[_Figure]]:
+def _write_run_plots(run: _Run) -> list[list[Figure]]:
     """Write the run's PNGs; returns them in rows as the report shows them (the two curves side by side)."""
     split = run.split
     rows = [[_plot_curves(run, "accuracy", run.dir / "accuracy.png"), _plot_curves(run, "loss", run.dir / "loss.png")]]
     matrix = _get(run.metrics, "after", "confusion_matrix")
     if isinstance(matrix, list) and matrix:
         _plot_confusion(matrix, run.labels, run.dir / "confusion_matrix.png")
-        rows.append([_Figure("confusion_matrix.png", f"Confusion matrix after training ({split} split)", wide=True)])
+        rows.append([Figure("confusion_matrix.png", f"Confusion matrix after training ({split} split)", wide=True)])
     if len(run.labels) > 2:
         _plot_per_class_f1(run, run.dir / "per_class_f1.png")
         caption = f"Per-class F1 before and after training ({split} split)"
-        rows.append([_Figure("per_class_f1.png", caption, wide=len(run.labels) > 8)])
+        rows.append([Figure("per_class_f1.png", caption, wide=len(run.labels) > 8)])
     return rows
 
 
-def _plot_curves(run: _Run, key: str, path: Path) -> _Figure:
+def _plot_curves(run: _Run, key: str, path: Path) -> Figure:
     """Train and validation `key` per epoch; the untrained score sits at epoch 0 and the best epoch is marked."""
     history = run.history
     split = run.split
@@ -374,7 +369,7 @@ def _plot_curves(run: _Run, key: str, path: Path) -> _Figure:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, framealpha=0.9)
     _save(figure, path)
-    return _Figure(path.name, f"{key.capitalize()}: train and validation per epoch; epoch 0 is the untrained model")
+    return Figure(path.name, f"{key.capitalize()}: train and validation per epoch; epoch 0 is the untrained model")
 
 
 def _points(xs: Sequence[float], ys: Sequence[Any]) -> tuple[list[float], list[float]]:
@@ -445,7 +440,7 @@ def _plot_per_class_f1(run: _Run, path: Path) -> None:
     _save(figure, path)
 
 
-def _plot_comparison_curves(runs: dict[str, _Run], path: Path) -> _Figure:
+def _plot_comparison_curves(runs: dict[str, _Run], path: Path) -> Figure:
     """Validation accuracy per method; untrained runs (no history) are horizontal dashed lines."""
     figure = _new_figure(6.0, 3.8)
     ax = figure.add_subplot()
@@ -476,10 +471,10 @@ def _plot_comparison_curves(runs: dict[str, _Run], path: Path) -> _Figure:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, framealpha=0.9)
     _save(figure, path)
-    return _Figure(path.name, "Validation accuracy per epoch; epoch 0 is each run's untrained score")
+    return Figure(path.name, "Validation accuracy per epoch; epoch 0 is each run's untrained score")
 
 
-def _plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> _Figure:
+def _plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> Figure:
     figure = _new_figure(6.0, 3.8)
     ax = figure.add_subplot()
     colors = _method_colors({row["method"]: None for row in rows})
@@ -495,7 +490,7 @@ def _plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> _Figure:
     ax.margins(x=0.15, y=0.15)
     _style_axes(ax, percent=True)
     _save(figure, path)
-    return _Figure(path.name, "Accuracy after training against training time, one point per method")
+    return Figure(path.name, "Accuracy after training against training time, one point per method")
 
 
 def _method_colors(methods: Iterable[str]) -> dict[str, str]:
@@ -507,44 +502,8 @@ def _method_colors(methods: Iterable[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Document blocks: one structure, rendered to Markdown and to HTML
+# Document content: what a report and a comparison say, as blocks for loratune.render
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Heading:
-    text: str
-
-
-@dataclass(frozen=True)
-class _Text:
-    text: str
-    muted: bool = False
-
-
-@dataclass(frozen=True)
-class _Table:
-    header: list[str]
-    rows: list[list[str]]
-    align: str = ""  # one 'l' or 'r' per column; default: first column left, the rest right
-    signed: tuple[int, ...] = ()  # columns whose '+'/'-' values are coloured in HTML
-    key_value: bool = False
-
-    def alignment(self) -> str:
-        return self.align or "l" + "r" * (len(self.header) - 1)
-
-
-@dataclass(frozen=True)
-class _Code:
-    text: str
-
-
-@dataclass(frozen=True)
-class _Figures:
-    items: list[_Figure] = field(default_factory=list)
-
-
-_Block = _Heading | _Text | _Table | _Code | _Figures
 
 
 def _report_title(run: _Run) -> str:
@@ -556,19 +515,19 @@ def _report_title(run: _Run) -> str:
     return f"{_method_name(run.metrics.get('method'))} fine-tuning: {task}"
 
 
-def _report_blocks(run: _Run, figures: list[list[_Figure]]) -> list[_Block]:
+def _report_blocks(run: _Run, figures: list[list[Figure]]) -> list[Block]:
     m = run.metrics
     before, after = m.get("before") or {}, m.get("after") or {}
     samples = _count(after.get("num_samples"))
-    blocks: list[_Block] = [
-        _Text(
+    blocks: list[Block] = [
+        Text(
             f"Accuracy {_pct(before.get('accuracy'))} → {_pct(after.get('accuracy'))} "
             f"({_pp(after.get('accuracy'), before.get('accuracy'))}), macro F1 {_pct(before.get('f1'))} → "
             f"{_pct(after.get('f1'))} ({_pp(after.get('f1'), before.get('f1'))}) on the {run.split} split "
             f"({samples} examples), trained in {_seconds(m.get('train_seconds'))}."
         ),
-        _Heading("Results"),
-        _Table(
+        Heading("Results"),
+        Table(
             ["metric", "before", "after", "change"],
             [
                 [name, _pct(before.get(k)), _pct(after.get(k)), _pp(after.get(k), before.get(k))]
@@ -576,29 +535,29 @@ def _report_blocks(run: _Run, figures: list[list[_Figure]]) -> list[_Block]:
             ],
             signed=(3,),
         ),
-        _Text(
+        Text(
             f"Before: the model as loaded, with a fresh classification head. After: the best epoch "
             f"({m.get('best_epoch', _DASH)}, by {m.get('best_metric') or _DASH}). Both on the {run.split} split.",
             muted=True,
         ),
-        _Heading("Plots"),
-        *[_Figures(row) for row in figures],
-        _Heading("Training"),
+        Heading("Plots"),
+        *[Figures(row) for row in figures],
+        Heading("Training"),
         _training_table(run),
-        _Heading("Data"),
+        Heading("Data"),
         *_data_blocks(run),
-        _Heading("Per class"),
+        Heading("Per class"),
         _per_class_table(run),
-        _Heading("History"),
+        Heading("History"),
         _history_block(run),
     ]
     if run.config_text is not None:
-        blocks += [_Heading("Configuration"), _Text("config.yaml, as resolved for this run:", muted=True)]
-        blocks.append(_Code(run.config_text.rstrip("\n")))
+        blocks += [Heading("Configuration"), Text("config.yaml, as resolved for this run:", muted=True)]
+        blocks.append(Code(run.config_text.rstrip("\n")))
     return blocks
 
 
-def _training_table(run: _Run) -> _Table:
+def _training_table(run: _Run) -> Table:
     m = run.metrics
     total = m.get("total_params")
     best = (
@@ -626,7 +585,7 @@ def _training_table(run: _Run) -> _Table:
         ["eval throughput", _rate(throughput.get("eval_samples_per_s"), "samples/s")],
         ["padding ratio", _fixed(throughput.get("padding_ratio"), 2)],
     ]
-    return _Table(["training", "value"], rows, align="ll", key_value=True)
+    return Table(["training", "value"], rows, align="ll", key_value=True)
 
 
 def _rate(value: Any, unit: str) -> str:
@@ -634,14 +593,14 @@ def _rate(value: Any, unit: str) -> str:
     return text if text == _DASH else f"{text} {unit}"
 
 
-def _data_blocks(run: _Run) -> list[_Block]:
+def _data_blocks(run: _Run) -> list[Block]:
     data = run.metrics.get("data")
     if not isinstance(data, dict):
-        return [_Text(f"{_DASH} (metrics.json has no data summary)", muted=True)]
+        return [Text(f"{_DASH} (metrics.json has no data summary)", muted=True)]
     counts = data.get("label_counts") if isinstance(data.get("label_counts"), dict) else {}
     truncated = data.get("truncated") if isinstance(data.get("truncated"), dict) else {}
     splits = [s for s in _SPLITS if f"{s}_size" in data or s in counts] or list(_SPLITS)
-    sizes = _Table(
+    sizes = Table(
         ["split", "examples", "truncated"],
         [[s, _count(data.get(f"{s}_size")), _share_of_count(truncated.get(s), data.get(f"{s}_size"))] for s in splits],
     )
@@ -650,14 +609,14 @@ def _data_blocks(run: _Run) -> list[_Block]:
         cells = [_share_of_count(_get(counts, s, label), data.get(f"{s}_size")) for s in splits]
         label_rows.append([label, *cells])
     return [
-        _Text(f"Examples per split; truncated counts texts longer than {data.get('max_length', _DASH)} tokens.", True),
+        Text(f"Examples per split; truncated counts texts longer than {data.get('max_length', _DASH)} tokens.", True),
         sizes,
-        _Text("Label distribution per split:", muted=True),
-        _Table(["label", *splits], label_rows),
+        Text("Label distribution per split:", muted=True),
+        Table(["label", *splits], label_rows),
     ]
 
 
-def _per_class_table(run: _Run) -> _Table:
+def _per_class_table(run: _Run) -> Table:
     rows = []
     for label in run.labels:
         a = _get(run.metrics, "after", "per_class", label) or {}
@@ -665,12 +624,12 @@ def _per_class_table(run: _Run) -> _Table:
         pr = [_pct(a.get(k)) for k in ("precision", "recall", "f1")]
         rows.append([label, *pr, _count(a.get("support")), _pct(b_f1), _pp(a.get("f1"), b_f1)])
     header = ["label", "precision", "recall", "F1", "support", "F1 before", "F1 change"]
-    return _Table(header, rows, signed=(6,))
+    return Table(header, rows, signed=(6,))
 
 
-def _history_block(run: _Run) -> _Block:
+def _history_block(run: _Run) -> Block:
     if not run.history:
-        return _Text(f"{_DASH} (no training epochs; this run only evaluates the model as loaded)", muted=True)
+        return Text(f"{_DASH} (no training epochs; this run only evaluates the model as loaded)", muted=True)
     rows = []
     for i, h in enumerate(run.history):
         epoch = h.get("epoch", i + 1)
@@ -692,7 +651,7 @@ def _history_block(run: _Run) -> _Block:
         "LR",
         "time",
     ]
-    return _Table(header, rows)
+    return Table(header, rows)
 
 
 def _comparison_row(method: str, run: _Run, output_dir: Path) -> dict[str, Any]:
@@ -714,17 +673,17 @@ def _comparison_row(method: str, run: _Run, output_dir: Path) -> dict[str, Any]:
     }
 
 
-def _comparison_blocks(runs: dict[str, _Run], rows: list[dict[str, Any]], figures: list[_Figure]) -> list[_Block]:
+def _comparison_blocks(runs: dict[str, _Run], rows: list[dict[str, Any]], figures: list[Figure]) -> list[Block]:
     models = {_model_name(run.metrics.get("model_name") or run.metrics.get("model")) for run in runs.values()}
     datasets = {_data_name(run) for run in runs.values()} - {None}
     task = [f"model: {', '.join(sorted(models))}"] + ([f"data: {', '.join(sorted(datasets))}"] if datasets else [])
     splits = {run.split for run in runs.values()}
     scored = [r for r in rows if _finite(r["accuracy"]) is not None]
-    blocks: list[_Block] = [_Text("; ".join(task) + f"; scores on the {', '.join(sorted(splits))} split.")]
+    blocks: list[Block] = [Text("; ".join(task) + f"; scores on the {', '.join(sorted(splits))} split.")]
     if scored:
         best = max(scored, key=lambda r: r["accuracy"])
         blocks.append(
-            _Text(f"Most accurate: {best['method']}, {_pct(best['accuracy'])} in {_seconds(best['train_seconds'])}.")
+            Text(f"Most accurate: {best['method']}, {_pct(best['accuracy'])} in {_seconds(best['train_seconds'])}.")
         )
     columns = {
         "method": lambda r: str(r["method"]),
@@ -742,156 +701,9 @@ def _comparison_blocks(runs: dict[str, _Run], rows: list[dict[str, Any]], figure
     header = list(columns)
     return [
         *blocks,
-        _Heading("Results"),
-        _Table(header, table_rows, align="l" + "r" * 11 + "l"),
-        _Text("Precision, recall and F1 are macro averages; trainable params show their share of the total.", True),
-        _Heading("Plots"),
-        *[_Figures([f]) for f in figures],
+        Heading("Results"),
+        Table(header, table_rows, align="l" + "r" * 11 + "l"),
+        Text("Precision, recall and F1 are macro averages; trainable params show their share of the total.", True),
+        Heading("Plots"),
+        *[Figures([f]) for f in figures],
     ]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Markdown rendering
-# ---------------------------------------------------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<|])")
-
-
-def _md(text: str) -> str:
-    """Escape Markdown syntax (and raw HTML) in user text such as label names."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text).replace("\r", " ").replace("\n", " "))
-
-
-def _render_markdown(title: str, blocks: Sequence[_Block]) -> str:
-    out = [f"# {_md(title)}", ""]
-    for block in blocks:
-        if isinstance(block, _Heading):
-            out += [f"## {_md(block.text)}", ""]
-        elif isinstance(block, _Text):
-            out += [f"_{_md(block.text)}_" if block.muted else _md(block.text), ""]
-        elif isinstance(block, _Table):
-            out.append("| " + " | ".join(_md(h) for h in block.header) + " |")
-            out.append("| " + " | ".join(":---" if a == "l" else "---:" for a in block.alignment()) + " |")
-            out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in block.rows]
-            out.append("")
-        elif isinstance(block, _Code):
-            fence = "```" + "`" * max((len(run) - 2 for run in re.findall(r"`{3,}", block.text)), default=0)
-            out += [fence + "yaml", block.text, fence, ""]
-        elif isinstance(block, _Figures):
-            out += [f"![{_md(f.caption)}]({f.filename})\n" for f in block.items]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# HTML rendering: one file, inline CSS, images as data URIs, no scripts or external requests
-# ---------------------------------------------------------------------------------------------------------------------
-
-_CSS = """
-:root { --fg: #1f2328; --muted: #59636e; --bg: #f4f5f7; --card: #fff; --line: #e2e5e9; --head: #f6f7f9;
-        --accent: #3b5bdb; --up: #1a7f37; --down: #cf222e; color-scheme: light; }
-* { box-sizing: border-box; }
-html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-       font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1000px; margin: 0 auto; padding: 28px 18px 56px; }
-.kicker { margin: 0; color: var(--accent); font-size: .78rem; font-weight: 600; letter-spacing: .06em;
-          text-transform: uppercase; }
-h1 { font-size: 1.65rem; line-height: 1.25; margin: .25em 0 .6em; overflow-wrap: anywhere; }
-h2 { font-size: 1.15rem; margin: 2.2em 0 .7em; padding-bottom: .35em; border-bottom: 1px solid var(--line); }
-p { margin: 0 0 1em; overflow-wrap: anywhere; }
-p.muted { color: var(--muted); font-size: .9rem; }
-.table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0 0 1em; background: var(--card);
-              border: 1px solid var(--line); border-radius: 10px; }
-table { border-collapse: collapse; width: 100%; font-size: .9rem; font-variant-numeric: tabular-nums; }
-th, td { padding: .5em .8em; text-align: left; white-space: nowrap; border-bottom: 1px solid var(--line); }
-th { background: var(--head); font-weight: 600; color: var(--muted); font-size: .8rem; text-transform: uppercase;
-     letter-spacing: .03em; }
-tbody tr:last-child td { border-bottom: 0; }
-/* The first column stays in view while a wide table scrolls sideways on a phone. */
-th:first-child, td:first-child { position: sticky; left: 0; z-index: 1; }
-td:first-child { background: var(--card); }
-td.r, th.r { text-align: right; }
-td.up { color: var(--up); font-weight: 600; }
-td.down { color: var(--down); font-weight: 600; }
-table.kv td:first-child { position: static; color: var(--muted); width: 40%; }
-table.kv td { white-space: normal; overflow-wrap: anywhere; }
-table.kv thead { display: none; }
-.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 360px), 1fr)); gap: 14px;
-        margin: 0 0 14px; }
-figure { margin: 0; padding: 12px; background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
-figure img { display: block; width: 100%; height: auto; margin: 0 auto; }
-figcaption { margin-top: .5em; color: var(--muted); font-size: .82rem; text-align: center; }
-pre { margin: 0 0 1em; padding: 14px 16px; overflow-x: auto; background: var(--card); border: 1px solid var(--line);
-      border-radius: 10px; font: .82rem/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-footer { margin-top: 3em; color: var(--muted); font-size: .8rem; text-align: center; }
-@media (max-width: 560px) {
-  main { padding: 18px 12px 40px; }
-  h1 { font-size: 1.35rem; }
-  table { font-size: .84rem; }
-  th { font-size: .72rem; }
-  th, td { padding: .45em .55em; }
-  /* A confusion matrix squeezed to phone width is unreadable; keep it legible and let it scroll instead. */
-  figure.wide { overflow-x: auto; }
-  figure.wide img { min-width: 640px; }
-  figure.wide figcaption { position: sticky; left: 0; max-width: calc(100vw - 50px); }
-}
-"""
-
-
-def _html_image(path: Path, alt: str) -> str:
-    """An <img> with the PNG inlined as a data URI, shown no larger than its size on paper (so never blown up)."""
-    data = path.read_bytes()
-    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk always comes first in a PNG
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return (
-        f'<img src="{uri}" alt="{html.escape(alt)}" width="{width}" height="{height}" '
-        f'style="max-width: {round(width * 96 / _DPI)}px">'
-    )
-
-
-def _html_figure(figure: _Figure, base_dir: Path) -> str:
-    wide = ' class="wide"' if figure.wide else ""
-    image = _html_image(base_dir / figure.filename, figure.caption)
-    return f"<figure{wide}>{image}<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
-
-
-def _html_table(table: _Table) -> str:
-    def cell(tag: str, text: str, column: int) -> str:
-        classes = []
-        if table.alignment()[column] == "r":
-            classes.append("r")
-        if tag == "td" and column in table.signed and text[:1] in "+-" and not re.match(r"^[+-]0\.0 ", text):
-            classes.append("up" if text.startswith("+") else "down")
-        attr = f' class="{" ".join(classes)}"' if classes else ""
-        return f"<{tag}{attr}>{html.escape(text)}</{tag}>"
-
-    head = "".join(cell("th", h, i) for i, h in enumerate(table.header))
-    body = "\n".join("<tr>" + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>" for row in table.rows)
-    kind = ' class="kv"' if table.key_value else ""
-    table = f"<table{kind}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
-    return f'<div class="table-wrap">{table}</div>'
-
-
-def _render_html(title: str, blocks: Sequence[_Block], base_dir: Path, kicker: str) -> str:
-    parts = [f'<p class="kicker">{html.escape(kicker)}</p>', f"<h1>{html.escape(title)}</h1>"]
-    for block in blocks:
-        if isinstance(block, _Heading):
-            parts.append(f"<h2>{html.escape(block.text)}</h2>")
-        elif isinstance(block, _Text):
-            muted = ' class="muted"' if block.muted else ""
-            parts.append(f"<p{muted}>{html.escape(block.text)}</p>")
-        elif isinstance(block, _Table):
-            parts.append(_html_table(block))
-        elif isinstance(block, _Code):
-            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
-        elif isinstance(block, _Figures) and block.items:
-            figures = "".join(_html_figure(f, base_dir) for f in block.items)
-            parts.append(f'<div class="figs">{figures}</div>')
-    body = "\n".join(parts)
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n"
-        "<footer>Generated by loratune from the files in this folder.</footer>\n</main>\n</body>\n</html>\n"
-    )
