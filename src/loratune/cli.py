@@ -26,7 +26,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str] = frozense
         for flag, key, f in field_flags():
             if not key.startswith(section + ".") or key in skip:
                 continue
-            default = f.default if f.default is not None else "auto"
+            default = f.default if f.default is not None else "unset"
             kwargs: dict[str, Any] = {
                 "dest": key,
                 "default": argparse.SUPPRESS,
