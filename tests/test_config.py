@@ -184,3 +184,13 @@ def test_every_key_is_a_section_dot_field():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     assert isinstance(load_config(path), Config)
+
+
+def test_annotated_example_yaml_loads_back_to_the_defaults(tmp_path):
+    from loratune.config import Config, example_yaml
+
+    text = example_yaml()
+    assert "# Peak AdamW learning rate" in text and "learning_rate: null" in text
+    path = tmp_path / "example.yaml"
+    path.write_text(text)
+    assert load_config(path) == Config()

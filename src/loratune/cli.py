@@ -82,6 +82,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.example:
+        from loratune.config import example_yaml
+
+        print(example_yaml(), end="")
+        return 0
     cfg = _config_from_args(args)
     print(cfg.to_yaml(), end="")
     print("config OK", file=sys.stderr)
@@ -177,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     validate = sub.add_parser("validate", help="Check a config (and flags) without loading a model.")
+    validate.add_argument("--example", action="store_true", help="Print every option as an annotated YAML file.")
     _add_config_flags(validate)
     validate.set_defaults(func=cmd_validate)
 

@@ -379,6 +379,20 @@ def _parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, 
     return parsed
 
 
+def example_yaml() -> str:
+    """Every option with its default and help text, as a YAML file to copy and edit."""
+    lines = ["# loratune config: every option with its default. Later sources win: these defaults, this file,"]
+    lines.append("# then command-line flags and key=value overrides.")
+    for name, cls in SECTIONS.items():
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"  # {f.metadata['help']}")
+            lines.append(f"  {f.name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
 def field_flags() -> list[tuple[str, str, dataclasses.Field]]:
     """(flag, dotted key, field) for every config field, for building the CLI from the help texts."""
     flags = []
