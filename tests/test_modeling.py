@@ -191,3 +191,10 @@ def test_missing_model_path_is_rejected(tmp_path):
 def test_unknown_target_module_is_reported(tiny_bert):
     with pytest.raises(ModelError, match=r"PEFT could not adapt \['nonexistent'\]"):
         build(tiny_bert, target_modules=["nonexistent"])
+
+
+def test_ia3_records_the_modules_it_adapted(tiny_bert):
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+
+    built = build(tiny_bert, method="ia3")
+    assert built.target_modules == TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING["bert"]

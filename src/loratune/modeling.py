@@ -287,7 +287,8 @@ def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], d
     built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head, pooling=pooling)
     method = lora_args.method
     if method in ("lora", "dora", "ia3"):
-        built.target_modules = list(lora_args.target_modules or choose_target_modules(model, head))
+        default_targets = _ia3_targets if method == "ia3" else choose_target_modules
+        built.target_modules = list(lora_args.target_modules or default_targets(model, head))
         built.model = wrap_peft(model, lora_args, built.target_modules, head)
     elif method == "head":
         for param_name, param in model.named_parameters():
@@ -311,22 +312,26 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.dropout = p  # attention modules that keep a float (Llama, GPT-2 eager paths)
 
 
+def _ia3_targets(model: nn.Module, head: list[str]) -> list[str]:
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS
+
+    targets = IA3_TARGETS.get(model.config.model_type)
+    if not targets:
+        raise ModelError(f"PEFT has no IA3 defaults for {model.config.model_type!r}; set lora.target_modules.")
+    return list(targets)
+
+
 def wrap_peft(model: nn.Module, lora_args: LoraArgs, targets: list[str], head: list[str]) -> nn.Module:
     """Wrap with PEFT; the head layers go to `modules_to_save` so they train and are saved with the adapter."""
     from peft import IA3Config, LoraConfig, TaskType, get_peft_model
 
     if lora_args.method == "ia3":
         from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
-        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS
 
-        model_type = model.config.model_type
-        ia3_targets = lora_args.target_modules or IA3_TARGETS.get(model_type)
-        if not ia3_targets:
-            raise ModelError(f"PEFT has no IA3 defaults for {model_type!r}; set lora.target_modules.")
-        feedforward = [t for t in FEEDFORWARD.get(model_type, []) if t in ia3_targets]
+        feedforward = [t for t in FEEDFORWARD.get(model.config.model_type, []) if t in targets]
         peft_config = IA3Config(
             task_type=TaskType.SEQ_CLS,
-            target_modules=list(ia3_targets),
+            target_modules=list(targets),
             feedforward_modules=feedforward,
             modules_to_save=list(head),
         )
