@@ -6,6 +6,7 @@ Each architecture gets one 2-epoch LoRA run on the tiny dataset, shared by the t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -245,3 +246,15 @@ def test_method_none_evaluates_without_training(tmp_path, tiny_bert, data_dir):
 def test_loratune_train_is_the_pipeline_run_even_after_a_run(bert_run):
     # The public API promises `loratune.train(cfg)`; importing the loratune.train module must not shadow it.
     assert loratune.train is run
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3"])
+def test_other_peft_methods_train_save_and_reload(tmp_path, tiny_bert, data_dir, method):
+    result = run(tiny_config(tiny_bert, data_dir, tmp_path / method, lora__method=method, train__num_epochs=1))
+    adapter = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == {"dora": "LORA", "ia3": "IA3"}[method]
+    assert adapter.get("use_dora", False) == (method == "dora")
+    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    assert cfg.lora.method == method and labels == result.metrics["labels"]
+    again = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "again"))))
+    assert again.after["accuracy"] == pytest.approx(result.after["accuracy"])
