@@ -1,0 +1,49 @@
+"""Length-grouped batches: every example once per epoch, little padding, order set by the seed alone."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from loratune.batching import Collator, LengthGroupedBatchSampler, SortedSampler
+
+
+def _padding_ratio(batches: list[list[int]], lengths: list[int]) -> float:
+    return sum(max(lengths[i] for i in b) * len(b) for b in batches) / sum(lengths)
+
+
+def test_grouped_batches_cover_every_example_once_with_little_padding():
+    rng = random.Random(0)
+    lengths = [rng.choice([3, 5, 8, 13, 21, 40, 60]) + rng.randint(0, 3) for _ in range(2000)]
+    batches = list(LengthGroupedBatchSampler(lengths, batch_size=32, seed=7))
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    assert len(batches) == len(LengthGroupedBatchSampler(lengths, batch_size=32, seed=7))
+    assert all(len(b) <= 32 for b in batches)
+    shuffled = list(range(2000))
+    rng.shuffle(shuffled)
+    plain = [shuffled[i : i + 32] for i in range(0, 2000, 32)]
+    assert _padding_ratio(batches, lengths) < 1.1
+    assert _padding_ratio(plain, lengths) > 2
+
+
+def test_batch_order_depends_on_the_seed_only():
+    lengths = list(range(1, 301))
+    first = list(LengthGroupedBatchSampler(lengths, batch_size=8, seed=1, group_batches=4))
+    assert first == list(LengthGroupedBatchSampler(lengths, batch_size=8, seed=1, group_batches=4))
+    assert first != list(LengthGroupedBatchSampler(lengths, batch_size=8, seed=2, group_batches=4))
+
+
+def test_sorted_sampler_puts_the_longest_first():
+    assert list(SortedSampler([2, 9, 5])) == [1, 2, 0]
+
+
+def test_collator_pads_to_the_longest_row_and_masks_the_padding():
+    rows = [
+        {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "label": 1},
+        {"input_ids": [5], "attention_mask": [1], "label": 0},
+    ]
+    batch = Collator(pad_token_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert torch.equal(batch["labels"], torch.tensor([1, 0]))
