@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loratune.errors import ConfigError, RunError
+from loratune.errors import ConfigError, ModelError, RunError, first_line
 
 COMPLETE = "COMPLETE"
 ADAPTER_DIR = "adapter"
@@ -233,17 +233,15 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
                 missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
                 if missing:
                     raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
-    except RunError:
+    except (RunError, ModelError):
         raise
     except Exception as error:
-        if type(error).__name__ == "ModelError":
-            raise
         if "size mismatch" in str(error):
             raise RunError(
                 f"{run_dir / 'labels.json'} lists {len(labels)} labels, which does not match the saved "
                 "classification head; restore labels.json or rerun training."
             ) from error
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer, labels, cfg

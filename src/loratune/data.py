@@ -19,7 +19,7 @@ import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from loratune.config import DataArgs
-from loratune.errors import DataError
+from loratune.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _read_file(file: Path) -> Dataset:
         # keep_in_memory=False: datasets writes an Arrow cache and memory-maps it, so big files stay on disk.
         ds = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
     except Exception as error:  # datasets raises many types for a malformed file
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise DataError(f"Could not read {file} as {fmt.upper()}: {first}. Check the file's format.") from error
     return ds
 
@@ -217,7 +217,7 @@ def _load_hub(args: DataArgs) -> DatasetDict:
     try:
         loaded = datasets.load_dataset(args.path, args.subset)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise DataError(
             f"Could not load dataset {args.path!r} from the hub ({first}); check the id and network, or pass a "
             "local folder or file."

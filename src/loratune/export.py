@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune import artifacts
-from loratune.errors import RunError
+from loratune.errors import RunError, first_line
 
 ADAPTER_METHODS = ("lora", "dora", "ia3")
 
@@ -145,7 +145,7 @@ def _load_run_config(run_dir: Path, load_config: Any) -> Any:
     try:
         return load_config(run_dir / "config.yaml")
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise RunError(f"{run_dir / 'config.yaml'} is damaged ({first}); restore it or rerun training.") from None
 
 

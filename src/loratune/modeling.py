@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from loratune.config import LoraArgs, ModelArgs
-from loratune.errors import ModelError
+from loratune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ ATTENTION_TARGETS = {
 LLAMA_LIKE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ATTENTION_HINTS = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "qkv", "attn", "attention")
 # Head layers the classification models create on top of the encoder.
-HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler", "out_proj", "classification_head")
+HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler", "classification_head")
 
 
 def default_model_path() -> str:
@@ -139,7 +139,7 @@ def _has_safetensors(name_or_path: str) -> bool | None:
 
 
 def _load_failure(name_or_path: str, error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error)
     if "Unrecognized configuration class" in text or "does not support" in text:
         return (
             f"{name_or_path!r} has no sequence-classification class in transformers; pick a text encoder or "
@@ -162,8 +162,6 @@ def _head_modules(model: nn.Module, new_keys: set[str]) -> list[str]:
         if parts:
             names.add(parts[0])
     for name in HEAD_NAMES:
-        if name == "out_proj":
-            continue
         owner = model if hasattr(model, name) else getattr(model, prefix, None)
         module = getattr(owner, name, None) if owner is not None else None
         if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
@@ -348,7 +346,7 @@ def wrap_peft(model: nn.Module, lora_args: LoraArgs, targets: list[str], head: l
     try:
         return get_peft_model(model, peft_config)
     except ValueError as error:
-        first = str(error).splitlines()[0]
+        first = first_line(error)
         raise ModelError(f"PEFT could not adapt {targets}: {first}. Set lora.target_modules.") from None
 
 
