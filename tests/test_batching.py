@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from loratune.batching import Collator, LengthGroupedBatchSampler, SortedSampler
+from loratune.batching import Collator, LengthGroupedBatchSampler, SortedSampler, bucket_length
 
 
 def _padding_ratio(batches: list[list[int]], lengths: list[int]) -> float:
@@ -47,3 +47,18 @@ def test_collator_pads_to_the_longest_row_and_masks_the_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert torch.equal(batch["labels"], torch.tensor([1, 0]))
+
+
+def test_bucket_lengths_are_few_and_pad_little():
+    lengths = range(1, 513)
+    buckets = [bucket_length(n) for n in lengths]
+    assert buckets[:15] == list(range(1, 16))  # short texts pad exactly
+    assert all(n <= b < n * 1.125 + 1 for n, b in zip(lengths, buckets))
+    assert len(set(buckets)) < 64  # 512 lengths, few shapes for oneDNN to build kernels for
+
+
+def test_bucketing_collator_pads_to_the_bucket_and_masks_it():
+    rows = [{"input_ids": list(range(1, 18)), "attention_mask": [1] * 17}]
+    batch = Collator(pad_token_id=0, bucket=True)(rows)
+    assert batch["input_ids"].shape == (1, 18)
+    assert batch["attention_mask"][0].tolist() == [1] * 17 + [0]

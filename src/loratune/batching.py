@@ -14,18 +14,33 @@ from torch.utils.data import DataLoader, Sampler
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def bucket_length(length: int) -> int:
+    """`length` rounded up to one of eight steps per power of two: exact below 16, then even, multiples of 4, of 8...
+
+    Why: on CPU every new (batch, length) shape makes oneDNN build and cache new matmul kernels and leaves glibc's
+    heap more fragmented, so a long run that meets ever rarer lengths grows its memory (all-MiniLM-L6-v2, SST-2,
+    batch 32: peak RSS 1.31 GB at 2k sentences, 1.76 GB at 32k). Rounding keeps the shapes few (at most ~12%
+    padding on one batch, about 2% over a run) and peak memory nearly flat (1.22 -> 1.36 GB); see the README.
+    """
+    step = 1 << max(0, length.bit_length() - 4)
+    return -(-length // step) * step
+
+
 class Collator:
-    """Pads a list of tokenised rows to the longest one.
+    """Pads a list of tokenised rows to the longest one (rounded up by `bucket_length` when `bucket` is set).
 
     Hand-written rather than `DataCollatorWithPadding`, whose `tokenizer.pad` walks Python lists per key and shows
     up in profiles of a bf16 training step on CPU; this is one tensor fill per key.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, bucket: bool = False) -> None:
         self.pad_token_id = pad_token_id
+        self.bucket = bucket
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(row["input_ids"]) for row in rows)
+        if self.bucket:
+            longest = bucket_length(longest)
         batch: dict[str, torch.Tensor] = {}
         for key in MODEL_INPUTS:
             if key not in rows[0]:
@@ -99,14 +114,16 @@ def build_train_loader(
     """Shuffled training batches; with `group_by_length`, shuffled groups of similar length.
 
     The order depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same batches.
+    Batch lengths are bucketed (`bucket_length`): training revisits its shapes for many steps, evaluation
+    (sorted, a few large batches) does not, so it pads exactly.
     """
     epoch_seed = seed * 1000 + epoch
     columns = ds.select_columns(_columns(ds))
     if group_by_length:
         batches = LengthGroupedBatchSampler(list(ds["length"]), batch_size, epoch_seed)
-        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id))
+        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id, bucket=True))
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(epoch_seed))
-    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id))
+    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id, bucket=True))
 
 
 def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int) -> DataLoader:
