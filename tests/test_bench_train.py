@@ -1,6 +1,7 @@
 """The benchmark compares like with like: loratune gets the anchors' LoRA layers, learning rate and batch size."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
@@ -9,6 +10,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_train", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_train", module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
