@@ -53,7 +53,7 @@ def test_bucket_lengths_are_few_and_pad_little():
     lengths = range(1, 513)
     buckets = [bucket_length(n) for n in lengths]
     assert buckets[:15] == list(range(1, 16))  # short texts pad exactly
-    assert all(n <= b < n * 1.125 + 1 for n, b in zip(lengths, buckets))
+    assert all(n <= b < n * 1.125 + 1 for n, b in zip(lengths, buckets, strict=True))
     assert len(set(buckets)) < 64  # 512 lengths, few shapes for oneDNN to build kernels for
 
 

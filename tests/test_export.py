@@ -73,7 +73,7 @@ def adapter_probabilities(folder: Path, base: str, texts: list[str]) -> torch.Te
 @pytest.mark.parametrize("lora_run", ARCHITECTURES, indirect=True)
 def test_merged_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     out = export_run(lora_run, tmp_path / "merged")
-    predictor = Predictor.from_run(lora_run, device="cpu")
+    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
     expected = predictor.predict_proba(TEXTS)
     got = pipeline_probabilities(out, predictor.labels, TEXTS)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
@@ -95,7 +95,7 @@ def test_merged_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
 def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     out = export_run(lora_run, tmp_path / "adapter", adapter_only=True)
     assert {"adapter_config.json", "adapter_model.safetensors", "labels.json", "README.md"} <= set(os.listdir(out))
-    predictor = Predictor.from_run(lora_run, device="cpu")
+    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
     base = loratune.load_run(lora_run).config.model.name_or_path
     got = adapter_probabilities(out, base, TEXTS)
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
@@ -131,7 +131,7 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout.strip().splitlines()[-1])
-    predictor = Predictor.from_run(lora_run, device="cpu")
+    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
     got = torch.tensor([[row[label] for label in predictor.labels] for row in rows])
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
 
@@ -139,7 +139,7 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
 def test_full_run_exports_its_whole_model(tmp_path_factory, tiny_models, data_dir, tmp_path):
     run = trained_run(tmp_path_factory, tiny_models["distilbert"], data_dir, lora__method="full")
     out = export_run(run, tmp_path / "merged")
-    predictor = Predictor.from_run(run, device="cpu")
+    predictor = Predictor.from_run(run, device="cpu", precision="fp32")
     got = pipeline_probabilities(out, predictor.labels, TEXTS)
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
     with pytest.raises(RunError, match="no PEFT adapter"):

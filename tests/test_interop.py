@@ -58,7 +58,7 @@ def test_label_names_survive_the_round_trip(tmp_path_factory, tiny_models, data_
     write_csv(tmp_path / "data" / "train.csv", rows * 15)
     run = trained_run(tmp_path_factory, tiny_models["bert"], tmp_path / "data")
     assert json.loads((run / "labels.json").read_text()) == ["nul", "très bon"]
-    predictor = Predictor.from_run(run, device="cpu")
+    predictor = Predictor.from_run(run, device="cpu", precision="fp32")
     assert predictor.labels == ["nul", "très bon"]
     assert set(predictor.predict(["great film"])[0]["probabilities"]) == {"nul", "très bon"}
     out = export_run(run, tmp_path / "merged")
@@ -68,16 +68,18 @@ def test_label_names_survive_the_round_trip(tmp_path_factory, tiny_models, data_
 
 
 def test_a_moved_run_folder_still_loads(bert_lora_run, tmp_path):
-    expected = Predictor.from_run(bert_lora_run, device="cpu").predict_proba(TEXTS)
+    expected = Predictor.from_run(bert_lora_run, device="cpu", precision="fp32").predict_proba(TEXTS)
     moved = Path(shutil.copytree(bert_lora_run, tmp_path / "elsewhere" / "renamed-run"))
-    torch.testing.assert_close(Predictor.from_run(moved, device="cpu").predict_proba(TEXTS), expected)
+    torch.testing.assert_close(
+        Predictor.from_run(moved, device="cpu", precision="fp32").predict_proba(TEXTS), expected
+    )
     assert loratune.load_run(moved).metrics["labels"] == ["bad", "good"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_round_trip_matches_cpu(bert_lora_run):
-    cpu = Predictor.from_run(bert_lora_run, device="cpu").predict_proba(TEXTS)
-    cuda = Predictor.from_run(bert_lora_run, device="cuda")
+    cpu = Predictor.from_run(bert_lora_run, device="cpu", precision="fp32").predict_proba(TEXTS)
+    cuda = Predictor.from_run(bert_lora_run, device="cuda", precision="fp32")
     assert next(cuda.model.parameters()).device.type == "cuda"
     torch.testing.assert_close(cuda.predict_proba(TEXTS), cpu, atol=1e-4, rtol=0)
 

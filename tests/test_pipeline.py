@@ -160,7 +160,7 @@ def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
     texts = ["great movie", "the plot was awful", "a very very really great scene"]
     with torch.no_grad():
         expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits, -1)
-    predicted = loratune.Predictor.from_run(result.run_dir, device="cpu").predict_proba(texts)
+    predicted = loratune.Predictor.from_run(result.run_dir, device="cpu", precision="fp32").predict_proba(texts)
     torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
 
 

@@ -17,7 +17,7 @@ TEXTS = ["great movie", "the plot was really awful", "a very great scene with mu
 
 @pytest.fixture(scope="module")
 def predictor(bert_run):
-    return Predictor.from_run(bert_run.run_dir, device="cpu")
+    return Predictor.from_run(bert_run.run_dir, device="cpu", precision="fp32")
 
 
 def test_predict_returns_label_names_and_probabilities_summing_to_one(predictor):
@@ -100,3 +100,18 @@ def test_predictions_are_written_as_jsonl(predictor, tmp_path):
 def test_unknown_output_format_is_rejected(predictor, tmp_path):
     with pytest.raises(DataError, match=r"use an output file ending in .csv or .jsonl"):
         write_predictions(tmp_path / "out.xlsx", TEXTS, predictor.predict(TEXTS))
+
+
+def test_bf16_predictor_holds_a_merged_bf16_model_with_nearly_the_fp32_scores(bert_run, predictor):
+    fast = Predictor.from_run(bert_run.run_dir, device="cpu", precision="bf16")
+    assert {p.dtype for p in fast.model.parameters()} == {torch.bfloat16}
+    assert not any("lora_" in name for name, _ in fast.model.named_parameters())  # merged into the weights
+    torch.testing.assert_close(fast.predict_proba(TEXTS), predictor.predict_proba(TEXTS), atol=0.03, rtol=0)
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_fast_bf16(bert_run, monkeypatch):
+    from loratune import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    model = Predictor.from_run(bert_run.run_dir, device="cpu").model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

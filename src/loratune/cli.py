@@ -98,10 +98,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.batching import build_eval_loader
     from loratune.data import load_eval_split, tokenize
     from loratune.evaluate import evaluate
-    from loratune.hardware import resolve_device
+    from loratune.predict import load_for_inference
 
     run_dir = artifacts.check_run(args.run)
-    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, resolve_device(args.device))
+    model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
     data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
     ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
     metrics = evaluate(model, build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id), labels)
@@ -123,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts += read_texts(args.input, args.text_column)
     if not texts:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
-    predictor = Predictor.from_run(args.run, device=args.device)
+    predictor = Predictor.from_run(args.run, device=args.device, precision=args.precision)
     predictions = predictor.predict(texts)
     if args.output:
         write_predictions(args.output, texts, predictions)
@@ -171,6 +171,15 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
     )
 
 
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16 where this CPU or GPU runs it fast (as in training), else fp32; fp32 gives exact scores.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loratune", description="LoRA fine-tuning of text classifiers, measured.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for user errors too.")
@@ -193,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-samples", type=int, default=None, help="Score at most this many texts.")
     evaluate.add_argument("--output", help="Write the metrics as JSON here.")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    _add_precision(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="Label texts with a finished run.")
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    _add_precision(predict)
     predict.set_defaults(func=cmd_predict)
 
     compare = sub.add_parser("compare", help="Train several methods on the same data and compare them in one table.")
