@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import make_rows, write_csv
 
 from loratune import ConfigError, DataError
@@ -194,6 +195,12 @@ def test_missing_run_folder_exits_2(command, data_dir, tmp_path, capsys):
 def test_finished_run_is_not_overwritten_by_the_cli(cli_run, tiny_bert, data_dir, capsys):
     code = main(train_args(tiny_bert, data_dir, cli_run))
     assert_one_line_error(capsys, code, r"already holds a finished run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
+def test_predict_in_fp16_on_cpu_exits_2(cli_run, capsys):
+    code = main(["predict", str(cli_run), "--text", "hi", "--device", "cpu", "--precision", "fp16"])
+    assert_one_line_error(capsys, code, r"fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
 
 
 def test_predict_without_texts_exits_2(cli_run, capsys):

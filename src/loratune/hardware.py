@@ -42,9 +42,9 @@ def resolve_precision(precision: str, device: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     if precision == "fp16" and device != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32.")
+        raise ConfigError("Precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32 (train.precision or --precision).")
     if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("This GPU has no bf16; use train.precision=fp16 or fp32.")
+        raise ConfigError("This GPU has no bf16; use precision fp16 or fp32 (train.precision or --precision).")
     return precision
 
 
