@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from loratune.config import ADAPTER_METHODS
 from loratune.errors import ConfigError, ModelError, RunError, first_line
 
 COMPLETE = "COMPLETE"
@@ -113,7 +114,7 @@ def check_run(run_dir: str | Path) -> Path:
 
 def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
     """Save what the method trained: a PEFT adapter, the head weights, or the whole model; and the tokenizer."""
-    if method in ("lora", "dora", "ia3"):
+    if method in ADAPTER_METHODS:
         save_directory(run_dir / ADAPTER_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))
     elif method == "head":
         from safetensors.torch import save_file
@@ -168,7 +169,7 @@ def load_labels(run_dir: Path) -> list[str]:
 
 def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
     # Weights are read from safetensors only: a pickle (.bin) planted in a run folder is never unpickled.
-    if method in ("lora", "dora", "ia3"):
+    if method in ADAPTER_METHODS:
         needed = run_dir / ADAPTER_DIR / "adapter_model.safetensors"
     elif method == "head":
         needed = run_dir / HEAD_FILE
@@ -223,7 +224,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
             model.config.pad_token_id = tokenizer.pad_token_id
             if cfg.model.pooling == "mean":
                 use_mean_pooling(model)
-            if method in ("lora", "dora", "ia3"):
+            if method in ADAPTER_METHODS:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))

@@ -18,6 +18,8 @@ import yaml
 from loratune.errors import ConfigError
 
 METHODS = ("lora", "dora", "ia3", "head", "full", "none")
+# The methods whose trained weights are a PEFT adapter on a frozen base.
+ADAPTER_METHODS = ("lora", "dora", "ia3")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
 TRACKERS = ("none", "tensorboard", "mlflow")

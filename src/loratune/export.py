@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from loratune import artifacts
+from loratune.config import ADAPTER_METHODS
 from loratune.errors import RunError, first_line
-
-ADAPTER_METHODS = ("lora", "dora", "ia3")
 
 MERGED_README = """# {name}
 
@@ -106,9 +105,9 @@ def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
     from loratune.config import load_config
 
     _check_exportable(run_dir, _load_run_config(run_dir, load_config), adapter_only=False)
-    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, "cpu")
-    if cfg.lora.method in ADAPTER_METHODS:
-        model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+    from loratune.predict import load_for_inference
+
+    model, tokenizer, labels, cfg = load_for_inference(run_dir, "cpu", "fp32")
     model = model.float()
     config = model.config
     config.id2label = dict(enumerate(labels))

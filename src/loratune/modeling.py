@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loratune.config import LoraArgs, ModelArgs
+from loratune.config import ADAPTER_METHODS, LoraArgs, ModelArgs
 from loratune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], d
     head = list(lora_args.modules_to_save) if lora_args.modules_to_save is not None else head
     built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head, pooling=pooling)
     method = lora_args.method
-    if method in ("lora", "dora", "ia3"):
+    if method in ADAPTER_METHODS:
         default_targets = _ia3_targets if method == "ia3" else choose_target_modules
         built.target_modules = list(lora_args.target_modules or default_targets(model, head))
         built.model = wrap_peft(model, lora_args, built.target_modules, head)

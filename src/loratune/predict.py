@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from loratune import artifacts
+from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
 
 
@@ -28,8 +29,8 @@ def load_for_inference(run_dir: str | Path, device: str = "auto", precision: str
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device)
-    if hasattr(model, "merge_and_unload") and cfg.lora.method in ("lora", "dora", "ia3"):
-        model = model.merge_and_unload()
+    if cfg.lora.method in ADAPTER_METHODS:
+        model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
     if precision != "fp32":
         model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     return model.eval(), tokenizer, labels, cfg
