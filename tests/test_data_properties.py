@@ -197,8 +197,11 @@ def test_well_formed_file_keeps_every_row_and_label(body, fmt, bom):
         ({"train.csv": "text,label\na,x\nb,x\nc,x\nd,x\n"}, "single class"),
         ({"train.csv": "text,label\na,x\nb,y\nc,x\nd,y\n", "test.csv": "text,label\ne,z\n"}, "train lacks"),
         ({"train.csv": b"text,label\n\xff\xfe,x\nb,y\n"}, "UTF-8"),
-        ({"train.csv": "text,text,label\na,b,x\nc,d,y\n"}, "column"),
-        ({"train.jsonl": '{"text": "a", "label": "x"}\n{"text": "b", "label": [1]}\n'}, "."),
+        ({"train.csv": "text,text,label\na,b,x\nc,d,y\n"}, "more than one column named"),
+        (
+            {"train.jsonl": '{"text": "a", "label": "x"}\n{"text": "b", "label": [1]}\n'},
+            r"^The train split has a label \[1\]; each label must be one value\.$",
+        ),
         ({"train.csv": "text,label\n,x\n  ,y\n"}, "no row with both"),
     ],
     ids=["single-class", "test-only-label", "non-utf8", "duplicated-column", "list-label", "empty-texts"],
