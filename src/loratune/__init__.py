@@ -16,20 +16,15 @@ __all__ = [
     "load_config",
     "load_run",
     "run",
-    "train",
 ]
 
 
 def __getattr__(name: str):
     # torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
-    if name in ("run", "train"):
-        from loratune.pipeline import run
+    if name in ("run", "Run", "load_run"):
+        from loratune import recipe
 
-        return run
-    if name in ("Run", "load_run"):
-        from loratune import pipeline
-
-        return getattr(pipeline, name)
+        return getattr(recipe, name)
     if name == "Predictor":
         from loratune.predict import Predictor
 

@@ -10,31 +10,31 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loratune.config import ADAPTER_METHODS
+from loratune.config import ADAPTER_METHODS, Config, load_config
 from loratune.errors import ConfigError, ModelError, RunError, first_line
+from loratune.schema import EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
 
+# The layout of a run folder (docs/run-folder.md). Every other module names these files through the constants.
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+BEFORE_FILE = "before.json"  # the "before" scores, written as soon as they exist so a resumed run reuses them
 COMPLETE = "COMPLETE"
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
 FULL_MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_precision",
-    "val_recall",
-    "val_f1",
-    "learning_rate",
-    "epoch_seconds",
-)
+CHECKPOINT_DIR = "checkpoint"
+LOGS_DIR = "logs"
+HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -53,12 +53,38 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """Parsed JSON, or a one-line RunError for a missing, unreadable, truncated or garbled file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path} is missing; is {path.parent} a loratune run folder?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is damaged ({first_line(error)}); rerun training or restore the file.") from None
+    except OSError as error:
+        raise RunError(f"Cannot read {path} ({first_line(error)}); check its permissions.") from None
+
+
+def _read_record(path: Path, cls: type) -> Any:
+    try:
+        return from_dict(cls, read_json(path))
+    except SchemaError as error:
         raise RunError(f"{path} is damaged ({error}); rerun training or restore the file.") from None
+
+
+def run_dir_for(cfg: Config) -> Path:
+    """The run folder a config writes to: train.output_dir, else runs/<data>-<method>-<time>."""
+    if cfg.train.output_dir:
+        return Path(cfg.train.output_dir)
+    data = Path(cfg.data.path.rstrip("/")).stem if cfg.data.path else "data"
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", data) or "data"
+    return Path("runs") / f"{data}-{cfg.lora.method}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resume_config_path(run_dir: str | Path) -> Path:
+    """The config.yaml of an unfinished run, which `loratune train --resume RUN` continues."""
+    run_dir = Path(run_dir)
+    check_resumable(run_dir)
+    return run_dir / CONFIG_FILE
 
 
 def save_directory(path: Path, write: Any) -> None:
@@ -86,20 +112,30 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise RunError(f"{run_dir} already holds a finished run; choose another --output-dir or pass --overwrite.")
         (run_dir / COMPLETE).unlink()
     # A fresh run must not pick up the checkpoint of an earlier, unfinished one (that is what --resume is for).
-    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    (run_dir / BEFORE_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def save_start(run_dir: Path, cfg: Config, labels: list[str]) -> None:
+    """What a run knows before it trains: its resolved config and its labels."""
+    write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+    write_json(run_dir / LABELS_FILE, labels)
 
 
 def check_resumable(run_dir: Path) -> None:
     """Raise unless `run_dir` is a started, unfinished run."""
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"Nothing to resume in {run_dir}: it has no config.yaml; start a new run with loratune train.")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"Nothing to resume in {run_dir}: it has no {CONFIG_FILE}; check the path or start a new run.")
     if (run_dir / COMPLETE).exists():
         raise RunError(f"{run_dir} already finished; nothing to resume.")
 
 
 def mark_complete(run_dir: Path) -> None:
+    """Write COMPLETE and drop what only an unfinished run needs."""
     write_text(run_dir / COMPLETE, "")
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    (run_dir / BEFORE_FILE).unlink(missing_ok=True)
 
 
 def check_run(run_dir: str | Path) -> Path:
@@ -137,23 +173,50 @@ def artifact_size_bytes(run_dir: Path, method: str) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def history_csv(history: list[dict[str, Any]]) -> str:
+def history_csv(history: list[EpochRecord]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in to_dict(row).items()})
     return buffer.getvalue()
 
 
-def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    write_json(run_dir / "metrics.json", metrics)
-    write_text(run_dir / "history.csv", history_csv(metrics.get("history", [])))
+def save_summary(run_dir: Path, summary: RunSummary) -> None:
+    """metrics.json, and its history as history.csv."""
+    write_json(run_dir / METRICS_FILE, summary.to_dict())
+    write_text(run_dir / HISTORY_FILE, history_csv(summary.history))
+
+
+def load_summary(run_dir: str | Path) -> RunSummary:
+    """metrics.json as a `RunSummary`; a missing, truncated or tampered file is a one-line RunError."""
+    return _read_record(Path(run_dir) / METRICS_FILE, RunSummary)
+
+
+def save_before(run_dir: Path, before: Metrics) -> None:
+    write_json(run_dir / BEFORE_FILE, to_dict(before))
+
+
+def load_before(run_dir: Path) -> Metrics | None:
+    """The "before" scores of an unfinished run, or None when it never got that far."""
+    path = run_dir / BEFORE_FILE
+    return _read_record(path, Metrics) if path.is_file() else None
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """A run folder's config.yaml; a missing or damaged one is a RunError."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{path} is missing; is {path.parent} a loratune run folder?")
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise RunError(f"{path} is damaged ({error}); restore it or rerun training.") from None
 
 
 def load_labels(run_dir: Path) -> list[str]:
     """The run's label names, checked to be two or more distinct strings."""
-    labels = read_json(run_dir / "labels.json")
+    labels = read_json(run_dir / LABELS_FILE)
     if (
         not isinstance(labels, list)
         or len(labels) < 2
@@ -161,7 +224,7 @@ def load_labels(run_dir: Path) -> list[str]:
         or len(set(labels)) != len(labels)
     ):
         raise RunError(
-            f"{run_dir / 'labels.json'} must be a list of two or more distinct label names, got "
+            f"{run_dir / LABELS_FILE} must be a list of two or more distinct label names, got "
             f"{json.dumps(labels)[:80]}; restore the file or rerun training."
         )
     return labels
@@ -178,11 +241,11 @@ def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
         if not any(folder.glob("*.safetensors")):
             raise RunError(f"{folder} holds no .safetensors weights; loratune never loads pickled (.bin) weights.")
         # transformers would give a head of the wrong size fresh random weights rather than fail
-        saved = read_json(folder / "config.json")
+        saved = read_json(folder / "config.json")  # transformers' own file
         num_labels = len(saved.get("id2label") or {}) if isinstance(saved, dict) else 0
         if num_labels != len(labels):
             raise RunError(
-                f"{run_dir / 'labels.json'} lists {len(labels)} labels but the saved model has {num_labels}; "
+                f"{run_dir / LABELS_FILE} lists {len(labels)} labels but the saved model has {num_labels}; "
                 "restore labels.json or rerun training."
             )
         return
@@ -201,14 +264,11 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     Raises:
         RunError: for a missing, unfinished or damaged run folder.
     """
-    from loratune.config import load_config
+    # Lazy: the report reads run folders through this module and must not import torch (a second or more).
     from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, use_mean_pooling
 
     run_dir = check_run(run_dir)
-    try:
-        cfg = load_config(run_dir / "config.yaml")
-    except ConfigError as error:
-        raise RunError(f"Run folder {run_dir} has a damaged config.yaml: {error}") from None
+    cfg = load_run_config(run_dir)
     labels = load_labels(run_dir)
     method = cfg.lora.method
     _check_weights(run_dir, method, labels)
@@ -239,7 +299,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     except Exception as error:
         if "size mismatch" in str(error):
             raise RunError(
-                f"{run_dir / 'labels.json'} lists {len(labels)} labels, which does not match the saved "
+                f"{run_dir / LABELS_FILE} lists {len(labels)} labels, which does not match the saved "
                 "classification head; restore labels.json or rerun training."
             ) from error
         first = first_line(error)

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from loratune import artifacts
+from loratune.artifacts import CHECKPOINT_DIR
 from loratune.errors import RunError
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 def save_checkpoint(
@@ -28,7 +27,8 @@ def save_checkpoint(
     state: dict[str, Any],
     best_weights: dict[str, torch.Tensor] | None,
 ) -> None:
-    """Write `RUN/checkpoint/` in one atomic rename: weights, optimizer, scheduler, RNG and loop state."""
+    """Write `RUN/checkpoint/` in one atomic rename: weights, optimizer, scheduler, RNG and the loop's state
+    (`state`, JSON-ready: `train.LoopState` as a dict)."""
     from safetensors.torch import save_file
 
     tensors = {f"param.{n}": p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}

@@ -12,8 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from loratune import artifacts
 from loratune.config import Config, field_flags, load_config
-from loratune.errors import LoratuneError
+from loratune.errors import ConfigError, DataError, LoratuneError
+from loratune.precision import DEVICES, PRECISIONS
+from loratune.schema import RunSummary, to_dict
 
 EXIT_USAGE = 2
 
@@ -46,8 +49,6 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     overrides = dict(item.partition("=")[::2] for item in args.overrides if "=" in item)
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
-        from loratune.errors import ConfigError
-
         raise ConfigError(f"Unexpected argument {bad[0]!r}; overrides look like train.learning_rate=3e-4.")
     return load_config(args.config, {**given, **overrides})
 
@@ -56,19 +57,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     import loratune
 
     if args.resume:
-        run_dir = Path(args.resume)
         if args.config is None:
-            args.config = str(run_dir / "config.yaml")
-            if not Path(args.config).is_file():
-                from loratune.errors import RunError
-
-                raise RunError(f"Nothing to resume in {run_dir}: it has no config.yaml; check the path.")
-        setattr(args, "train.output_dir", str(run_dir))
+            args.config = str(artifacts.resume_config_path(args.resume))
+        setattr(args, "train.output_dir", args.resume)
     cfg = _config_from_args(args)
-    if cfg.train.output_dir is None:  # named now, so an interrupted run can say where it is
-        from loratune.pipeline import default_run_dir
-
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(default_run_dir(cfg))))
+    # The folder is named now, so that an interrupted run can say where it is.
+    run_dir = str(artifacts.run_dir_for(cfg))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=run_dir))
     try:
         result = loratune.run(cfg, resume=bool(args.resume))
     except KeyboardInterrupt:
@@ -77,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    _print_summary(result.metrics, result.run_dir)
+    _print_summary(result.summary, result.run_dir)
     return 0
 
 
@@ -94,7 +89,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from loratune import artifacts
     from loratune.batching import build_eval_loader
     from loratune.data import load_eval_split, tokenize
     from loratune.evaluate import evaluate
@@ -105,17 +99,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
     ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
     metrics = evaluate(model, build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id), labels)
-    metrics["truncated"] = truncated
     if args.output:
-        artifacts.write_json(Path(args.output), metrics)
-    print(
-        f"{args.split}: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  ({metrics['num_samples']} texts)"
-    )
+        artifacts.write_json(Path(args.output), {**to_dict(metrics), "truncated": truncated})
+    print(f"{args.split}: accuracy {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}  ({metrics.num_samples} texts)")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from loratune.errors import DataError
     from loratune.predict import Predictor, read_texts, write_predictions
 
     texts = list(args.text or [])
@@ -159,23 +149,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(metrics: dict, run_dir: Path) -> None:
-    before, after = metrics["before"], metrics["after"]
+def _print_summary(summary: RunSummary, run_dir: Path) -> None:
     print(f"run folder: {run_dir}")
     print(f"{'metric':<10} {'before':>8} {'after':>8}")
     for key in ("accuracy", "precision", "recall", "f1"):
-        print(f"{key:<10} {before[key]:>8.4f} {after[key]:>8.4f}")
+        print(f"{key:<10} {getattr(summary.before, key):>8.4f} {getattr(summary.after, key):>8.4f}")
     print(
-        f"trained {metrics['trainable_params']:,} of {metrics['total_params']:,} parameters "
-        f"in {metrics['train_seconds']:.1f}s; best epoch {metrics['best_epoch']}"
+        f"trained {summary.trainable_params:,} of {summary.total_params:,} parameters "
+        f"in {summary.train_seconds:.1f}s; best epoch {summary.best_epoch}"
     )
+
+
+# Checked by precision.resolve_device (one line), not by argparse choices (a usage block, then the error).
+_DEVICE_HELP = f"Where to run the model: {', '.join(DEVICES)}."
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help="auto: bf16 where this CPU or GPU runs it fast (as in training), else fp32; fp32 gives exact scores.",
     )
 
@@ -201,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="Split file to use in a folder (default: test).")
     evaluate.add_argument("--max-samples", type=int, default=None, help="Score at most this many texts.")
     evaluate.add_argument("--output", help="Write the metrics as JSON here.")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -211,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
-    predict.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(predict)
     predict.set_defaults(func=cmd_predict)
 

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from loratune.errors import ConfigError
+from loratune.precision import DEVICES, PRECISIONS
 
 METHODS = ("lora", "dora", "ia3", "head", "full", "none")
 # The methods whose trained weights are a PEFT adapter on a frozen base.
 ADAPTER_METHODS = ("lora", "dora", "ia3")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
 TRACKERS = ("none", "tensorboard", "mlflow")
 
@@ -214,7 +214,7 @@ class TrainArgs:
         for name, allowed in (
             ("precision", PRECISIONS),
             ("best_metric", BEST_METRICS),
-            ("device", ("auto", "cpu", "cuda")),
+            ("device", DEVICES),
             ("report_to", TRACKERS),
         ):
             if getattr(self, name) not in allowed:

@@ -8,49 +8,48 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from loratune.precision import autocast
+from loratune.schema import ClassScores, Metrics
 
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None) -> dict:
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None) -> Metrics:
     """Scores of predicted label ids against true ones; macro averages weigh every class alike.
 
     Returns:
-        accuracy, precision, recall, f1 (macro), per_class {name: precision, recall, f1, support},
-        confusion_matrix (rows = true, columns = predicted), num_samples, and loss when given.
+        accuracy, precision, recall, f1 (macro), per-class scores, the confusion matrix (rows = true,
+        columns = predicted), the number of samples, and the loss when given.
     """
     ids = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=ids, average=None, zero_division=0
     )
-    metrics: dict[str, Any] = {
-        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
-        "precision": float(np.mean(precision)),
-        "recall": float(np.mean(recall)),
-        "f1": float(np.mean(f1)),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+    return Metrics(
+        accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        precision=float(np.mean(precision)),
+        recall=float(np.mean(recall)),
+        f1=float(np.mean(f1)),
+        per_class={
+            name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
             for i, name in enumerate(labels)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
-        "num_samples": int(len(y_true)),
-    }
-    if loss is not None:
-        metrics["loss"] = float(loss)
-    return metrics
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        num_samples=int(len(y_true)),
+        loss=None if loss is None else float(loss),
+    )
 
 
-def predict_logits(model: torch.nn.Module, loader: Any, accelerator: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: torch.nn.Module, loader: Any, accelerator: Any = None, precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over a loader under inference mode; returns (logits, labels) in the loader's order.
 
-    With an Accelerate `accelerator`, each process scores its shard and the results are gathered.
+    With an Accelerate `accelerator`, each process scores its shard and the results are gathered. `precision`
+    is the autocast of training (a model prepared for inference holds its own dtype and needs none).
     """
     model.eval()
     all_logits, all_labels = [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    with torch.inference_mode(), _autocast(accelerator, device):
+    with torch.inference_mode(), autocast(precision, device.type):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels", None)
@@ -65,14 +64,10 @@ def predict_logits(model: torch.nn.Module, loader: Any, accelerator: Any = None)
     return logits, labels
 
 
-def _autocast(accelerator: Any, device: torch.device):
-    if accelerator is not None:
-        return accelerator.autocast()
-    return torch.autocast(device.type, enabled=False)
-
-
-def evaluate(model: torch.nn.Module, loader: Any, labels: list[str], accelerator: Any = None) -> dict:
+def evaluate(
+    model: torch.nn.Module, loader: Any, labels: list[str], accelerator: Any = None, precision: str = "fp32"
+) -> Metrics:
     """Metrics (and mean cross-entropy loss) of `model` on every example of `loader`."""
-    logits, y_true = predict_logits(model, loader, accelerator)
+    logits, y_true = predict_logits(model, loader, accelerator, precision)
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true)).item()
     return compute_metrics(y_true, logits.argmax(-1), labels, loss=loss)

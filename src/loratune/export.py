@@ -14,7 +14,9 @@ from typing import Any
 
 from loratune import artifacts
 from loratune.config import ADAPTER_METHODS
-from loratune.errors import RunError, first_line
+from loratune.errors import RunError
+from loratune.modeling import load_tokenizer
+from loratune.predict import load_for_inference
 
 MERGED_README = """# {name}
 
@@ -102,11 +104,7 @@ def _check_exportable(run_dir: Path, cfg: Any, adapter_only: bool) -> None:
 
 
 def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
-    from loratune.config import load_config
-
-    _check_exportable(run_dir, _load_run_config(run_dir, load_config), adapter_only=False)
-    from loratune.predict import load_for_inference
-
+    _check_exportable(run_dir, artifacts.load_run_config(run_dir), adapter_only=False)
     model, tokenizer, labels, cfg = load_for_inference(run_dir, "cpu", "fp32")
     model = model.float()
     config = model.config
@@ -117,35 +115,23 @@ def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
     config.problem_type = "single_label_classification"  # the pipeline then applies softmax, as predict does
     model.save_pretrained(folder, safe_serialization=True)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
-    artifacts.write_json(folder / "labels.json", labels)
+    artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
     artifacts.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
 
 
 def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
-    from loratune.config import load_config
-
-    cfg = _load_run_config(run_dir, load_config)
+    cfg = artifacts.load_run_config(run_dir)
     _check_exportable(run_dir, cfg, adapter_only=True)
-    labels = artifacts.read_json(run_dir / "labels.json")
+    labels = artifacts.load_labels(run_dir)
     adapter = run_dir / artifacts.ADAPTER_DIR
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():
             raise RunError(f"{adapter / file} is missing; the run folder is damaged.")
         shutil.copy2(adapter / file, folder / file)
-    from loratune.modeling import load_tokenizer
-
     tokenizer = load_tokenizer(str(run_dir / artifacts.TOKENIZER_DIR), cfg.model.trust_remote_code)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
-    artifacts.write_json(folder / "labels.json", labels)
+    artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
     artifacts.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
-
-
-def _load_run_config(run_dir: Path, load_config: Any) -> Any:
-    try:
-        return load_config(run_dir / "config.yaml")
-    except Exception as error:
-        first = first_line(error)
-        raise RunError(f"{run_dir / 'config.yaml'} is damaged ({first}); restore it or rerun training.") from None
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:

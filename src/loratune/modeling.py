@@ -348,28 +348,3 @@ def wrap_peft(model: nn.Module, lora_args: LoraArgs, targets: list[str], head: l
     except ValueError as error:
         first = first_line(error)
         raise ModelError(f"PEFT could not adapt {targets}: {first}. Set lora.target_modules.") from None
-
-
-def keep_adapter_inputs_in_autocast_dtype(model: nn.Module) -> None:
-    """Stop PEFT casting each adapter's bf16 input up to its fp32 weights' dtype.
-
-    Under autocast the adapter matmul runs in bf16 anyway, so the up-cast is a lossless round trip that costs
-    about 9% of a CPU training step (measured on all-MiniLM-L6-v2, batch 32). PEFT's own switch
-    (`peft.helpers.disable_input_dtype_casting`) is this attribute.
-    """
-    for module in model.modules():
-        if hasattr(module, "_cast_input_dtype"):
-            module.cast_input_dtype_enabled = False
-
-
-def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
-    """Hold frozen weights in `dtype` (bf16) so autocast does not cast them again on every step.
-
-    Trainable weights (adapters, head) stay fp32, so the optimizer updates full-precision values.
-    """
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point():
-            param.data = param.data.to(dtype)
-    for buffer_name, buffer in model.named_buffers():
-        if buffer.is_floating_point() and "position" not in buffer_name:
-            buffer.data = buffer.data.to(dtype)

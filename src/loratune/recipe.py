@@ -1,0 +1,256 @@
+"""The recipe: data, model, evaluate before, train, evaluate after, save, report; one stage per line in `run`.
+The CLI, the Python API and the notebook all call `run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from loratune import artifacts, precision
+from loratune.batching import build_eval_loader
+from loratune.config import Config
+from loratune.data import Splits, load_splits, tokenize
+from loratune.evaluate import evaluate
+from loratune.modeling import BuiltModel, build_model, display_name
+from loratune.predict import Predictor
+from loratune.report import write_report
+from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
+from loratune.train import LoopState, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, its summary (metrics.json) and config, and a predictor loaded on first use."""
+
+    run_dir: Path
+    summary: RunSummary
+    config: Config
+    _predictor: Predictor | None = None
+
+    @property
+    def before(self) -> Metrics:
+        return self.summary.before
+
+    @property
+    def after(self) -> Metrics:
+        return self.summary.after
+
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Label and probabilities for each text (see `Predictor.predict`)."""
+        if self._predictor is None:
+            self._predictor = Predictor.from_run(self.run_dir)
+        return self._predictor.predict(texts, text_pairs)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Open a finished run folder.
+
+    Raises:
+        RunError: when the folder is missing, unfinished or damaged.
+    """
+    run_dir = artifacts.check_run(run_dir)
+    return Run(run_dir, artifacts.load_summary(run_dir), artifacts.load_run_config(run_dir))
+
+
+def run(cfg: Config, resume: bool = False) -> Run:
+    """Evaluate before, train, evaluate after, and write the run folder.
+
+    Args:
+        cfg: a validated config (see `load_config`).
+        resume: continue the unfinished run in `cfg.train.output_dir` from its last end-of-epoch checkpoint.
+
+    Returns:
+        The finished `Run`.
+
+    Raises:
+        LoratuneError: subclasses for bad data, models or settings, before anything slow where possible.
+    """
+    run_dir = artifacts.run_dir_for(cfg)
+    device = precision.resolve_device(cfg.train.device)
+    dtype = precision.resolve_precision(cfg.train.precision, device)
+    if not cfg.train.progress:
+        datasets.disable_progress_bars()
+    splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
+    accelerator = _start_accelerator(cfg, device, run_dir)
+    _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
+    set_seed(cfg.train.seed)
+    built = build_model(cfg.model, cfg.lora, splits.labels, device)
+    cfg = _resolve(cfg, built, run_dir, device, dtype)
+    _start_tracking(cfg, accelerator, run_dir, splits.labels)
+    tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
+    model = _place(built.model, dtype, accelerator)
+    pad_id = built.tokenizer.pad_token_id
+    eval_ds = tokenised[splits.eval_name]
+    eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id))
+    before = _evaluate_before(model, eval_loader, splits.labels, accelerator, dtype, run_dir, resume)
+    state = None
+    if cfg.lora.method != "none":
+        state = train(
+            model,
+            tokenised["train"],
+            tokenised["validation"],
+            splits.labels,
+            cfg.train,
+            accelerator,
+            pad_id,
+            checkpoint_dir=run_dir,
+            on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+        )
+    model = accelerator.unwrap_model(model)
+    started = time.perf_counter()
+    after = evaluate(model, eval_loader, splits.labels, accelerator, dtype) if state else before
+    throughput = _throughput(state, len(eval_ds), time.perf_counter() - started)
+    summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator)
+    _end_tracking(cfg, accelerator, after)
+    if accelerator.is_main_process:
+        summary = _save(run_dir, model, cfg, built, summary)
+    accelerator.wait_for_everyone()
+    return Run(run_dir, summary, cfg)
+
+
+def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
+    # No mixed_precision here: Accelerate would fix it for the whole process; `precision.autocast` does it per run.
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
+        project_dir=str(run_dir / artifacts.LOGS_DIR),
+    )
+    return accelerator
+
+
+def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Accelerator) -> None:
+    if resume:
+        artifacts.check_resumable(run_dir)
+    elif accelerator.is_main_process:
+        artifacts.prepare_run_dir(run_dir, overwrite)
+    accelerator.wait_for_everyone()
+
+
+def _resolve(cfg: Config, built: BuiltModel, run_dir: Path, device: str, dtype: str) -> Config:
+    """The config as run: every `auto` and default decided, so config.yaml repeats this run exactly."""
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path, pooling=built.pooling),
+        lora=dataclasses.replace(
+            cfg.lora, target_modules=built.target_modules or None, modules_to_save=built.head_modules
+        ),
+        train=dataclasses.replace(
+            cfg.train,
+            output_dir=str(run_dir),
+            learning_rate=cfg.train.resolved_learning_rate(cfg.lora.method),
+            precision=dtype,
+            device=device,
+        ),
+    )
+
+
+def _start_tracking(cfg: Config, accelerator: Accelerator, run_dir: Path, labels: list[str]) -> None:
+    if accelerator.is_main_process:
+        artifacts.save_start(run_dir, cfg, labels)
+    if cfg.train.report_to != "none":
+        accelerator.init_trackers(run_dir.name, config=_flat(cfg.to_dict()))
+
+
+def _tokenize(splits: Splits, tokenizer: Any, max_length: int, accelerator: Accelerator) -> tuple[dict, dict]:
+    tokenised, truncated = {}, {}
+    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+        for name in ("train", "validation", "test"):
+            tokenised[name], truncated[name] = tokenize(getattr(splits, name), tokenizer, max_length)
+    return tokenised, truncated
+
+
+def _place(model: Any, dtype: str, accelerator: Accelerator) -> Any:
+    precision.prepare_for_training(model, dtype, accelerator.distributed_type.value)
+    return model.to(accelerator.device)
+
+
+def _evaluate_before(model, loader, labels, accelerator, dtype: str, run_dir: Path, resume: bool) -> Metrics:
+    """The model as loaded, scored once: a resumed run reads the scores its first start wrote."""
+    before = artifacts.load_before(run_dir) if resume else None
+    if before is None:
+        before = evaluate(model, loader, labels, accelerator, dtype)
+        if accelerator.is_main_process:
+            artifacts.save_before(run_dir, before)
+    log.info("before: accuracy %.4f, f1 %.4f", before.accuracy, before.f1)
+    return before
+
+
+def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float) -> Throughput:
+    eval_rate = eval_samples / eval_seconds if state and eval_seconds > 0 else 0.0
+    if not state or state.step_seconds <= 0:
+        return Throughput(eval_samples_per_s=eval_rate)
+    return Throughput(
+        eval_samples_per_s=eval_rate,
+        train_samples_per_s=state.train_samples / state.step_seconds,
+        train_tokens_per_s=state.train_tokens / state.step_seconds,
+        padding_ratio=state.padded_tokens / max(state.train_tokens, 1),
+    )
+
+
+def _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator) -> RunSummary:
+    return RunSummary(
+        method=cfg.lora.method,
+        labels=splits.labels,
+        before=before,
+        after=after,
+        history=state.history if state else [],
+        best_epoch=state.best_epoch if state else 0,
+        best_metric=f"val_{cfg.train.best_metric}",
+        stopped_early=bool(state and state.stopped_early),
+        model=built.name_or_path,
+        model_name=display_name(built.name_or_path),
+        eval_split=splits.eval_name,
+        train_seconds=state.train_seconds if state else 0.0,
+        **built.parameter_counts(),
+        peak_memory_mb=precision.peak_memory_mb(cfg.train.device),
+        precision=cfg.train.precision,
+        device=cfg.train.device,
+        num_processes=accelerator.num_processes,
+        throughput=throughput,
+        data=DataSummary(
+            source=cfg.data.path,
+            train_size=len(splits.train),
+            validation_size=len(splits.validation),
+            test_size=len(splits.test),
+            label_counts=splits.label_counts(),
+            truncated=truncated,
+            max_length=cfg.data.max_length,
+        ),
+    )
+
+
+def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None:
+    if cfg.train.report_to != "none":
+        accelerator.log({f"test_{k}": getattr(after, k) for k in ("accuracy", "precision", "recall", "f1")})
+        accelerator.end_training()
+
+
+def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary) -> RunSummary:
+    """The trained weights, metrics.json, the report, and COMPLETE last."""
+    artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+    size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)
+    summary = dataclasses.replace(summary, adapter_size_bytes=size)
+    artifacts.save_summary(run_dir, summary)
+    write_report(run_dir)
+    artifacts.mark_complete(run_dir)
+    return summary
+
+
+def _flat(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    # Trackers take flat scalar values.
+    return {
+        f"{s}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+        for s, d in nested.items()
+        for k, v in d.items()
+    }

@@ -1,0 +1,183 @@
+"""What a run measured, as typed records: the schema of `metrics.json`.
+
+The writer (`recipe`), the reader (`artifacts.read_summary`), the report, `load_run`, export and the tests'
+fixtures all use these classes, so a key is named in one place. No torch and no files here: `from_dict` checks
+the shape and types of parsed JSON and raises `SchemaError`, which the reader turns into a one-line `RunError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+FORMAT_VERSION = 1
+T = TypeVar("T")
+
+
+class SchemaError(ValueError):
+    """Parsed JSON that does not have the shape of a schema record; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Scores of one model on one split (see `evaluate.compute_metrics`); averages are macro."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]  # rows = true label, columns = predicted label
+    num_samples: int
+    loss: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch: training scores, validation scores, the learning rate at its end."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_precision: float
+    val_recall: float
+    val_f1: float
+    learning_rate: float
+    epoch_seconds: float
+
+    @classmethod
+    def from_scores(cls, epoch: int, train: dict[str, float], val: Metrics, **rest: float) -> EpochRecord:
+        scores = {f"val_{k}": getattr(val, k) for k in ("loss", "accuracy", "precision", "recall", "f1")}
+        return cls(epoch=epoch, train_loss=train["loss"], train_accuracy=train["accuracy"], **scores, **rest)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    eval_samples_per_s: float = 0.0
+    train_samples_per_s: float | None = None
+    train_tokens_per_s: float | None = None
+    padding_ratio: float | None = None  # padded tokens / real tokens in training batches
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    source: str | None = None
+    train_size: int = 0
+    validation_size: int = 0
+    test_size: int = 0
+    label_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> rows
+    truncated: dict[str, int] = field(default_factory=dict)  # split -> texts cut to max_length
+    max_length: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Everything `metrics.json` holds: before and after scores, history, timings, sizes, the data."""
+
+    method: str
+    labels: list[str]
+    before: Metrics
+    after: Metrics
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: str = "val_f1"
+    stopped_early: bool = False
+    model: str = ""
+    model_name: str = ""
+    eval_split: str = "test"
+    train_seconds: float = 0.0
+    total_params: int = 0
+    trainable_params: int = 0
+    trainable_params_lora: int = 0
+    peak_memory_mb: float | None = None
+    adapter_size_bytes: int | None = None
+    precision: str = "fp32"
+    device: str = "cpu"
+    num_processes: int = 1
+    throughput: Throughput = field(default_factory=Throughput)
+    data: DataSummary = field(default_factory=DataSummary)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def trained(self) -> bool:
+        """False for the untrained baseline (method none), whose "after" is its "before"."""
+        return self.method != "none"
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        return sum(h.epoch_seconds for h in self.history) / len(self.history) if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> RunSummary:
+        return from_dict(cls, raw)
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    """A record as plain JSON-ready data."""
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
+    """Build the dataclass `cls` from parsed JSON, checking every field's type; unknown keys are ignored.
+
+    Raises:
+        SchemaError: naming the first key that is missing or has the wrong type.
+    """
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{where or 'the top level'} should be an object, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in raw:
+            values[f.name] = _convert(raw[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SchemaError(f"key {key!r} is missing")
+    return cls(**values)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise SchemaError(f"{key!r} should be a list, got {_kind(value)}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SchemaError(f"{key!r} should be an object, got {_kind(value)}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation in (str, bool) and isinstance(value, annotation):
+        return value
+    raise SchemaError(f"{key!r} should be {annotation.__name__}, got {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"

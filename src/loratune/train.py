@@ -1,0 +1,237 @@
+"""The training loop: epochs of AdamW steps with warmup and linear decay, a validation pass after each epoch,
+the best epoch kept, early stopping, and a checkpoint after every epoch. Accelerate owns devices and process
+groups; `loratune.precision` owns autocast."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import get_linear_schedule_with_warmup
+
+from loratune import precision
+from loratune.batching import build_eval_loader, build_train_loader
+from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from loratune.config import TrainArgs
+from loratune.evaluate import evaluate
+from loratune.schema import EpochRecord, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+HIGHER_IS_BETTER = {"f1": True, "accuracy": True, "precision": True, "recall": True, "loss": False}
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands after its last finished epoch: what a checkpoint saves and a resume restores, and
+    in the end what training produced (the model then holds the best epoch's weights)."""
+
+    epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float | None = None
+    patience_left: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0  # wall time of the loop, validation included
+    step_seconds: float = 0.0  # time spent in training steps only
+    train_samples: int = 0
+    train_tokens: int = 0  # real (unpadded) tokens
+    padded_tokens: int = 0
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and norm weights get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
+    return get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * warmup_ratio), total_steps)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable weights: small for adapters, so keeping the best epoch's costs little."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train(
+    model: torch.nn.Module,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    labels: list[str],
+    args: TrainArgs,
+    accelerator: Any,
+    pad_token_id: int,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> LoopState:
+    """Train `model` (already on its device) and leave it holding the best epoch's weights.
+
+    Args:
+        model: the prepared model; only parameters with requires_grad train.
+        train_ds, val_ds: tokenised datasets (see `data.tokenize`).
+        labels: label names in id order.
+        args: the train section of a resolved config (learning rate, precision and device filled in).
+        accelerator: an `accelerate.Accelerator`.
+        pad_token_id: the tokenizer's pad id.
+        checkpoint_dir: the run folder; a checkpoint is written there after every epoch, and training resumes
+            from one found there.
+        on_epoch_end: called with each epoch's record (for trackers).
+    """
+    # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
+    # step, so the schedule spans the run whatever the number of processes.
+    steps_per_epoch = math.ceil(len(train_ds) / args.batch_size / args.gradient_accumulation_steps)
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * args.num_epochs, args.warmup_ratio)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    val_loader = accelerator.prepare(build_eval_loader(val_ds, args.eval_batch_size, pad_token_id))
+    state, best_weights = LoopState(patience_left=args.early_stopping_patience), None
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        saved, best_weights = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = from_dict(LoopState, saved)
+        log.info("Resuming after epoch %d of %d.", state.epoch, args.num_epochs)
+    started = time.perf_counter() - state.train_seconds
+    while state.epoch < args.num_epochs and not state.stopped_early:
+        epoch = state.epoch + 1
+        epoch_started = time.perf_counter()
+        loader = accelerator.prepare(
+            build_train_loader(train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length)
+        )
+        stats = _train_epoch(model, loader, optimizer, scheduler, args, accelerator, epoch)
+        val = evaluate(model, val_loader, labels, accelerator, args.precision)
+        record = EpochRecord.from_scores(
+            epoch,
+            stats,
+            val,
+            learning_rate=scheduler.get_last_lr()[0],
+            epoch_seconds=time.perf_counter() - epoch_started,
+        )
+        if state.best_score is None or _better(getattr(val, args.best_metric), state.best_score, args.best_metric):
+            state.best_score, state.best_epoch = getattr(val, args.best_metric), epoch
+            best_weights = trainable_state(accelerator.unwrap_model(model))
+            state.patience_left = args.early_stopping_patience
+        elif args.early_stopping_patience:
+            state.patience_left -= 1
+            if state.patience_left <= 0:
+                log.info("No %s gain for %d epochs; stopping early.", args.best_metric, args.early_stopping_patience)
+                state.stopped_early = True
+        state.epoch = epoch
+        state.history.append(record)
+        state.train_samples += stats["samples"]
+        state.train_tokens += stats["tokens"]
+        state.padded_tokens += stats["padded_tokens"]
+        state.step_seconds += stats["seconds"]
+        state.train_seconds = time.perf_counter() - started
+        if args.progress and accelerator.is_local_main_process:
+            print(_epoch_line(record, args.num_epochs), file=sys.stderr, flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if checkpoint_dir is not None and accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, to_dict(state), best_weights)
+        accelerator.wait_for_everyone()
+    state.train_seconds = time.perf_counter() - started
+    if best_weights is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
+    return state
+
+
+def _better(score: float, best: float, metric: str) -> bool:
+    return score > best if HIGHER_IS_BETTER[metric] else score < best
+
+
+def _epoch_line(record: EpochRecord, num_epochs: int) -> str:
+    return (
+        f"epoch {record.epoch}/{num_epochs}: train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f} | "
+        f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.4f} f1 {record.val_f1:.4f} "
+        f"({record.epoch_seconds:.1f} s)"
+    )
+
+
+class _Progress:
+    """A redrawn bar on a terminal; in a log (CI, nohup, a file) a plain line every `log_every` steps instead of
+    the carriage-return frames a bar writes there."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, log_every: int = 200):
+        self.total, self.desc, self.log_every = total, desc, log_every
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.started = time.perf_counter()
+
+    def wants_loss(self, step: int) -> bool:
+        """Reading the loss syncs the device, so only on the steps that show it."""
+        return self.enabled and step % (10 if self.bar is not None else self.log_every) == 0
+
+    def update(self, step: int, loss: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif loss is not None:
+            rate = step / max(time.perf_counter() - self.started, 1e-9)
+            print(f"{self.desc} step {step}/{self.total}: loss {loss:.4f} ({rate:.1f} steps/s)", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _train_epoch(model, loader, optimizer, scheduler, args: TrainArgs, accelerator, epoch: int) -> dict:
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    scaler = precision.grad_scaler(args.precision, accelerator.device.type)
+    total_loss = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    samples = tokens = padded = 0
+    started = time.perf_counter()
+    enabled = args.progress and accelerator.is_local_main_process
+    progress = _Progress(len(loader), f"epoch {epoch}/{args.num_epochs}", enabled)
+    for step, batch in enumerate(loader, start=1):
+        with accelerator.accumulate(model):
+            with precision.autocast(args.precision, accelerator.device.type):
+                outputs = model(**batch)
+            loss = outputs.loss
+            accelerator.backward(scaler.scale(loss))
+            if accelerator.sync_gradients:
+                scaler.unscale_(optimizer)
+                if args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        n = batch["labels"].shape[0]
+        total_loss += loss.detach().float() * n
+        correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
+        samples += n
+        tokens += int(batch["attention_mask"].sum())
+        padded += batch["input_ids"].numel()
+        progress.update(step, (total_loss / samples).item() if progress.wants_loss(step) else None)
+    progress.close()
+    counts = accelerator.reduce(
+        torch.stack([total_loss, correct.float(), torch.tensor(float(samples), device=accelerator.device)]), "sum"
+    )
+    return {
+        "loss": (counts[0] / counts[2]).item(),
+        "accuracy": (counts[1] / counts[2]).item(),
+        "samples": int(counts[2].item()),
+        "tokens": tokens * accelerator.num_processes,
+        "padded_tokens": padded * accelerator.num_processes,
+        "seconds": time.perf_counter() - started,
+    }
