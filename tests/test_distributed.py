@@ -6,11 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 from conftest import tiny_config
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: the one the OS hands out for port 0, released again for torchrun."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(
@@ -30,7 +38,8 @@ def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     # Half the per-process batch, so the global batch (and the number of optimizer steps) matches the single run.
     cmd = [
-        torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "loratune", "train",
+        torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        "-m", "loratune", "train",
         "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(run_dir),
         "--epochs", "4", "--batch-size", "4", "--learning-rate", "5e-3", "--precision", "fp32",
         "--device", "cpu", "--no-progress", "--no-group-by-length",
