@@ -324,6 +324,144 @@ def tiny_config(model_dir: Path, data_path: Path, output_dir: Path | None = None
 @pytest.fixture(scope="session")
 def bert_run(tmp_path_factory, tiny_bert, data_dir):
     """One finished 2-epoch LoRA run on the tiny BERT, shared by the tests that only read a run folder."""
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     return run(tiny_config(tiny_bert, data_dir, tmp_path_factory.mktemp("runs") / "bert"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trained runs shared across modules (export, interop)
+
+# Texts whose probabilities the export and interop tests compare between loratune and plain transformers / PEFT.
+PROBE_TEXTS = [
+    "great movie",
+    "the plot was awful",
+    "a film",
+    "really great music but an awful actor " * 30,  # longer than max_length: truncated by both
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """`trained_run(model_dir, data_dir, **overrides)`: a finished one-epoch run folder, trained once per session
+    for each (model, data, overrides); overrides are `tiny_config` style (`lora__method="full"`)."""
+    import loratune
+
+    runs: dict[tuple, Path] = {}
+
+    def train(model_dir: Path, data_dir: Path, **overrides) -> Path:
+        key = (str(model_dir), str(data_dir), tuple(sorted(overrides.items())))
+        if key not in runs:
+            out = tmp_path_factory.mktemp("trained-runs") / "run"
+            # a large step so the adapter and head move far from their initial values and a dropped weight shows
+            values = {"train__num_epochs": 1, "train__learning_rate": 3e-2, "data__max_length": 32, **overrides}
+            runs[key] = Path(loratune.run(tiny_config(model_dir, data_dir, out, **values)).run_dir)
+        return runs[key]
+
+    return train
+
+
+def pipeline_probabilities(folder: Path, labels: list[str], texts: list[str]):
+    """Probabilities (a tensor, columns in `labels` order) from a transformers text-classification pipeline."""
+    import torch
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(folder), top_k=None, device="cpu")
+    rows = classifier(texts, truncation=True)
+    return torch.tensor([[{d["label"]: d["score"] for d in row}[label] for label in labels] for row in rows])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fake run folders: metrics.json written by hand, no model involved (report and browser tests)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SIX = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+FAKE_CONFIG = "model:\n  name_or_path: sentence-transformers/all-MiniLM-L6-v2\ndata:\n  path: ../shared/data/sst2\n"
+
+
+def _fake_scores(labels: list[str], accuracy: float, f1: float, loss: float) -> dict:
+    n = len(labels)
+    support = 100
+    per_class = {
+        label: {"precision": f1, "recall": accuracy, "f1": f1 - 0.01 * i, "support": support}
+        for i, label in enumerate(labels)
+    }
+    # Put `accuracy` of each row on the diagonal and spread the rest over the other columns.
+    right = round(accuracy * support)
+    matrix = [[right if i == j else (support - right) // (n - 1) for j in range(n)] for i in range(n)]
+    return {
+        "accuracy": accuracy,
+        "precision": f1 + 0.02,
+        "recall": accuracy - 0.01,
+        "f1": f1,
+        "loss": loss,
+        "per_class": per_class,
+        "confusion_matrix": matrix,
+        "num_samples": support * n,
+    }
+
+
+def fake_metrics(
+    labels: list[str], epochs: int, method: str = "lora", before_acc: float = 0.5, after_acc: float = 0.86
+) -> dict:
+    """A metrics.json as docs/run-folder.md describes it, with every optional key filled in."""
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.6 / e,
+            "train_accuracy": 0.7 + 0.05 * e,
+            "val_loss": 0.5 / e,
+            "val_accuracy": after_acc - 0.04 * (epochs - e),
+            "val_precision": 0.74 + 0.04 * e,
+            "val_recall": 0.73 + 0.04 * e,
+            "val_f1": 0.72 + 0.04 * e,
+            "learning_rate": 4e-4 / e,
+            "epoch_seconds": 10.0 + e,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    size = {"train": 4000, "validation": 800, "test": 100 * len(labels)}
+    return {
+        "format_version": 1,
+        "method": method,
+        "model": "/home/someone/models/all-MiniLM-L6-v2",
+        "eval_split": "test",
+        "labels": labels,
+        "before": _fake_scores(labels, before_acc, 0.333, loss=0.69),
+        "after": _fake_scores(labels, after_acc, after_acc - 0.005, loss=0.5 / max(epochs, 1) + 0.02),
+        "history": history,
+        "best_epoch": epochs if epochs else None,
+        "best_metric": "val_f1",
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "trainable_params": 296450 if method != "base" else 0,
+        "trainable_params_lora": 147456,
+        "total_params": 22861442,
+        "peak_memory_mb": 1210.5,
+        "adapter_size_bytes": 1234567,
+        "precision": "bf16",
+        "device": "cpu",
+        "throughput": {
+            "train_samples_per_s": 900.0,
+            "train_tokens_per_s": 12000.0,
+            "eval_samples_per_s": 3000.0,
+            "padding_ratio": 1.05,
+        },
+        "data": {
+            **{f"{s}_size": n for s, n in size.items()},
+            "label_counts": {s: {label: n // len(labels) for label in labels} for s, n in size.items()},
+            "truncated": {"train": 12, "validation": 0, "test": 1},
+            "max_length": 128,
+        },
+    }
+
+
+def write_fake_run(
+    run_dir: Path, labels: list[str], epochs: int = 3, config: str | None = FAKE_CONFIG, **kwargs
+) -> Path:
+    """Write metrics.json, labels.json and (optionally) config.yaml into `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(fake_metrics(labels, epochs, **kwargs)))
+    (run_dir / "labels.json").write_text(json.dumps(labels))
+    if config is not None:
+        (run_dir / "config.yaml").write_text(config)
+    return run_dir

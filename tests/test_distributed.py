@@ -3,7 +3,6 @@ for process groups."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -12,6 +11,8 @@ import sys
 
 import pytest
 from conftest import tiny_config
+
+from loratune.artifacts import load_summary
 
 
 def free_port() -> int:
@@ -26,7 +27,7 @@ def free_port() -> int:
     reason="torchrun is not installed",
 )
 def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path, tiny_bert, data_dir):
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     # Plain shuffling (no length groups): two processes with half the batch then see exactly the single run's
     # batches, split in two, and average the same gradients; only float rounding differs.
@@ -48,12 +49,12 @@ def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["num_processes"] == 2
+    summary = load_summary(run_dir)
+    assert summary.num_processes == 2
     assert (run_dir / "COMPLETE").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]  # one folder, written once
-    assert metrics["after"]["num_samples"] == single.after["num_samples"]  # every test example scored once
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
-    for mine, theirs in zip(metrics["history"], single.metrics["history"], strict=True):
-        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=0.005)
-        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=0.005)
+    assert summary.after.num_samples == single.after.num_samples  # every test example scored once
+    assert [h.epoch for h in summary.history] == [1, 2, 3, 4]
+    for mine, theirs in zip(summary.history, single.summary.history, strict=True):
+        assert mine.train_loss == pytest.approx(theirs.train_loss, abs=0.005)
+        assert mine.val_loss == pytest.approx(theirs.val_loss, abs=0.005)

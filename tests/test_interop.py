@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import TEXTS, pipeline_probabilities, trained_run
+from conftest import PROBE_TEXTS as TEXTS
+from conftest import pipeline_probabilities, write_csv
 
 import loratune
 from loratune import RunError
@@ -20,8 +21,8 @@ from loratune.predict import Predictor
 
 
 @pytest.fixture
-def bert_lora_run(tmp_path_factory, tiny_models, data_dir) -> Path:
-    return trained_run(tmp_path_factory, tiny_models["bert"], data_dir)
+def bert_lora_run(trained_run, tiny_models, data_dir) -> Path:
+    return trained_run(tiny_models["bert"], data_dir)
 
 
 @pytest.fixture
@@ -35,11 +36,11 @@ def _tokenize(tokenizer, texts):
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_peft_loads_the_adapter_with_the_logits_loratune_gets(tmp_path_factory, tiny_models, data_dir, arch):
+def test_peft_loads_the_adapter_with_the_logits_loratune_gets(trained_run, tiny_models, data_dir, arch):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    run = trained_run(tmp_path_factory, tiny_models[arch], data_dir)
+    run = trained_run(tiny_models[arch], data_dir)
     ours, tokenizer, labels, cfg = load_model(run)
     base = AutoModelForSequenceClassification.from_pretrained(
         cfg.model.name_or_path, num_labels=len(labels), attn_implementation="eager"
@@ -51,12 +52,10 @@ def test_peft_loads_the_adapter_with_the_logits_loratune_gets(tmp_path_factory, 
         torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, atol=1e-6, rtol=0)
 
 
-def test_label_names_survive_the_round_trip(tmp_path_factory, tiny_models, data_dir, tmp_path):
+def test_label_names_survive_the_round_trip(trained_run, tiny_models, data_dir, tmp_path):
     rows = [{"text": f"{word} film", "label": label} for word, label in [("great", "très bon"), ("awful", "nul")]]
-    from conftest import write_csv
-
     write_csv(tmp_path / "data" / "train.csv", rows * 15)
-    run = trained_run(tmp_path_factory, tiny_models["bert"], tmp_path / "data")
+    run = trained_run(tiny_models["bert"], tmp_path / "data")
     assert json.loads((run / "labels.json").read_text()) == ["nul", "très bon"]
     predictor = Predictor.from_run(run, device="cpu", precision="fp32")
     assert predictor.labels == ["nul", "très bon"]
@@ -73,7 +72,7 @@ def test_a_moved_run_folder_still_loads(bert_lora_run, tmp_path):
     torch.testing.assert_close(
         Predictor.from_run(moved, device="cpu", precision="fp32").predict_proba(TEXTS), expected
     )
-    assert loratune.load_run(moved).metrics["labels"] == ["bad", "good"]
+    assert loratune.load_run(moved).summary.labels == ["bad", "good"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,12 +118,8 @@ def test_a_planted_pickle_is_refused_not_loaded(run_copy, no_unpickling):
     assert "\n" not in str(info.value)
 
 
-def test_a_full_run_without_safetensors_is_refused(tmp_path_factory, tiny_models, data_dir, tmp_path, no_unpickling):
-    run = Path(
-        shutil.copytree(
-            trained_run(tmp_path_factory, tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"
-        )
-    )
+def test_a_full_run_without_safetensors_is_refused(trained_run, tiny_models, data_dir, tmp_path, no_unpickling):
+    run = Path(shutil.copytree(trained_run(tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"))
     for file in (run / "model").glob("*.safetensors"):
         file.unlink()
     (run / "model" / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
@@ -179,12 +174,8 @@ def test_tampered_metrics_give_a_run_error(run_copy):
         loratune.load_run(run_copy)
 
 
-def test_a_full_run_with_a_wrong_label_count_is_refused(tmp_path_factory, tiny_models, data_dir, tmp_path):
-    run = Path(
-        shutil.copytree(
-            trained_run(tmp_path_factory, tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"
-        )
-    )
+def test_a_full_run_with_a_wrong_label_count_is_refused(trained_run, tiny_models, data_dir, tmp_path):
+    run = Path(shutil.copytree(trained_run(tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"))
     (run / "labels.json").write_text('["bad", "good", "meh"]')
     with pytest.raises(RunError, match="3 labels but the saved model has 2"):
         load_model(run)

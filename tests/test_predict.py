@@ -110,8 +110,8 @@ def test_bf16_predictor_holds_a_merged_bf16_model_with_nearly_the_fp32_scores(be
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_fast_bf16(bert_run, monkeypatch):
-    from loratune import hardware
+    from loratune import precision
 
-    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     model = Predictor.from_run(bert_run.run_dir, device="cpu").model
     assert {p.dtype for p in model.parameters()} == {torch.float32}

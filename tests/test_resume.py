@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
+from loratune.artifacts import load_summary
 from loratune.cli import main
 
 SCORES = ("accuracy", "precision", "recall", "f1")
@@ -22,9 +23,9 @@ def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
     script = textwrap.dedent(
         f"""
         import os, signal
-        import loratune.training as train
+        import loratune.train as train
         from loratune.config import load_config
-        from loratune.pipeline import run
+        from loratune.recipe import run
         real_save = train.save_checkpoint
         def save_then_die(*args, **kwargs):
             real_save(*args, **kwargs)
@@ -38,7 +39,7 @@ def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(tmp_path, tiny_bert, data_dir, precision):
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     uninterrupted = run(
         tiny_config(tiny_bert, data_dir, tmp_path / "full", train__num_epochs=3, train__precision=precision)
@@ -55,20 +56,20 @@ def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(tmp_path
 
     assert main(["train", "--resume", str(run_dir)]) == 0
 
-    resumed = json.loads((run_dir / "metrics.json").read_text())
+    resumed = load_summary(run_dir)
     assert (run_dir / "COMPLETE").exists()
-    assert not (run_dir / "checkpoint").exists()
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    assert resumed["after"]["confusion_matrix"] == uninterrupted.after["confusion_matrix"]
+    assert not (run_dir / "checkpoint").exists() and not (run_dir / "before.json").exists()
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert resumed.after.confusion_matrix == uninterrupted.after.confusion_matrix
     for key in SCORES:
-        assert resumed["after"][key] == pytest.approx(uninterrupted.after[key])
-        assert resumed["before"][key] == pytest.approx(uninterrupted.before[key])
-    for mine, theirs in zip(resumed["history"], uninterrupted.metrics["history"], strict=True):
-        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert getattr(resumed.after, key) == pytest.approx(getattr(uninterrupted.after, key))
+        assert getattr(resumed.before, key) == pytest.approx(getattr(uninterrupted.before, key))
+    for mine, theirs in zip(resumed.history, uninterrupted.summary.history, strict=True):
+        assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-5)
 
 
 def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_bert, data_dir, capsys):
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     run(tiny_config(tiny_bert, data_dir, tmp_path / "done", train__num_epochs=1))
     assert main(["train", "--resume", str(tmp_path / "done")]) == 2
@@ -82,7 +83,7 @@ def test_resume_of_a_folder_without_a_run_names_the_problem(tmp_path, capsys):
 
 
 def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_path, tiny_bert, data_dir):
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     run_dir = tmp_path / "killed"
     killed = tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=2, train__learning_rate=5e-2)
@@ -93,8 +94,8 @@ def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_p
 
     fresh = run(tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=2, train__learning_rate=1e-3))
     reference = run(tiny_config(tiny_bert, data_dir, tmp_path / "ref", train__num_epochs=2, train__learning_rate=1e-3))
-    first = fresh.metrics["history"][0]["train_loss"]
-    assert first == pytest.approx(reference.metrics["history"][0]["train_loss"])
+    first = fresh.summary.history[0].train_loss
+    assert first == pytest.approx(reference.summary.history[0].train_loss)
     assert first != pytest.approx(stale)
 
 
@@ -129,5 +130,4 @@ def test_ctrl_c_stops_with_a_resume_hint_and_the_run_resumes(tmp_path, tiny_bert
     assert 1 <= finished < 200
 
     assert main(["train", "--resume", str(run_dir), "train.num_epochs=" + str(finished + 1)]) == 0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == list(range(1, finished + 2))
+    assert [h.epoch for h in load_summary(run_dir).history] == list(range(1, finished + 2))

@@ -36,11 +36,10 @@ def test_tensorboard_logs_loss_learning_rate_and_validation_metrics_per_epoch(ti
     for tag in PER_EPOCH:
         assert tag in scalars, f"{tag} missing; logged: {sorted(scalars)}"
         assert sorted(step for step, _ in scalars[tag]) == list(range(1, EPOCHS + 1)), (tag, scalars[tag])
-    history = run.metrics["history"]
-    for entry in history:
-        logged = dict(scalars["val_accuracy"])[entry["epoch"]]
-        assert logged == pytest.approx(entry["val_accuracy"], abs=1e-6)
-        assert dict(scalars["train_loss"])[entry["epoch"]] == pytest.approx(entry["train_loss"], rel=1e-5)
+    for entry in run.summary.history:
+        logged = dict(scalars["val_accuracy"])[entry.epoch]
+        assert logged == pytest.approx(entry.val_accuracy, abs=1e-6)
+        assert dict(scalars["train_loss"])[entry.epoch] == pytest.approx(entry.train_loss, rel=1e-5)
     assert "test_accuracy" in scalars
 
 

@@ -35,7 +35,7 @@ classifier("some text", truncation=True)  # texts were cut to {max_length} token
 
 ADAPTER_README = """# {name}
 
-The PEFT adapter of the loratune run `{run}` (method `{method}`), with its tokenizer and `labels.json`. It needs
+The PEFT adapter of the loratune run `{run}` (method `{method}`), with its tokenizer and `{labels_file}`. It needs
 the base model `{base}` and PEFT; the trained classification head is part of the adapter.
 
 Labels, in id order: {labels}
@@ -45,7 +45,7 @@ import json
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-labels = json.load(open("{name}/labels.json"))
+labels = json.load(open("{name}/{labels_file}"))
 base = AutoModelForSequenceClassification.from_pretrained(
     "{base}", num_labels=len(labels), id2label=dict(enumerate(labels)),
     label2id={{label: i for i, label in enumerate(labels)}},
@@ -150,4 +150,5 @@ def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]
         merged=merged,
         labels=json.dumps(labels, ensure_ascii=False),
         max_length=cfg.data.max_length,
+        labels_file=artifacts.LABELS_FILE,
     )

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Run:
-    """A finished run: its folder, its summary (metrics.json) and config, and a predictor loaded on first use."""
+    """A finished run: its folder, summary (`schema.RunSummary`) and config; a predictor loaded on first use."""
 
     run_dir: Path
     summary: RunSummary
@@ -138,7 +138,7 @@ def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Acc
 
 
 def _resolve(cfg: Config, built: BuiltModel, run_dir: Path, device: str, dtype: str) -> Config:
-    """The config as run: every `auto` and default decided, so config.yaml repeats this run exactly."""
+    """The config as run: every `auto` and default decided, so the saved config repeats this run exactly."""
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path, pooling=built.pooling),
@@ -237,7 +237,7 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
 
 
 def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary) -> RunSummary:
-    """The trained weights, metrics.json, the report, and COMPLETE last."""
+    """The trained weights, the summary, the report, and the COMPLETE marker last."""
     artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
     size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)

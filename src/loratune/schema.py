@@ -1,4 +1,4 @@
-"""What a run measured, as typed records: the schema of `metrics.json`.
+"""What a run measured, as typed records: the schema of a run folder's metrics file (`artifacts.METRICS_FILE`).
 
 The writer (`recipe`), the reader (`artifacts.read_summary`), the report, `load_run`, export and the tests'
 fixtures all use these classes, so a key is named in one place. No torch and no files here: `from_dict` checks
@@ -86,7 +86,7 @@ class DataSummary:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """Everything `metrics.json` holds: before and after scores, history, timings, sizes, the data."""
+    """Everything the metrics file holds: before and after scores, history, timings, sizes, the data."""
 
     method: str
     labels: list[str]

@@ -1,4 +1,4 @@
-"""Tests for loratune.training: the loop learns, is reproducible, keeps the best epoch, and stops early."""
+"""Tests for loratune.train, the loop: the loop learns, is reproducible, keeps the best epoch, and stops early."""
 
 from __future__ import annotations
 
@@ -14,22 +14,22 @@ from loratune.config import Config
 from loratune.data import load_splits, tokenize
 from loratune.evaluate import evaluate
 from loratune.modeling import build_model
-from loratune.pipeline import run
-from loratune.training import train
+from loratune.recipe import run
+from loratune.train import train
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 
 
-def accelerator():
+def train_loop(built, train_ds, val_ds, labels, cfg: Config, learning_rate: float):
+    """The loop alone, on a fresh Accelerator, at `learning_rate`."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=False)  # as pipeline.run does, one state per run
-    return Accelerator(cpu=True, mixed_precision="no")
+    args = dataclasses.replace(cfg.train, learning_rate=learning_rate)
+    return train(built.model, train_ds, val_ds, labels, args, Accelerator(cpu=True), built.tokenizer.pad_token_id)
 
 
 def prepare(cfg: Config):
-    """Model, tokenised train / validation sets and labels, as pipeline.run builds them."""
+    """Model, tokenised train / validation sets and labels, as recipe.run builds them."""
     from accelerate.utils import set_seed
 
     splits = load_splits(cfg.data, seed=cfg.train.seed)
@@ -55,8 +55,8 @@ def test_loss_goes_down_when_overfitting_eight_examples(arch, tiny_models, eight
         tiny_models[arch], eight_examples, train__num_epochs=30, train__learning_rate=3e-2, lora__lora_dropout=0
     )
     built, train_ds, val_ds, labels = prepare(cfg)
-    result = train(built.model, train_ds, val_ds, labels, cfg.train, 3e-2, accelerator(), built.tokenizer.pad_token_id)
-    losses = [entry["train_loss"] for entry in result.history]
+    result = train_loop(built, train_ds, val_ds, labels, cfg, 3e-2)
+    losses = [entry.train_loss for entry in result.history]
     assert len(losses) == 30
     assert losses[-1] < 0.9 * losses[0]
     assert losses[-1] <= min(losses[:5])
@@ -65,8 +65,8 @@ def test_loss_goes_down_when_overfitting_eight_examples(arch, tiny_models, eight
 def test_learning_rate_warms_up_then_decays_to_zero(tiny_bert, eight_examples):
     cfg = tiny_config(tiny_bert, eight_examples, train__num_epochs=4, train__warmup_ratio=0.25)
     built, train_ds, val_ds, labels = prepare(cfg)
-    result = train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
-    rates = [entry["learning_rate"] for entry in result.history]
+    result = train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
+    rates = [entry.learning_rate for entry in result.history]
     assert rates[0] == pytest.approx(1e-2)  # one step per epoch: the first step ends the warmup
     assert rates == sorted(rates, reverse=True)
     assert rates[-1] == pytest.approx(0.0)
@@ -76,20 +76,20 @@ def test_model_holds_the_best_epochs_weights(tiny_bert, data_dir):
     cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=4, train__best_metric="loss", train__learning_rate=5e-2)
     built, train_ds, val_ds, labels = prepare(cfg)
     pad = built.tokenizer.pad_token_id
-    result = train(built.model, train_ds, val_ds, labels, cfg.train, 5e-2, accelerator(), pad)
-    best = min(result.history, key=lambda entry: entry["val_loss"])
-    assert result.best_epoch == best["epoch"]
+    result = train_loop(built, train_ds, val_ds, labels, cfg, 5e-2)
+    best = min(result.history, key=lambda entry: entry.val_loss)
+    assert result.best_epoch == best.epoch
     val = evaluate(built.model, build_eval_loader(val_ds, 8, pad), labels)
-    assert val["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
+    assert val.loss == pytest.approx(best.val_loss, abs=1e-5)
 
 
 def test_training_stops_early_without_improvement(tiny_bert, data_dir):
     # A learning rate this small leaves validation F1 unchanged, so patience 1 stops after epoch 2.
     cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=5, train__early_stopping_patience=1)
     built, train_ds, val_ds, labels = prepare(cfg)
-    result = train(built.model, train_ds, val_ds, labels, cfg.train, 1e-9, accelerator(), built.tokenizer.pad_token_id)
+    result = train_loop(built, train_ds, val_ds, labels, cfg, 1e-9)
     assert result.stopped_early
-    assert [entry["epoch"] for entry in result.history] == [1, 2]
+    assert [entry.epoch for entry in result.history] == [1, 2]
     assert result.best_epoch == 1
 
 
@@ -97,7 +97,7 @@ def test_only_trainable_weights_change(tiny_bert, data_dir):
     cfg = tiny_config(tiny_bert, data_dir, train__num_epochs=1)
     built, train_ds, val_ds, labels = prepare(cfg)
     before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
-    train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
+    train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
     for name, param in built.model.named_parameters():
         changed = not torch.equal(before[name], param.detach())
         if not param.requires_grad:
@@ -108,11 +108,10 @@ def test_only_trainable_weights_change(tiny_bert, data_dir):
 def test_saved_model_reloads_to_identical_logits(tiny_bert, data_dir, tmp_path):
     cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1)
     built, train_ds, val_ds, labels = prepare(cfg)
-    train(built.model, train_ds, val_ds, labels, cfg.train, 1e-2, accelerator(), built.tokenizer.pad_token_id)
+    train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
     run_dir = tmp_path / "run"
     artifacts.prepare_run_dir(run_dir, overwrite=False)
-    artifacts.write_text(run_dir / "config.yaml", cfg.to_yaml())
-    artifacts.write_json(run_dir / "labels.json", labels)
+    artifacts.save_start(run_dir, cfg, labels)
     artifacts.save_model(run_dir, built.model, "lora", built.tokenizer)
     artifacts.mark_complete(run_dir)
 
@@ -130,8 +129,8 @@ def test_every_method_trains_saves_and_reloads(method, tiny_bert, data_dir, tmp_
     model, tokenizer, _, cfg = artifacts.load_model(result.run_dir)
     assert cfg.lora.method == method
     ds, _ = tokenize(load_splits(cfg.data, seed=cfg.train.seed).test, tokenizer, cfg.data.max_length)
-    reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.metrics["labels"])
-    assert reloaded["loss"] == pytest.approx(result.after["loss"], abs=1e-5)
+    reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.summary.labels)
+    assert reloaded.loss == pytest.approx(result.after.loss, abs=1e-5)
 
 
 def test_same_seed_gives_the_same_metrics(tiny_bert, data_dir, tmp_path):
@@ -139,8 +138,6 @@ def test_same_seed_gives_the_same_metrics(tiny_bert, data_dir, tmp_path):
     first = run(cfg)
     second = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "b"))))
     for key in ("before", "after", "best_epoch"):
-        assert first.metrics[key] == second.metrics[key], key
-    for a, b in zip(first.metrics["history"], second.metrics["history"], strict=True):
-        assert {k: v for k, v in a.items() if k != "epoch_seconds"} == {
-            k: v for k, v in b.items() if k != "epoch_seconds"
-        }
+        assert getattr(first.summary, key) == getattr(second.summary, key), key
+    for a, b in zip(first.summary.history, second.summary.history, strict=True):
+        assert dataclasses.replace(a, epoch_seconds=0) == dataclasses.replace(b, epoch_seconds=0)

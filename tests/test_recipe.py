@@ -1,4 +1,4 @@
-"""Tests for loratune.pipeline.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
+"""Tests for loratune.recipe.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
 
 Each architecture gets one 2-epoch LoRA run on the tiny dataset, shared by the tests of this module.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,34 +18,10 @@ from conftest import make_rows, tiny_config, write_csv
 import loratune
 from loratune import ModelError, RunError
 from loratune.artifacts import HISTORY_COLUMNS, load_model
-from loratune.pipeline import load_run, run
+from loratune.recipe import load_run, run
+from loratune.schema import RunSummary
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
-METRIC_KEYS = {
-    "format_version",
-    "method",
-    "model",
-    "eval_split",
-    "labels",
-    "before",
-    "after",
-    "history",
-    "best_epoch",
-    "best_metric",
-    "train_seconds",
-    "trainable_params",
-    "trainable_params_lora",
-    "total_params",
-    "peak_memory_mb",
-    "adapter_size_bytes",
-    "precision",
-    "device",
-    "throughput",
-    "data",
-}
-SCORE_KEYS = {"accuracy", "precision", "recall", "f1", "loss", "per_class", "confusion_matrix", "num_samples"}
-DATA_KEYS = {"train_size", "validation_size", "test_size", "label_counts", "truncated", "max_length"}
-THROUGHPUT_KEYS = {"train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "padding_ratio"}
 RUN_FILES = [
     "config.yaml",
     "labels.json",
@@ -79,29 +57,27 @@ def test_run_folder_has_every_documented_file(arch_run):
     assert any((result.run_dir / "tokenizer").iterdir())
 
 
-def test_metrics_json_has_the_documented_keys(arch_run):
+def test_metrics_json_holds_every_schema_key_and_reads_back_as_the_run_summary(arch_run):
     _, result = arch_run
-    metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics)
-    assert metrics == json.loads(json.dumps(result.metrics))
-    assert SCORE_KEYS <= set(metrics["before"])
-    assert SCORE_KEYS <= set(metrics["after"])
-    assert DATA_KEYS <= set(metrics["data"])
-    assert THROUGHPUT_KEYS <= set(metrics["throughput"])
-    assert metrics["labels"] == ["bad", "good"]
-    assert metrics["eval_split"] == "test"
-    assert metrics["method"] == "lora"
-    assert metrics["best_metric"] == "val_f1"
-    assert metrics["before"]["num_samples"] == metrics["after"]["num_samples"] == 16
-    assert metrics["data"]["train_size"] == 40
-    assert metrics["data"]["label_counts"]["train"] == {"bad": 20, "good": 20}
-    assert metrics["data"]["truncated"] == {"train": 0, "validation": 0, "test": 0}
-    assert [e["epoch"] for e in metrics["history"]] == [1, 2]
-    assert set(HISTORY_COLUMNS) <= set(metrics["history"][0])
-    assert metrics["best_epoch"] in (1, 2)
-    assert 0 < metrics["trainable_params_lora"] < metrics["trainable_params"] < metrics["total_params"]
-    assert metrics["adapter_size_bytes"] > 0
-    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32"
+    raw = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(RunSummary)}
+    assert RunSummary.from_dict(raw) == result.summary
+    summary = result.summary
+    assert summary.labels == ["bad", "good"]
+    assert summary.eval_split == "test"
+    assert summary.method == "lora"
+    assert summary.best_metric == "val_f1"
+    assert summary.before.num_samples == summary.after.num_samples == 16
+    assert summary.before.loss is not None and summary.after.loss is not None
+    assert summary.data.train_size == 40
+    assert summary.data.label_counts["train"] == {"bad": 20, "good": 20}
+    assert summary.data.truncated == {"train": 0, "validation": 0, "test": 0}
+    assert [e.epoch for e in summary.history] == [1, 2]
+    assert summary.best_epoch in (1, 2)
+    assert 0 < summary.trainable_params_lora < summary.trainable_params < summary.total_params
+    assert summary.adapter_size_bytes > 0
+    assert summary.throughput.train_samples_per_s > 0 and summary.throughput.padding_ratio >= 1
+    assert summary.device == "cpu" and summary.precision == "fp32"
 
 
 def test_history_csv_has_one_row_per_epoch(arch_run):
@@ -110,7 +86,7 @@ def test_history_csv_has_one_row_per_epoch(arch_run):
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == list(HISTORY_COLUMNS)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert float(rows[0]["val_loss"]) == pytest.approx(result.metrics["history"][0]["val_loss"], rel=1e-4)
+    assert float(rows[0]["val_loss"]) == pytest.approx(result.summary.history[0].val_loss, rel=1e-4)
 
 
 def test_labels_json_lists_labels_in_id_order(arch_run):
@@ -136,8 +112,8 @@ def test_reloaded_run_scores_the_eval_split_exactly_as_the_trained_model(arch_ru
     model, tokenizer, labels, cfg = load_model(result.run_dir)
     ds, _ = tokenize(load_eval_split(DataArgs(path=str(data_dir)), "test", labels), tokenizer, cfg.data.max_length)
     metrics = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), labels)
-    assert metrics["confusion_matrix"] == result.after["confusion_matrix"]
-    assert metrics["loss"] == pytest.approx(result.after["loss"], abs=1e-5)
+    assert metrics.confusion_matrix == result.after.confusion_matrix
+    assert metrics.loss == pytest.approx(result.after.loss, abs=1e-5)
 
 
 def test_peft_from_pretrained_matches_loratune_loading(arch_run):
@@ -166,7 +142,7 @@ def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
 
 def test_load_run_reads_a_finished_folder(bert_run):
     loaded = load_run(bert_run.run_dir)
-    assert loaded.metrics == json.loads(json.dumps(bert_run.metrics))
+    assert loaded.summary == bert_run.summary
     assert loaded.config == bert_run.config
     assert loaded.predict(["great movie"])[0]["label"] in ("bad", "good")
 
@@ -214,17 +190,23 @@ def test_failing_overwrite_leaves_no_complete_marker(tmp_path, tiny_bert, data_d
     assert not (tmp_path / "run" / "COMPLETE").exists()
 
 
-def test_crash_during_training_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir, monkeypatch):
-    import loratune.training as train_module
+def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_scores(
+    tmp_path, tiny_bert, data_dir, monkeypatch
+):
+    import loratune.recipe
 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(train_module, "train", crash)
+    monkeypatch.setattr(loratune.recipe, "train", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(tiny_bert, data_dir, tmp_path / "run"))
     assert (tmp_path / "run").is_dir()
     assert not (tmp_path / "run" / "COMPLETE").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    # the "before" scores are on disk already, so that --resume does not measure them again
+    before = json.loads((tmp_path / "run" / "before.json").read_text())
+    assert before["num_samples"] == 16
     with pytest.raises(RunError, match=r"not a finished run"):
         load_run(tmp_path / "run")
 
@@ -233,19 +215,19 @@ def test_bad_data_fails_before_a_run_folder_is_made(tmp_path, tiny_bert):
     write_csv(tmp_path / "data" / "train.csv", [{"text": r["text"], "label": "good"} for r in make_rows(20, seed=1)])
     with pytest.raises(loratune.DataError, match=r"single class"):
         run(tiny_config(tiny_bert, tmp_path / "data", tmp_path / "run"))
-    assert not (tmp_path / "run" / "COMPLETE").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_method_none_evaluates_without_training(tmp_path, tiny_bert, data_dir):
     result = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", lora__method="none"))
-    assert result.metrics["history"] == []
+    assert result.summary.history == [] and not result.summary.trained
     assert result.after == result.before
     assert (tmp_path / "run" / "COMPLETE").exists()
 
 
-def test_loratune_train_is_the_pipeline_run_even_after_a_run(bert_run):
-    # The public API promises `loratune.train(cfg)`; importing the loratune.train module must not shadow it.
-    assert loratune.train is run
+def test_loratune_run_is_the_recipe_run_even_after_a_run(bert_run):
+    # `loratune.run` is loaded lazily; importing the recipe and the loop modules must not shadow it.
+    assert loratune.run is run and loratune.load_run is load_run
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3"])
@@ -255,6 +237,47 @@ def test_other_peft_methods_train_save_and_reload(tmp_path, tiny_bert, data_dir,
     assert adapter["peft_type"] == {"dora": "LORA", "ia3": "IA3"}[method]
     assert adapter.get("use_dora", False) == (method == "dora")
     model, tokenizer, labels, cfg = load_model(result.run_dir)
-    assert cfg.lora.method == method and labels == result.metrics["labels"]
+    assert cfg.lora.method == method and labels == result.summary.labels
     again = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "again"))))
-    assert again.after["accuracy"] == pytest.approx(result.after["accuracy"])
+    assert again.after.accuracy == pytest.approx(result.after.accuracy)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda run_dir: (run_dir / "metrics.json").write_text('{"method": "lora", "labels": ["a'),
+            r"metrics.json is damaged",
+        ),
+        (lambda run_dir: (run_dir / "metrics.json").write_text('{"method": "lora"}'), r"key 'labels' is missing"),
+        (lambda run_dir: (run_dir / "config.yaml").unlink(), r"config.yaml is missing"),
+    ],
+)
+def test_load_run_names_the_damaged_file_in_one_line(bert_run, tmp_path, damage, message):
+    import shutil
+
+    copy = Path(shutil.copytree(bert_run.run_dir, tmp_path / "copy"))
+    damage(copy)
+    with pytest.raises(RunError, match=message) as caught:
+        load_run(copy)
+    assert "\n" not in str(caught.value)
+
+
+def test_predict_on_a_run_whose_labels_json_is_not_json_prints_one_line_and_exits_2(bert_run, tmp_path, capsys):
+    import shutil
+
+    from loratune.cli import main
+
+    copy = Path(shutil.copytree(bert_run.run_dir, tmp_path / "copy"))
+    (copy / "labels.json").write_text("bad, good")
+    assert main(["predict", str(copy), "--text", "great movie"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "labels.json is damaged" in err
+
+
+def test_only_artifacts_names_the_run_folder_files():
+    """The layout has one owner: other modules name its files through the artifacts constants."""
+    src = Path(loratune.__file__).parent
+    pattern = re.compile(r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json")
+    offenders = [p.name for p in src.glob("*.py") if p.name != "artifacts.py" and pattern.search(p.read_text())]
+    assert offenders == []
