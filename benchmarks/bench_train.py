@@ -259,7 +259,7 @@ def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precis
 
 
 def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespace, work: Path) -> Row:
-    """Run `loratune train` in its own process and read its row from the run folder's metrics.json."""
+    """Run `loratune train` in its own process and read its row from the run folder's summary."""
     output_dir = work / f"run-{variant}-{n_train}"
     precision = "fp32" if variant == "loratune_fp32" else None
     log = work / f"{variant}-{n_train}.log"
@@ -268,22 +268,25 @@ def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespac
     if child.code != 0:
         row.error = f"exit {child.code}: {_tail(log)}"
         return row
+    from loratune.artifacts import load_summary
+    from loratune.errors import RunError
+
     try:
-        metrics = json.loads((output_dir / "metrics.json").read_text())
-        throughput = metrics["throughput"]
-        row.train_samples_per_s = throughput["train_samples_per_s"]
-        row.train_tokens_per_s = throughput["train_tokens_per_s"]
-        row.eval_samples_per_s = throughput["eval_samples_per_s"]
-        row.val_accuracy = metrics["history"][-1]["val_accuracy"]
-        row.train_seconds = metrics.get("train_seconds")
-        row.extra |= {
-            "precision": metrics.get("precision"),
-            "device": metrics.get("device"),
-            "self_peak_rss_mb": metrics.get("peak_memory_mb"),
-            "padding_ratio": throughput.get("padding_ratio"),
-        }
-    except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
-        row.error = f"bad {output_dir / 'metrics.json'}: {type(exc).__name__}: {exc}"
+        summary = load_summary(output_dir)
+    except RunError as exc:
+        row.error = str(exc)
+        return row
+    row.train_samples_per_s = summary.throughput.train_samples_per_s
+    row.train_tokens_per_s = summary.throughput.train_tokens_per_s
+    row.eval_samples_per_s = summary.throughput.eval_samples_per_s
+    row.val_accuracy = summary.history[-1].val_accuracy if summary.history else None
+    row.train_seconds = summary.train_seconds
+    row.extra |= {
+        "precision": summary.precision,
+        "device": summary.device,
+        "self_peak_rss_mb": summary.peak_memory_mb,
+        "padding_ratio": summary.throughput.padding_ratio,
+    }
     return row
 
 

@@ -57,6 +57,7 @@ METHODS = ["base", "head", "lora", "full"]  # compared in section 3; base = the 
     (
         "code",
         """\
+import dataclasses
 import json
 import math
 
@@ -129,7 +130,7 @@ display(examples)""",
         """\
 ## 2. Evaluate before, fine-tune with LoRA, evaluate after
 
-`loratune.train(cfg)` runs the whole pipeline: it evaluates the model as loaded (its classification head is new and
+`loratune.run(cfg)` runs the whole recipe: it evaluates the model as loaded (its classification head is new and
 random, so expect roughly chance), trains the LoRA weights and the head with a validation pass after every epoch,
 evaluates the best epoch on the same split again, and writes the run folder (metrics, plots, report, adapter).""",
         [],
@@ -137,7 +138,7 @@ evaluates the best epoch on the same split again, and writes the run folder (met
     (
         "code",
         """\
-run = loratune.train(cfg)
+run = loratune.run(cfg)
 print(f"run folder: {run.run_dir}")""",
         [],
     ),
@@ -146,17 +147,17 @@ print(f"run folder: {run.run_dir}")""",
         """\
 keys = ["accuracy", "precision", "recall", "f1", "loss"]
 before_after = pd.DataFrame(
-    {"before": [run.before.get(k) for k in keys], "after": [run.after.get(k) for k in keys]}, index=keys
+    {"before": [getattr(run.before, k) for k in keys], "after": [getattr(run.after, k) for k in keys]}, index=keys
 )
 before_after["change"] = before_after["after"] - before_after["before"]
 display(before_after.round(4))
 
-m = run.metrics
+s = run.summary
 print(
-    f"{m['trainable_params']:,} of {m['total_params']:,} parameters trained "
-    f"({100 * m['trainable_params'] / m['total_params']:.2f}%, of which {m['trainable_params_lora']:,} LoRA); "
-    f"{m['train_seconds']:.0f} s of training on {m['device']} ({m['precision']}); "
-    f"best epoch {m['best_epoch']} by {m['best_metric']}."
+    f"{s.trainable_params:,} of {s.total_params:,} parameters trained "
+    f"({100 * s.trainable_params / s.total_params:.2f}%, of which {s.trainable_params_lora:,} LoRA); "
+    f"{s.train_seconds:.0f} s of training on {s.device} ({s.precision}); "
+    f"best epoch {s.best_epoch} by {s.best_metric}."
 )""",
         [],
     ),
@@ -172,7 +173,7 @@ training (measured on the evaluation split).""",
     (
         "code",
         """\
-history = pd.DataFrame(run.metrics["history"]).set_index("epoch")
+history = pd.DataFrame([dataclasses.asdict(h) for h in run.summary.history]).set_index("epoch")
 display(history.round(4))""",
         [],
     ),
@@ -182,13 +183,14 @@ display(history.round(4))""",
 epochs = [0, *history.index]
 fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
 for ax, key, title in ((ax_acc, "accuracy", "Accuracy"), (ax_loss, "loss", "Loss")):
-    ax.plot(epochs, [run.before.get(key), *history[f"val_{key}"]], marker="o", label="validation (epoch 0: before)")
+    val = [getattr(run.before, key), *history[f"val_{key}"]]
+    ax.plot(epochs, val, marker="o", label="validation (epoch 0: before)")
     if f"train_{key}" in history:
         ax.plot(history.index, history[f"train_{key}"], marker="o", label="train")
     ax.set(title=title, xlabel="epoch", xticks=epochs)
     ax.grid(alpha=0.3)
     ax.legend()
-ax_acc.axhline(run.after["accuracy"], color="gray", linestyle="--", linewidth=1, label="after (eval split)")
+ax_acc.axhline(run.after.accuracy, color="gray", linestyle="--", linewidth=1, label="after (eval split)")
 ax_acc.legend()
 plt.tight_layout()
 plt.show()""",
@@ -307,7 +309,7 @@ How to read the comparison, whatever the numbers turn out to be:
         "code",
         """\
 by_method = {row["method"]: row for row in rows}
-n_eval = run.after["num_samples"]
+n_eval = run.after.num_samples
 lines = []
 if "lora" in by_method:
     lora = by_method["lora"]
