@@ -141,3 +141,24 @@ def test_same_seed_gives_the_same_metrics(tiny_bert, data_dir, tmp_path):
         assert getattr(first.summary, key) == getattr(second.summary, key), key
     for a, b in zip(first.summary.history, second.summary.history, strict=True):
         assert dataclasses.replace(a, epoch_seconds=0) == dataclasses.replace(b, epoch_seconds=0)
+
+
+def test_progress_in_a_log_is_a_line_per_epoch_without_carriage_returns(tiny_bert, data_dir, tmp_path, capfd):
+    # Under pytest stderr is not a terminal, as in CI or nohup: no redrawn bars, one plain line per epoch.
+    run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=2, train__progress=True))
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert "train loss" in epochs[0] and "val loss" in epochs[0]
+
+
+def test_progress_in_a_log_reports_the_running_loss_every_few_hundred_steps(capsys):
+    from loratune.train import _Progress
+
+    progress = _Progress(total=450, desc="epoch 1/3", enabled=True)
+    shown = [step for step in range(1, 451) if progress.wants_loss(step)]
+    assert shown == [200, 400]
+    progress.update(200, 0.6931)
+    progress.close()
+    assert capsys.readouterr().err.startswith("epoch 1/3 step 200/450: loss 0.6931")

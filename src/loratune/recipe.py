@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     run_dir = artifacts.run_dir_for(cfg)
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
-    if not cfg.train.progress:
+    if not cfg.train.progress or not sys.stderr.isatty():  # in a log, datasets' bars are carriage-return frames
         datasets.disable_progress_bars()
     splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
     accelerator = _start_accelerator(cfg, device, run_dir)
