@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report import PNG_MAGIC, SIX, write_fake_run  # tests/ is on sys.path under pytest's default import mode
+from conftest import PNG_MAGIC, SIX, write_fake_run
 
 from loratune.report import write_comparison, write_report
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import PROBE_TEXTS as TEXTS
+from conftest import pipeline_probabilities
 
 import loratune
 from loratune import RunError
@@ -20,37 +21,11 @@ from loratune.export import export_run
 from loratune.predict import Predictor
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
-TEXTS = [
-    "great movie",
-    "the plot was awful",
-    "a film",
-    "really great music but an awful actor " * 30,  # longer than max_length: truncated by both
-]
-_RUNS: dict[tuple, Path] = {}
-
-
-def trained_run(tmp_path_factory, model_dir: Path, data_dir: Path, **overrides) -> Path:
-    """A finished one-epoch run, trained once per session for each (model, overrides)."""
-    key = (str(model_dir), str(data_dir), tuple(sorted(overrides.items())))
-    if key not in _RUNS:
-        out = tmp_path_factory.mktemp("export-runs") / "run"
-        # a large step so the adapter and head move far from their initial values and a dropped weight shows
-        values = {"train__num_epochs": 1, "train__learning_rate": 3e-2, "data__max_length": 32, **overrides}
-        _RUNS[key] = loratune.run(tiny_config(model_dir, data_dir, out, **values)).run_dir
-    return _RUNS[key]
 
 
 @pytest.fixture
-def lora_run(request, tmp_path_factory, tiny_models, data_dir) -> Path:
-    return trained_run(tmp_path_factory, tiny_models[request.param], data_dir)
-
-
-def pipeline_probabilities(folder: Path, labels: list[str], texts: list[str]) -> torch.Tensor:
-    from transformers import pipeline
-
-    classifier = pipeline("text-classification", model=str(folder), top_k=None, device="cpu")
-    rows = classifier(texts, truncation=True)
-    return torch.tensor([[{d["label"]: d["score"] for d in row}[label] for label in labels] for row in rows])
+def lora_run(request, trained_run, tiny_models, data_dir) -> Path:
+    return trained_run(tiny_models[request.param], data_dir)
 
 
 def adapter_probabilities(folder: Path, base: str, texts: list[str]) -> torch.Tensor:
@@ -102,8 +77,8 @@ def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     assert json.loads((out / "labels.json").read_text()) == predictor.labels
 
 
-def test_training_moved_the_model_so_the_comparison_means_something(tmp_path_factory, tiny_models, data_dir):
-    run = trained_run(tmp_path_factory, tiny_models["bert"], data_dir)
+def test_training_moved_the_model_so_the_comparison_means_something(trained_run, tiny_models, data_dir):
+    run = trained_run(tiny_models["bert"], data_dir)
     model, tokenizer, _, _ = loratune.artifacts.load_model(run)
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.inference_mode():
@@ -136,8 +111,8 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
 
 
-def test_full_run_exports_its_whole_model(tmp_path_factory, tiny_models, data_dir, tmp_path):
-    run = trained_run(tmp_path_factory, tiny_models["distilbert"], data_dir, lora__method="full")
+def test_full_run_exports_its_whole_model(trained_run, tiny_models, data_dir, tmp_path):
+    run = trained_run(tiny_models["distilbert"], data_dir, lora__method="full")
     out = export_run(run, tmp_path / "merged")
     predictor = Predictor.from_run(run, device="cpu", precision="fp32")
     got = pipeline_probabilities(out, predictor.labels, TEXTS)
@@ -146,8 +121,8 @@ def test_full_run_exports_its_whole_model(tmp_path_factory, tiny_models, data_di
         export_run(run, tmp_path / "adapter", adapter_only=True)
 
 
-def test_head_run_with_mean_pooling_cannot_be_exported(tmp_path_factory, tiny_models, data_dir, tmp_path):
-    run = trained_run(tmp_path_factory, tiny_models["bert"], data_dir, lora__method="head", model__pooling="mean")
+def test_head_run_with_mean_pooling_cannot_be_exported(trained_run, tiny_models, data_dir, tmp_path):
+    run = trained_run(tiny_models["bert"], data_dir, lora__method="head", model__pooling="mean")
     with pytest.raises(RunError, match="mean pooling") as info:
         export_run(run, tmp_path / "merged")
     assert "\n" not in str(info.value)
