@@ -281,3 +281,10 @@ def test_only_artifacts_names_the_run_folder_files():
     pattern = re.compile(r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json")
     offenders = [p.name for p in src.glob("*.py") if p.name != "artifacts.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_the_docs_list_every_metrics_key_of_the_schema():
+    doc = (Path(__file__).parents[1] / "docs" / "run-folder.md").read_text()
+    section = doc[doc.index("## metrics.json") :]
+    documented = re.findall(r"^\| `(\w+)` \|", section.split("\n## ")[0], flags=re.MULTILINE)
+    assert documented == [f.name for f in dataclasses.fields(RunSummary)]
