@@ -324,7 +324,7 @@ def tiny_config(model_dir: Path, data_path: Path, output_dir: Path | None = None
 @pytest.fixture(scope="session")
 def bert_run(tmp_path_factory, tiny_bert, data_dir):
     """One finished 2-epoch LoRA run on the tiny BERT, shared by the tests that only read a run folder."""
-    from loratune.pipeline import run
+    from loratune.recipe import run
 
     return run(tiny_config(tiny_bert, data_dir, tmp_path_factory.mktemp("runs") / "bert"))
 

@@ -72,7 +72,7 @@ def test_a_moved_run_folder_still_loads(bert_lora_run, tmp_path):
     torch.testing.assert_close(
         Predictor.from_run(moved, device="cpu", precision="fp32").predict_proba(TEXTS), expected
     )
-    assert loratune.load_run(moved).metrics["labels"] == ["bad", "good"]
+    assert loratune.load_run(moved).summary.labels == ["bad", "good"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
