@@ -372,96 +372,121 @@ def pipeline_probabilities(folder: Path, labels: list[str], texts: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fake run folders: metrics.json written by hand, no model involved (report and browser tests)
+# Fake run folders built from the schema (RunSummary records), no model involved (report and browser tests)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIX = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 FAKE_CONFIG = "model:\n  name_or_path: sentence-transformers/all-MiniLM-L6-v2\ndata:\n  path: ../shared/data/sst2\n"
 
 
-def _fake_scores(labels: list[str], accuracy: float, f1: float, loss: float) -> dict:
+def fake_scores(labels: list[str], accuracy: float, f1: float, loss: float | None):
+    """`Metrics` on 100 examples per class, with `accuracy` of each confusion-matrix row on its diagonal."""
+    from loratune.schema import ClassScores, Metrics
+
     n = len(labels)
     support = 100
     per_class = {
-        label: {"precision": f1, "recall": accuracy, "f1": f1 - 0.01 * i, "support": support}
+        label: ClassScores(precision=f1, recall=accuracy, f1=f1 - 0.01 * i, support=support)
         for i, label in enumerate(labels)
     }
-    # Put `accuracy` of each row on the diagonal and spread the rest over the other columns.
     right = round(accuracy * support)
     matrix = [[right if i == j else (support - right) // (n - 1) for j in range(n)] for i in range(n)]
-    return {
-        "accuracy": accuracy,
-        "precision": f1 + 0.02,
-        "recall": accuracy - 0.01,
-        "f1": f1,
-        "loss": loss,
-        "per_class": per_class,
-        "confusion_matrix": matrix,
-        "num_samples": support * n,
-    }
+    return Metrics(
+        accuracy=accuracy,
+        precision=f1 + 0.02,
+        recall=accuracy - 0.01,
+        f1=f1,
+        per_class=per_class,
+        confusion_matrix=matrix,
+        num_samples=support * n,
+        loss=loss,
+    )
 
 
-def fake_metrics(
-    labels: list[str], epochs: int, method: str = "lora", before_acc: float = 0.5, after_acc: float = 0.86
-) -> dict:
-    """A metrics.json as docs/run-folder.md describes it, with every optional key filled in."""
+def fake_summary(
+    labels: list[str], epochs: int = 3, method: str = "lora", before_acc: float = 0.5, after_acc: float = 0.86
+):
+    """A `RunSummary` with every optional value filled in; `epochs=0, method="none"` is an untrained baseline.
+
+    `method="base"` means "none", as in `loratune compare --methods base,...`.
+    """
+    from loratune.compare import METHOD_ALIASES
+    from loratune.schema import DataSummary, EpochRecord, RunSummary, Throughput
+
+    method = METHOD_ALIASES.get(method, method)
     history = [
-        {
-            "epoch": e,
-            "train_loss": 0.6 / e,
-            "train_accuracy": 0.7 + 0.05 * e,
-            "val_loss": 0.5 / e,
-            "val_accuracy": after_acc - 0.04 * (epochs - e),
-            "val_precision": 0.74 + 0.04 * e,
-            "val_recall": 0.73 + 0.04 * e,
-            "val_f1": 0.72 + 0.04 * e,
-            "learning_rate": 4e-4 / e,
-            "epoch_seconds": 10.0 + e,
-        }
+        EpochRecord(
+            epoch=e,
+            train_loss=0.6 / e,
+            train_accuracy=0.7 + 0.05 * e,
+            val_loss=0.5 / e,
+            val_accuracy=after_acc - 0.04 * (epochs - e),
+            val_precision=0.74 + 0.04 * e,
+            val_recall=0.73 + 0.04 * e,
+            val_f1=0.72 + 0.04 * e,
+            learning_rate=4e-4 / e,
+            epoch_seconds=10.0 + e,
+        )
         for e in range(1, epochs + 1)
     ]
-    size = {"train": 4000, "validation": 800, "test": 100 * len(labels)}
-    return {
-        "format_version": 1,
-        "method": method,
-        "model": "/home/someone/models/all-MiniLM-L6-v2",
-        "eval_split": "test",
-        "labels": labels,
-        "before": _fake_scores(labels, before_acc, 0.333, loss=0.69),
-        "after": _fake_scores(labels, after_acc, after_acc - 0.005, loss=0.5 / max(epochs, 1) + 0.02),
-        "history": history,
-        "best_epoch": epochs if epochs else None,
-        "best_metric": "val_f1",
-        "train_seconds": sum(h["epoch_seconds"] for h in history),
-        "trainable_params": 296450 if method != "base" else 0,
-        "trainable_params_lora": 147456,
-        "total_params": 22861442,
-        "peak_memory_mb": 1210.5,
-        "adapter_size_bytes": 1234567,
-        "precision": "bf16",
-        "device": "cpu",
-        "throughput": {
-            "train_samples_per_s": 900.0,
-            "train_tokens_per_s": 12000.0,
-            "eval_samples_per_s": 3000.0,
-            "padding_ratio": 1.05,
-        },
-        "data": {
-            **{f"{s}_size": n for s, n in size.items()},
-            "label_counts": {s: {label: n // len(labels) for label in labels} for s, n in size.items()},
-            "truncated": {"train": 12, "validation": 0, "test": 1},
-            "max_length": 128,
-        },
-    }
+    sizes = {"train": 4000, "validation": 800, "test": 100 * len(labels)}
+    return RunSummary(
+        method=method,
+        labels=list(labels),
+        before=fake_scores(labels, before_acc, 0.333, loss=0.69),
+        after=fake_scores(labels, after_acc, after_acc - 0.005, loss=0.5 / max(epochs, 1) + 0.02),
+        history=history,
+        best_epoch=epochs,
+        best_metric="val_f1",
+        # A local path, which report titles shorten to its last folder.
+        model="/home/someone/models/all-MiniLM-L6-v2",
+        eval_split="test",
+        train_seconds=sum(h.epoch_seconds for h in history),
+        total_params=22861442,
+        trainable_params=296450 if method != "none" else 0,
+        trainable_params_lora=147456,
+        peak_memory_mb=1210.5,
+        adapter_size_bytes=1234567,
+        precision="bf16",
+        device="cpu",
+        throughput=Throughput(
+            train_samples_per_s=900.0, train_tokens_per_s=12000.0, eval_samples_per_s=3000.0, padding_ratio=1.05
+        ),
+        data=DataSummary(
+            source="../shared/data/sst2",
+            train_size=sizes["train"],
+            validation_size=sizes["validation"],
+            test_size=sizes["test"],
+            label_counts={s: {label: n // len(labels) for label in labels} for s, n in sizes.items()},
+            truncated={"train": 12, "validation": 0, "test": 1},
+            max_length=128,
+        ),
+    )
+
+
+def save_run_folder(run_dir: Path, summary, config: str | None = FAKE_CONFIG, labels: list[str] | None = None) -> Path:
+    """Write a run folder as training leaves it for the report: metrics.json, history.csv, labels.json, config.yaml.
+
+    Args:
+        run_dir: Folder to write; created if needed.
+        summary: The `RunSummary` that metrics.json holds.
+        config: Text of config.yaml, or None to leave it out.
+        labels: What labels.json holds; the summary's labels by default, [] to leave the file out.
+    """
+    from loratune import artifacts
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.save_summary(run_dir, summary)
+    labels = summary.labels if labels is None else labels
+    if labels:
+        artifacts.write_json(run_dir / artifacts.LABELS_FILE, labels)
+    if config is not None:
+        artifacts.write_text(run_dir / artifacts.CONFIG_FILE, config)
+    return run_dir
 
 
 def write_fake_run(
     run_dir: Path, labels: list[str], epochs: int = 3, config: str | None = FAKE_CONFIG, **kwargs
 ) -> Path:
-    """Write metrics.json, labels.json and (optionally) config.yaml into `run_dir`."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(fake_metrics(labels, epochs, **kwargs)))
-    (run_dir / "labels.json").write_text(json.dumps(labels))
-    if config is not None:
-        (run_dir / "config.yaml").write_text(config)
-    return run_dir
+    """`save_run_folder` of a `fake_summary`; keyword arguments go to `fake_summary`."""
+    return save_run_folder(run_dir, fake_summary(labels, epochs, **kwargs), config)

@@ -1,107 +1,47 @@
-"""Tests for loratune.report: fake run folders written by hand, no model involved."""
+"""Tests for loratune.report, loratune.formatting and the comparison page in loratune.compare.
+
+Most run folders here are built from the schema (conftest's `fake_summary`, saved with `artifacts.save_summary`), so
+no model is involved; the untrained baseline and the damaged-file tests use a real `--method none` run of a tiny model.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import (  # tests/ is on sys.path under pytest's default import mode
+    FAKE_CONFIG,
+    PNG_MAGIC,
+    SIX,
+    fake_summary,
+    save_run_folder,
+    tiny_config,
+    write_fake_run,
+)
 
+import loratune
+from loratune import artifacts, formatting
+from loratune.cli import main
+from loratune.compare import write_comparison
 from loratune.errors import RunError
-from loratune.report import write_comparison, write_report
+from loratune.report import write_report
+from loratune.schema import DataSummary, Throughput
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BINARY = ["negative", "positive"]
-SIX = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
-CONFIG = "model:\n  name_or_path: sentence-transformers/all-MiniLM-L6-v2\ndata:\n  path: ../shared/data/sst2\n"
 
 
-def _scores(labels: list[str], accuracy: float, f1: float, loss: float) -> dict:
-    n = len(labels)
-    support = 100
-    per_class = {
-        label: {"precision": f1, "recall": accuracy, "f1": f1 - 0.01 * i, "support": support}
-        for i, label in enumerate(labels)
-    }
-    # Put `accuracy` of each row on the diagonal and spread the rest over the other columns.
-    right = round(accuracy * support)
-    matrix = [[right if i == j else (support - right) // (n - 1) for j in range(n)] for i in range(n)]
-    return {
-        "accuracy": accuracy,
-        "precision": f1 + 0.02,
-        "recall": accuracy - 0.01,
-        "f1": f1,
-        "loss": loss,
-        "per_class": per_class,
-        "confusion_matrix": matrix,
-        "num_samples": support * n,
-    }
-
-
-def fake_metrics(
-    labels: list[str], epochs: int, method: str = "lora", before_acc: float = 0.5, after_acc: float = 0.86
-) -> dict:
-    """A metrics.json as docs/run-folder.md describes it, with every optional key filled in."""
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 0.6 / e,
-            "train_accuracy": 0.7 + 0.05 * e,
-            "val_loss": 0.5 / e,
-            "val_accuracy": after_acc - 0.04 * (epochs - e),
-            "val_precision": 0.74 + 0.04 * e,
-            "val_recall": 0.73 + 0.04 * e,
-            "val_f1": 0.72 + 0.04 * e,
-            "learning_rate": 4e-4 / e,
-            "epoch_seconds": 10.0 + e,
-        }
-        for e in range(1, epochs + 1)
-    ]
-    size = {"train": 4000, "validation": 800, "test": 100 * len(labels)}
-    return {
-        "format_version": 1,
-        "method": method,
-        "model": "/home/someone/models/all-MiniLM-L6-v2",
-        "eval_split": "test",
-        "labels": labels,
-        "before": _scores(labels, before_acc, 0.333, loss=0.69),
-        "after": _scores(labels, after_acc, after_acc - 0.005, loss=0.5 / max(epochs, 1) + 0.02),
-        "history": history,
-        "best_epoch": epochs if epochs else None,
-        "best_metric": "val_f1",
-        "train_seconds": sum(h["epoch_seconds"] for h in history),
-        "trainable_params": 296450 if method != "base" else 0,
-        "trainable_params_lora": 147456,
-        "total_params": 22861442,
-        "peak_memory_mb": 1210.5,
-        "adapter_size_bytes": 1234567,
-        "precision": "bf16",
-        "device": "cpu",
-        "throughput": {
-            "train_samples_per_s": 900.0,
-            "train_tokens_per_s": 12000.0,
-            "eval_samples_per_s": 3000.0,
-            "padding_ratio": 1.05,
-        },
-        "data": {
-            **{f"{s}_size": n for s, n in size.items()},
-            "label_counts": {s: {label: n // len(labels) for label in labels} for s, n in size.items()},
-            "truncated": {"train": 12, "validation": 0, "test": 1},
-            "max_length": 128,
-        },
-    }
-
-
-def write_fake_run(run_dir: Path, labels: list[str], epochs: int = 3, config: str | None = CONFIG, **kwargs) -> Path:
-    """Write metrics.json, labels.json and (optionally) config.yaml into `run_dir`."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(fake_metrics(labels, epochs, **kwargs)))
-    (run_dir / "labels.json").write_text(json.dumps(labels))
-    if config is not None:
-        (run_dir / "config.yaml").write_text(config)
-    return run_dir
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory, tiny_bert, data_dir) -> Path:
+    """A real `--method none` run of the tiny BERT: the untrained baseline, as `loratune compare` writes it."""
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path_factory.mktemp("runs") / "base", lora__method="none")
+    return Path(loratune.run(cfg).run_dir)
 
 
 def assert_png(path: Path) -> None:
@@ -112,6 +52,10 @@ def assert_png(path: Path) -> None:
 
 def png_sources(page: str) -> list[str]:
     return re.findall(r'<img src="([^"]*)"', page)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run report
 
 
 @pytest.mark.parametrize(("labels", "epochs"), [(BINARY, 1), (BINARY, 3), (SIX, 1), (SIX, 3)])
@@ -146,19 +90,23 @@ def test_report_md_shows_before_and_after_as_percentages(tmp_path):
     write_report(run)
     md = (run / "report.md").read_text()
 
+    # The local model path is shortened to its folder name so reports don't leak home directories into titles.
     assert md.startswith("# LoRA fine-tuning: all-MiniLM-L6-v2 on sst2\n")
     assert "| accuracy | 50.0% | 86.0% | +36.0 pp |" in md
     assert "| F1 (macro) | 33.3% | 85.5% | +52.2 pp |" in md
+    assert "After: the best epoch (3, by val\\_f1)" in md
+    assert "| best epoch | 3 (by val\\_f1) |" in md
     assert "| trainable params (LoRA only) | 147,456 (0.64%) |" in md
     assert "| trainable params (with head) | 296,450 (1.30%) |" in md
     assert "| peak memory | 1,210.5 MB |" in md
     assert "| adapter size on disk | 1.2 MiB |" in md
     assert "| time per epoch (mean) | 12.0 s |" in md
     assert "| precision / device | bf16 / cpu |" in md
+    assert "| train throughput | 900.0 samples/s |" in md and "| padding ratio | 1.05 |" in md
+    assert "| test | 200 | 1 (0.5%) |" in md  # examples in the split, then texts truncated with their share
+    assert "| 3 ★ | 0.200 | 85.0% | 0.167 | 86.0% |" in md  # the best epoch is starred in the history
     assert "![Accuracy" in md and "(accuracy.png)" in md and "(confusion_matrix.png)" in md
-    assert "```yaml\n" + CONFIG.rstrip("\n") + "\n```" in md
-    # The local model path is shortened to its folder name so reports don't leak home directories into titles.
-    assert "# LoRA fine-tuning: all-MiniLM-L6-v2" in md
+    assert "```yaml\n" + FAKE_CONFIG.rstrip("\n") + "\n```" in md
 
 
 def test_report_html_is_self_contained(tmp_path):
@@ -177,10 +125,8 @@ def test_report_html_is_self_contained(tmp_path):
 
 def test_label_names_and_model_are_escaped(tmp_path):
     labels = ["<script>alert(1)</script>", "a|b & c"]
-    run = write_fake_run(tmp_path / "run", labels)
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["model"] = "org/<b>model</b>"
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    summary = dataclasses.replace(fake_summary(labels), model="org/<b>model</b>")
+    run = save_run_folder(tmp_path / "run", summary)
 
     page = write_report(run).read_text()
     md = (run / "report.md").read_text()
@@ -194,42 +140,100 @@ def test_label_names_and_model_are_escaped(tmp_path):
     assert r"a\|b & c" in md
 
 
-def test_missing_optional_keys_show_a_dash(tmp_path):
-    run = write_fake_run(tmp_path / "run", BINARY, config=None)
-    metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("peak_memory_mb", "adapter_size_bytes", "throughput", "trainable_params_lora", "data", "precision"):
-        del metrics[key]
-    del metrics["before"]["loss"]
-    del metrics["history"][0]["epoch_seconds"]
-    (run / "metrics.json").write_text(json.dumps(metrics))
+def test_missing_or_non_finite_values_show_a_dash(tmp_path):
+    summary = fake_summary(BINARY)
+    history = [dataclasses.replace(summary.history[0], epoch_seconds=math.nan), *summary.history[1:]]
+    summary = dataclasses.replace(
+        summary,
+        peak_memory_mb=None,
+        adapter_size_bytes=None,
+        throughput=Throughput(),
+        data=DataSummary(),
+        precision="",
+        before=dataclasses.replace(summary.before, accuracy=math.inf),
+        history=history,
+    )
+    run = save_run_folder(tmp_path / "run", summary, config=None)
 
     write_report(run)
     md = (run / "report.md").read_text()
 
     assert "| peak memory | — |" in md
     assert "| adapter size on disk | — |" in md
-    assert "| trainable params (LoRA only) | — |" in md
-    assert "| train throughput | — |" in md
+    assert "| train throughput | — |" in md and "| padding ratio | — |" in md
     assert "| precision / device | — / cpu |" in md
-    assert "has no data summary" in md
+    assert "| accuracy | — | 86.0% | — |" in md
+    assert "| time per epoch (mean) | — |" in md
+    assert "| 4.00e-04 | — |" in md  # the first epoch's time, after its learning rate
+    assert "metrics.json has no data summary" in md
     assert "## Configuration" not in md
+    assert_png(run / "accuracy.png")
     assert_png(run / "loss.png")
 
 
-def test_base_run_without_history_still_renders(tmp_path):
-    run = write_fake_run(tmp_path / "base", BINARY, epochs=0, method="base")
+def test_a_real_baseline_run_is_titled_untrained_baseline(tmp_path, baseline_run):
+    run = tmp_path / "base"
+    shutil.copytree(baseline_run, run)
+    (run / "report.md").unlink()
 
     write_report(run)
     md = (run / "report.md").read_text()
 
-    assert md.startswith("# Untrained baseline: all-MiniLM-L6-v2 on sst2\n")
+    summary = artifacts.load_summary(run)
+    assert summary.method == "none"
+    assert md.startswith(f"# Untrained baseline: {Path(summary.model).name} on {Path(summary.data.source).name}\n")
+    assert "fine-tuning" not in md.splitlines()[0]
+    assert "| method | Base (untrained) |" in md
+    # No epochs ran, so there is no best epoch to name, and no history.
+    assert "| best epoch | — |" in md and "the best epoch" not in md
     assert "no training epochs" in md
     assert_png(run / "accuracy.png")
 
 
+def test_report_of_a_truncated_metrics_json_exits_2_with_one_line(tmp_path, baseline_run, capsys):
+    run = tmp_path / "base"
+    shutil.copytree(baseline_run, run)
+    metrics = run / artifacts.METRICS_FILE
+    metrics.write_text(metrics.read_text()[: metrics.stat().st_size // 2])
+    (run / "report.md").unlink()
+
+    status = main(["report", str(run)])
+
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1
+    assert str(metrics) in err and "damaged" in err
+    assert not (run / "report.md").exists()
+
+
 def test_missing_metrics_json_raises_a_clear_error(tmp_path):
-    with pytest.raises(RunError, match=r"has no metrics\.json; is it a loratune run folder\? Train one"):
+    with pytest.raises(RunError, match=r"metrics\.json is missing; is .* a loratune run folder\?"):
         write_report(tmp_path)
+
+
+def test_labels_json_names_the_classes_and_metrics_json_stands_in_when_it_is_missing(tmp_path):
+    summary = fake_summary(BINARY)
+    renamed = save_run_folder(tmp_path / "renamed", summary, labels=["neg", "pos"])
+    without = save_run_folder(tmp_path / "without", summary, labels=[])
+
+    write_report(renamed)
+    write_report(without)
+
+    assert "| neg | — | — | — | — | — | — |" in (renamed / "report.md").read_text()
+    assert not (without / artifacts.LABELS_FILE).exists()
+    assert "| positive | 85.5% | 86.0% | 84.5% | 100 | 32.3% | +52.2 pp |" in (without / "report.md").read_text()
+
+
+def test_config_that_does_not_parse_still_shows_as_text(tmp_path):
+    broken = "data: [unclosed\nmodel: x\n"
+    run = write_fake_run(tmp_path / "run", BINARY, config=broken)
+
+    write_report(run)
+    md = (run / "report.md").read_text()
+
+    assert "```yaml\n" + broken.rstrip("\n") + "\n```" in md
+    # The data name then comes from metrics.json's record of the data source.
+    assert md.startswith("# LoRA fine-tuning: all-MiniLM-L6-v2 on sst2\n")
 
 
 def test_copied_run_folder_rebuilds_the_same_report(tmp_path):
@@ -243,12 +247,92 @@ def test_copied_run_folder_rebuilds_the_same_report(tmp_path):
 
     assert (copy / "report.md").read_text() == (original / "report.md").read_text()
     assert (copy / "report.html").read_text() == (original / "report.html").read_text()
+    assert (copy / "accuracy.png").read_bytes() == (original / "accuracy.png").read_bytes()
+
+
+def test_report_and_comparison_do_not_import_torch():
+    code = "import sys, loratune.report, loratune.compare; print(sorted(m for m in sys.modules if m == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Number formatting
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        formatting.percent,
+        formatting.count,
+        formatting.fixed,
+        formatting.sci,
+        formatting.seconds,
+        formatting.megabytes,
+        formatting.size,
+    ],
+)
+@pytest.mark.parametrize("value", [None, math.nan, math.inf, -math.inf, True, "12"])
+def test_every_formatter_shows_a_dash_for_a_missing_or_non_finite_value(render, value):
+    assert render(value) == "—"
+
+
+@pytest.mark.parametrize("render", [formatting.change, formatting.share, formatting.share_of_count])
+def test_two_value_formatters_show_a_dash_when_either_value_is_missing(render):
+    assert render(None, 10) == "—"
+    assert render(10, math.nan) == "—"
+    assert render(10, 10) != "—"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (formatting.percent(0.8612), "86.1%"),
+        (formatting.percent(0.5, digits=0), "50%"),
+        (formatting.change(0.86, 0.5), "+36.0 pp"),
+        (formatting.change(0.4, 0.5), "-10.0 pp"),
+        (formatting.count(1234567.4), "1,234,567"),
+        (formatting.fixed(1234.5), "1,234.500"),
+        (formatting.fixed(900, digits=1, unit="samples/s"), "900.0 samples/s"),
+        (formatting.sci(0.0004), "4.00e-04"),
+        (formatting.seconds(12), "12.0 s"),
+        (formatting.seconds(600), "600 s (10.0 min)"),
+        (formatting.megabytes(1210.5), "1,210.5 MB"),
+        (formatting.size(1023), "1,023 B"),
+        (formatting.size(1234567), "1.2 MiB"),
+        (formatting.share(296450, 22861442), "296,450 (1.30%)"),
+        (formatting.share(1, 10**9), "1 (<0.01%)"),
+        (formatting.share(5, 0), "5"),
+        (formatting.share_of_count(1800, 4000), "1,800 (45.0%)"),
+        (formatting.share_of_count(3, 0), "3"),
+    ],
+)
+def test_formatters_write_numbers_as_the_report_shows_them(text, expected):
+    assert text == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("/home/someone/models/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+        ("C:\\models\\bert", "bert"),
+        ("", "—"),
+    ],
+)
+def test_short_name_keeps_hub_ids_and_shortens_local_paths(name, expected):
+    assert formatting.short_name(name) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The comparison page
 
 
 @pytest.fixture
 def comparison_runs(tmp_path) -> dict[str, Path]:
     return {
-        "base": write_fake_run(tmp_path / "runs" / "base", SIX, epochs=0, method="base", after_acc=0.5),
+        "base": write_fake_run(tmp_path / "runs" / "base", SIX, epochs=0, method="none", after_acc=0.5),
         "head": write_fake_run(tmp_path / "runs" / "head", SIX, epochs=2, method="head", after_acc=0.71),
         "lora": write_fake_run(tmp_path / "runs" / "lora", SIX, epochs=3, method="lora"),
     }
@@ -285,14 +369,36 @@ def test_comparison_md_and_html_hold_the_table_and_both_plots(tmp_path, comparis
         assert_png(out / name)
         assert f"({name})" in md
     assert "| lora | 86.0% |" in md
+    assert "Most accurate: lora, 86.0% in 36.0 s." in md
     assert "296,450 (1.30%)" in md and "22,861,442" in md and "1.2 MiB" in md
     sources = png_sources(page)
     assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in page.lower() and not re.search(r"src=[\"']?https?:", page)
 
 
+def test_comparison_names_a_real_baseline_row_base(tmp_path, baseline_run, comparison_runs):
+    runs = {**comparison_runs, "base": baseline_run}
+    out = tmp_path / "compare"
+
+    write_comparison(out, runs)
+    md = (out / "comparison.md").read_text()
+
+    base = json.loads((out / "comparison.json").read_text())[0]
+    accuracy = artifacts.load_summary(baseline_run).after.accuracy
+    assert base["method"] == "base" and base["accuracy"] == accuracy and base["train_seconds"] == 0
+    assert f"| base | {formatting.percent(accuracy)} |" in md
+    assert "| none |" not in md and "Untrained" not in md
+    assert_png(out / "comparison_val_accuracy.png")
+
+
 def test_write_comparison_names_the_run_without_metrics(tmp_path, comparison_runs):
     comparison_runs["full"] = tmp_path / "runs" / "missing"
 
-    with pytest.raises(RunError, match="missing has no metrics.json"):
+    with pytest.raises(RunError, match=r"missing/metrics\.json is missing"):
         write_comparison(tmp_path / "compare", comparison_runs)
+
+
+def test_write_comparison_can_still_be_imported_from_report():
+    from loratune import report
+
+    assert report.write_comparison is write_comparison

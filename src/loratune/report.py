@@ -182,11 +182,7 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]]) -> list[Block]:
             ],
             signed=(3,),
         ),
-        Text(
-            f"Before: the model as loaded, with a fresh classification head. After: the best epoch "
-            f"({s.best_epoch}, by {s.best_metric or DASH}). Both on the {split} split.",
-            muted=True,
-        ),
+        Text(_before_and_after(s), muted=True),
         Heading("Plots"),
         *[Figures(row) for row in figures],
         Heading("Training"),
@@ -204,6 +200,19 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]]) -> list[Block]:
     return blocks
 
 
+def _before_and_after(s: RunSummary) -> str:
+    """What the before and after columns measured; an untrained baseline has no best epoch to point to."""
+    if not s.trained:
+        return (
+            f"Before and after: the model as loaded, with a fresh classification head and no training, "
+            f"on the {s.eval_split} split."
+        )
+    return (
+        f"Before: the model as loaded, with a fresh classification head. After: the best epoch "
+        f"({s.best_epoch}, by {s.best_metric or DASH}). Both on the {s.eval_split} split."
+    )
+
+
 def _training_table(s: RunSummary) -> Table:
     t = s.throughput
     rows = [
@@ -212,7 +221,7 @@ def _training_table(s: RunSummary) -> Table:
         ["train time", seconds(s.train_seconds)],
         ["epochs", str(len(s.history))],
         ["time per epoch (mean)", seconds(s.seconds_per_epoch)],
-        ["best epoch", f"{s.best_epoch} (by {s.best_metric or DASH})"],
+        ["best epoch", f"{s.best_epoch} (by {s.best_metric or DASH})" if s.trained else DASH],
         ["trainable params (LoRA only)", share(s.trainable_params_lora, s.total_params)],
         ["trainable params (with head)", share(s.trainable_params, s.total_params)],
         ["total params", count(s.total_params)],
