@@ -28,7 +28,30 @@ def test_compare_writes_one_filled_row_per_method(tmp_path, tiny_bert, data_dir,
     assert rows["head"]["trainable_params"] < rows["lora"]["trainable_params"]
     for name in ("comparison.md", "comparison.html", "comparison_val_accuracy.png", "comparison_accuracy_vs_time.png"):
         assert (out / name).stat().st_size > 0
-    assert "| LoRA" in (out / "comparison.md").read_text() or "lora" in (out / "comparison.md").read_text().lower()
+    for method, row in rows.items():  # each row holds the "after" scores of its own run
+        after = json.loads((out / method / "metrics.json").read_text())["after"]
+        assert row["accuracy"] == after["accuracy"] and row["f1"] == after["f1"], method
+
+    table = markdown_table((out / "comparison.md").read_text(), first_header="method")
+    assert len(table) == 4
+    for cells, (method, row) in zip(table, rows.items(), strict=True):  # same methods, same order as the JSON
+        assert cells["method"].lower().startswith(method), (cells["method"], method)
+        assert cells["accuracy"] == f"{100 * row['accuracy']:.1f}%", method
+        assert cells["F1"] == f"{100 * row['f1']:.1f}%", method
+        assert cells["trainable params"].startswith(f"{row['trainable_params']:,} ("), method
+
+
+def markdown_table(page: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table whose first column is `first_header`, as {header: cell} dicts."""
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:  # after the header and the alignment row
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)))
+    return rows
 
 
 def test_methods_are_checked_before_anything_trains():
