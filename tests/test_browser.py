@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from conftest import PNG_MAGIC, SIX, write_fake_run
 
-from loratune.report import write_comparison, write_report
+from loratune.compare import write_comparison
+from loratune.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_S = 60.0

@@ -396,9 +396,3 @@ def test_write_comparison_names_the_run_without_metrics(tmp_path, comparison_run
 
     with pytest.raises(RunError, match=r"missing/metrics\.json is missing"):
         write_comparison(tmp_path / "compare", comparison_runs)
-
-
-def test_write_comparison_can_still_be_imported_from_report():
-    from loratune import report
-
-    assert report.write_comparison is write_comparison

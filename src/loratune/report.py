@@ -283,13 +283,3 @@ def _history_block(s: RunSummary) -> Block:
         rows.append([f"{h.epoch}{marker}", *losses, *scores, sci(h.learning_rate), seconds(h.epoch_seconds)])
     header = ["epoch", "train loss", "train acc", "val loss", "val acc", "val prec", "val recall", "val F1", "LR"]
     return Table([*header, "time"], rows)
-
-
-def __getattr__(name: str) -> Any:
-    # write_comparison moved to loratune.compare; imports of it from here keep working. Lazy, because compare
-    # imports this module.
-    if name == "write_comparison":
-        from loratune.compare import write_comparison
-
-        return write_comparison
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
