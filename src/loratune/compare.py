@@ -98,7 +98,7 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
         The path of `comparison.html`.
 
     Raises:
-        RunError: If a run folder's metrics.json is missing or damaged.
+        RunError: If a run folder's summary is missing or damaged.
         ValueError: If `runs` is empty.
     """
     if not runs:

@@ -43,7 +43,7 @@ _SPLITS = ("train", "validation", "test")
 def write_report(run_dir: str | Path) -> Path:
     """Render plots, `report.md` and a self-contained `report.html` into a run folder.
 
-    Reads the run's summary (metrics.json), its labels and, when present, its config.yaml. Writes
+    Reads the run's summary, labels and, when present, config (through `artifacts`). Writes
     `accuracy.png`, `loss.png`, `confusion_matrix.png`, `per_class_f1.png` (only for more than two classes),
     `report.md` and `report.html`. Optional values the run did not record show as "—".
 
@@ -54,7 +54,7 @@ def write_report(run_dir: str | Path) -> Path:
         The path of `report.html`.
 
     Raises:
-        RunError: If the folder's metrics.json is missing or damaged, or its labels.json is damaged.
+        RunError: If the folder's summary is missing or damaged, or its label file is damaged.
     """
     run = read_run_folder(Path(run_dir))
     figures = _write_plots(run)
@@ -73,14 +73,14 @@ def write_report(run_dir: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """What a report shows of a run folder: its summary, its label names and its config.yaml.
+    """What a report shows of a run folder: its summary, its label names and its config.
 
     Attributes:
         dir: The run folder.
-        summary: metrics.json.
+        summary: The run's summary (`artifacts.METRICS_FILE`).
         labels: The label names, in the order of the confusion matrix.
-        config_text: config.yaml as written, or None when the folder has none.
-        config: config.yaml parsed; empty when it is missing or does not parse.
+        config_text: The config file as written, or None when the folder has none.
+        config: The config file parsed; empty when it is missing or does not parse.
     """
 
     dir: Path
@@ -109,13 +109,13 @@ def read_run_folder(run_dir: Path) -> RunFolder:
     """Read what a report needs from a run folder.
 
     Raises:
-        RunError: If metrics.json is missing or damaged, or labels.json is damaged.
+        RunError: If the summary is missing or damaged, or the label file is damaged.
     """
     summary = artifacts.load_summary(run_dir)
     if (run_dir / artifacts.LABELS_FILE).is_file():
         labels = artifacts.load_labels(run_dir)
     else:
-        # labels.json is the source of truth, but metrics.json repeats the names, so an older folder still renders.
+        # The label file is the source of truth, but the summary repeats the names, so an older folder still renders.
         labels = summary.labels or list(summary.after.per_class)
     config_path = run_dir / artifacts.CONFIG_FILE
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
