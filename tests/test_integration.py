@@ -56,13 +56,25 @@ def test_lora_on_sst2_beats_the_untrained_model(sst2_run):
     assert metrics["after"]["accuracy"] > metrics["before"]["accuracy"] + 0.1
 
 
-def test_predict_labels_a_review_with_the_sst2_run(sst2_run, capsys):
+def test_predict_labels_clear_reviews_right_with_the_sst2_run(sst2_run, capsys):
+    from loratune.predict import Predictor
+
     out, _ = sst2_run
+    reviews = {
+        "a wonderful, moving and funny film": "positive",
+        "a dull, tedious and painfully bad movie": "negative",
+    }
     capsys.readouterr()
-    assert main(["predict", str(out), "--text", "a wonderful, moving and funny film", "--device", "cpu"]) == 0
-    label, score, _ = capsys.readouterr().out.strip().split("\t")
-    assert label in ("negative", "positive")
-    assert 0.5 <= float(score) <= 1.0
+    argv = ["predict", str(out), "--device", "cpu", "--precision", "fp32"]
+    assert main([*argv, *(arg for text in reviews for arg in ("--text", text))]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+
+    probabilities = Predictor.from_run(out, device="cpu", precision="fp32").predict_proba(list(reviews))
+    assert len(lines) == len(reviews)
+    for line, (text, expected), probs in zip(lines, reviews.items(), probabilities, strict=True):
+        label, score, printed = line.split("\t")
+        assert (printed, label) == (text, expected), probs
+        assert float(score) == pytest.approx(float(probs.max()), abs=1e-4)  # printed to 4 places
 
 
 def test_lora_on_trec_learns_six_question_types(tmp_path):
