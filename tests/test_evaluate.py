@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import torch
 
 from loratune.evaluate import compute_metrics as _compute_metrics
 from loratune.evaluate import evaluate as _evaluate
+from loratune.schema import to_dict
 
 LABELS = ["cat", "dog", "eel"]
 # Ten examples, imbalanced (5 cat, 3 dog, 2 eel), and "eel" is never predicted.
@@ -32,17 +32,13 @@ PER_CLASS = {
 }
 
 
-def plain(metrics) -> dict:
-    """The scores as plain JSON-ready data, whether loratune returns a dict or a schema record."""
-    return dataclasses.asdict(metrics) if dataclasses.is_dataclass(metrics) else metrics
-
-
 def compute_metrics(*args, **kwargs) -> dict:
-    return plain(_compute_metrics(*args, **kwargs))
+    """The scores as the run folder stores them (plain JSON-ready data)."""
+    return to_dict(_compute_metrics(*args, **kwargs))
 
 
 def evaluate(*args, **kwargs) -> dict:
-    return plain(_evaluate(*args, **kwargs))
+    return to_dict(_evaluate(*args, **kwargs))
 
 
 def test_scores_match_the_hand_counted_confusion_matrix():
