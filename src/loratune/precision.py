@@ -115,7 +115,7 @@ def prepare_for_training(model: Any, precision: str, distributed_type: str) -> N
         if buffer.is_floating_point() and "position" not in name:
             buffer.data = buffer.data.to(low)
     # PEFT casts each adapter's (bf16) input up to its fp32 weights' dtype; under autocast the adapter matmul
-    # runs in bf16 anyway, so that round trip only costs (about 9% of a CPU step, all-MiniLM-L6-v2, batch 32).
+    # runs in bf16 anyway, so the round trip is pure cost (about 9% of a CPU step, all-MiniLM-L6-v2, batch 32).
     # `cast_input_dtype_enabled` is PEFT's own switch (`peft.helpers.disable_input_dtype_casting`).
     for module in model.modules():
         if hasattr(module, "_cast_input_dtype"):
