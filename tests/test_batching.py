@@ -62,3 +62,23 @@ def test_bucketing_collator_pads_to_the_bucket_and_masks_it():
     batch = Collator(pad_token_id=0, bucket=True)(rows)
     assert batch["input_ids"].shape == (1, 18)
     assert batch["attention_mask"][0].tolist() == [1] * 17 + [0]
+
+
+def test_token_budget_batches_keep_each_batch_within_budget_and_cover_every_text():
+    from loratune.batching import TokenBudgetBatchSampler
+
+    lengths = [5, 100, 7, 30, 30, 2, 64, 9, 1, 50] * 7
+    batches = list(TokenBudgetBatchSampler(lengths, max_tokens=200))
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 200 or len(batch) == 1
+    # longest first, so that a batch too large for memory fails at once
+    assert lengths[batches[0][0]] == 100
+    assert len(batches[-1]) > len(batches[0])  # short texts come in bigger batches
+
+
+def test_cpu_evaluation_keeps_fixed_batches_and_a_gpu_gets_a_token_budget():
+    from loratune import precision
+
+    assert precision.eval_batch_tokens("cpu") is None and not precision.pin_memory("cpu")
+    assert precision.eval_batch_tokens("cuda") > 0 and precision.pin_memory("cuda")

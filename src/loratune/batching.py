@@ -11,6 +11,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 
+from loratune import precision
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -108,29 +110,65 @@ def _columns(ds: Dataset) -> list[str]:
     return [c for c in (*MODEL_INPUTS, "label") if c in ds.column_names]
 
 
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of indices from longest to shortest, each as large as fits `max_tokens` padded tokens (batch size
+    times its longest text), at most `max_batch` texts: long texts in small batches, short ones in large batches,
+    so a GPU gets the same amount of work per launch whatever the lengths."""
+
+    def __init__(self, lengths: list[int], max_tokens: int, max_batch: int = 4096) -> None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self.batches: list[list[int]] = []
+        for i in order:
+            batch = self.batches[-1] if self.batches else None
+            # sorted longest first, so the batch's first text sets its padded length
+            if batch is None or len(batch) >= max_batch or (len(batch) + 1) * lengths[batch[0]] > max_tokens:
+                self.batches.append([i])
+            else:
+                batch.append(i)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def build_train_loader(
-    ds: Dataset, batch_size: int, pad_token_id: int, seed: int, epoch: int = 0, group_by_length: bool = True
+    ds: Dataset,
+    batch_size: int,
+    pad_token_id: int,
+    seed: int,
+    epoch: int = 0,
+    group_by_length: bool = True,
+    device: str = "cpu",
 ) -> DataLoader:
     """Shuffled training batches; with `group_by_length`, shuffled groups of similar length.
 
     The order depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same batches.
     Batch lengths are bucketed (`bucket_length`): training revisits its shapes for many steps, evaluation
-    (sorted, a few large batches) does not, so it pads exactly.
+    (sorted, a few large batches) does not, so it pads exactly. For a GPU `device`, batches are pinned so that
+    the copy to the device overlaps the step before it.
     """
+    pin_memory = precision.pin_memory(device)
     epoch_seed = seed * 1000 + epoch
     columns = ds.select_columns(_columns(ds))
+    collate = Collator(pad_token_id, bucket=True)
     if group_by_length:
         batches = LengthGroupedBatchSampler(list(ds["length"]), batch_size, epoch_seed)
-        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id, bucket=True))
+        return DataLoader(columns, batch_sampler=batches, collate_fn=collate, pin_memory=pin_memory)
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(epoch_seed))
-    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id, bucket=True))
+    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=collate, pin_memory=pin_memory)
 
 
-def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int) -> DataLoader:
-    """Batches sorted by length (no shuffling) for evaluation and prediction."""
+def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu") -> DataLoader:
+    """Batches sorted by length (no shuffling) for evaluation and prediction: `batch_size` texts each, or, where
+    the device wants a token budget (`precision.eval_batch_tokens`), as many as fit it."""
+    max_tokens, pin_memory = precision.eval_batch_tokens(device), precision.pin_memory(device)
+    columns = ds.select_columns(_columns(ds))
+    if max_tokens:
+        batches = TokenBudgetBatchSampler(list(ds["length"]), max_tokens)
+        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id), pin_memory=pin_memory)
+    sampler = SortedSampler(list(ds["length"]))
     return DataLoader(
-        ds.select_columns(_columns(ds)),
-        batch_size=batch_size,
-        sampler=SortedSampler(list(ds["length"])),
-        collate_fn=Collator(pad_token_id),
+        columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id), pin_memory=pin_memory
     )

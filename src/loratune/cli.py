@@ -98,7 +98,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
     data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
     ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
-    metrics = evaluate(model, build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id), labels)
+    device = next(model.parameters()).device.type
+    loader = build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
+    metrics = evaluate(model, loader, labels)
     if args.output:
         artifacts.write_json(Path(args.output), {**to_dict(metrics), "truncated": truncated})
     print(f"{args.split}: accuracy {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}  ({metrics.num_samples} texts)")
