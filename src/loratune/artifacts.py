@@ -179,6 +179,8 @@ def check_resumable(run_dir: Path) -> None:
         raise RunError(f"Nothing to resume in {run_dir}: it has no {CONFIG_FILE}; check the path or start a new run.")
     if (run_dir / COMPLETE).exists():
         raise RunError(f"{run_dir} already finished; nothing to resume.")
+    if (run_dir / CHECKPOINT_DIR).is_dir():  # before anything is written to the run folder
+        verify_weights(run_dir / CHECKPOINT_DIR, _weight_files(run_dir / CHECKPOINT_DIR))
 
 
 def mark_complete(run_dir: Path) -> None:
