@@ -251,6 +251,18 @@ def test_a_run_that_hits_the_file_size_limit_stops_in_one_line_and_resumes_to_th
         assert getattr(resumed.after, key) == pytest.approx(getattr(uninterrupted.after, key))
 
 
+def test_predictions_that_hit_the_file_size_limit_leave_the_previous_file_whole(lora_run, tmp_path):
+    out = tmp_path / "predictions.csv"
+    out.write_text("text,label\nearlier,good\n")
+    before = snapshot(tmp_path)
+    limit = "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    limit += "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, -1))"
+    texts = [a for i in range(40) for a in ("--text", f"great movie number {i}")]
+    line = one_line_error(*cli_child("predict", lora_run, *texts, "--output", out, before=limit))
+    assert f"Could not write {out}: File too large" in line and "free some space" in line
+    assert snapshot(tmp_path) == before  # the old file as it was, and no temporary file beside it
+
+
 def _tmpfs_available() -> bool:
     if not shutil.which("unshare"):
         return False

@@ -13,7 +13,7 @@ from loratune.config import Config
 from loratune.data import Splits, load_splits
 from loratune.errors import ConfigError, LoratuneError, PreflightError, RunError
 from loratune.formatting import size
-from loratune.modeling import default_model_path, max_positions
+from loratune.modeling import default_model_path, display_name, max_positions
 from loratune.storage import free_bytes, writable_problem
 
 # What a run writes besides weights: tokenizer (MiniLM's is 0.9 MB), report plots and pages, JSON and CSV files.
@@ -44,8 +44,8 @@ def check_training(cfg: Config, run_dir: Path) -> Splits:
         if limit is not None and cfg.data.max_length > limit:
             problems.append(
                 ConfigError(
-                    f"data.max_length={cfg.data.max_length} is more than {name} takes ({limit} positions); "
-                    f"pass --max-length {limit} or less"
+                    f"data.max_length={cfg.data.max_length} is more than {display_name(name)} takes ({limit} "
+                    f"positions); pass --max-length {limit} or less."
                 )
             )
     except LoratuneError as error:
@@ -53,15 +53,15 @@ def check_training(cfg: Config, run_dir: Path) -> Splits:
     output = f"The output folder {run_dir}"
     writable = writable_problem(run_dir, output)
     if writable:
-        problems.append(RunError(writable))
+        problems.append(RunError(writable + "."))
     else:
         needed = estimate_run_bytes(name, cfg.lora.method)
         free = free_bytes(run_dir)
         if needed is not None and free < needed:
             problems.append(
                 RunError(
-                    f"{output} has {size(free)} free, but a {cfg.lora.method} run of {name} writes about "
-                    f"{size(needed)}; free some space or choose another --output-dir"
+                    f"{output} has {size(free)} free, but a {cfg.lora.method} run of {display_name(name)} writes "
+                    f"about {size(needed)}; free some space or choose another --output-dir."
                 )
             )
     if len(problems) == 1:
