@@ -1,7 +1,9 @@
 """The run folder: its layout, atomic writes, and saving / loading the trained model with its labels and config.
 
 Every file is written to a temporary name and renamed into place, and `COMPLETE` is written last, so a crash
-never leaves a half-written file that looks valid, and an unfinished run never looks finished.
+never leaves a half-written file that looks valid, and an unfinished run never looks finished. Each folder of
+weights carries `CHECKSUMS_FILE`, the sha256 of its weight and config files, written inside the temporary folder so
+that it appears in the same rename as the weights; every load checks it (`integrity`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +22,11 @@ from typing import Any
 
 from loratune.config import ADAPTER_METHODS, Config, load_config
 from loratune.errors import ConfigError, ModelError, RunError, first_line
+from loratune.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
 from loratune.schema import EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
+from loratune.storage import reporting_full_disk
+
+log = logging.getLogger(__name__)
 
 # The layout of a run folder (docs/run-folder.md). Every other module names these files through the constants.
 CONFIG_FILE = "config.yaml"
@@ -34,6 +41,7 @@ FULL_MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
+CHECKSUMS_FILE = "checksums.json"  # in adapter/, model/, checkpoint/, and in the run folder for head.safetensors
 HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
@@ -41,11 +49,14 @@ def write_text(path: Path, text: str) -> None:
     """Write text atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with reporting_full_disk(path, len(text.encode())), os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -87,12 +98,17 @@ def resume_config_path(run_dir: str | Path) -> Path:
     return run_dir / CONFIG_FILE
 
 
-def save_directory(path: Path, write: Any) -> None:
-    """Call `write(tmp_dir)` and move the result to `path` in one rename (replacing an older copy)."""
+def save_directory(path: Path, write: Any, needed_bytes: int | None = None) -> None:
+    """Call `write(tmp_dir)` and move the result to `path` in one rename (replacing an older copy).
+
+    A write that runs out of space is a one-line `DiskFullError` (`needed_bytes`, when known, says how much the
+    folder needs), and leaves an older copy of `path` as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        write(tmp)
+        with reporting_full_disk(path, needed_bytes):
+            write(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -103,6 +119,40 @@ def save_directory(path: Path, write: Any) -> None:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = None) -> None:
+    """`save_directory` for weights: `CHECKSUMS_FILE` is written inside the folder before it is renamed into place."""
+
+    def write_with_checksums(folder: Path) -> None:
+        write(folder)
+        names = [f.name for f in folder.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file()]
+        write_json(folder / CHECKSUMS_FILE, compute_checksums(folder, names))
+
+    save_directory(path, write_with_checksums, needed_bytes)
+
+
+def verify_weights(folder: Path, required: list[str]) -> None:
+    """Check the files of `folder` against its `CHECKSUMS_FILE`; every `required` file must be listed there.
+
+    A folder without checksums was written before loratune kept them: it loads with a warning (its weights are
+    still checked for NaN and infinity after loading), so older run folders keep working.
+
+    Raises:
+        RunError: for a listed file that is missing or changed, or a required file that is not listed.
+    """
+    manifest = folder / CHECKSUMS_FILE
+    if not manifest.is_file():
+        log.warning("%s has no %s (saved by an older loratune); its weights are unverified.", folder, CHECKSUMS_FILE)
+        return
+    listed = read_json(manifest)
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise RunError(f"{manifest} is damaged; restore the run folder from a backup or train again.")
+    verify_checksums(folder, listed, required, manifest)
+
+
+def _weight_files(folder: Path) -> list[str]:
+    return sorted(f.name for f in folder.glob("*.safetensors"))
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -129,6 +179,8 @@ def check_resumable(run_dir: Path) -> None:
         raise RunError(f"Nothing to resume in {run_dir}: it has no {CONFIG_FILE}; check the path or start a new run.")
     if (run_dir / COMPLETE).exists():
         raise RunError(f"{run_dir} already finished; nothing to resume.")
+    if (run_dir / CHECKPOINT_DIR).is_dir():  # before anything is written to the run folder
+        verify_weights(run_dir / CHECKPOINT_DIR, _weight_files(run_dir / CHECKPOINT_DIR))
 
 
 def mark_complete(run_dir: Path) -> None:
@@ -150,19 +202,33 @@ def check_run(run_dir: str | Path) -> Path:
 
 def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
     """Save what the method trained: a PEFT adapter, the head weights, or the whole model; and the tokenizer."""
+    trainable = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)  # bytes as fp32 safetensors
     if method in ADAPTER_METHODS:
-        save_directory(run_dir / ADAPTER_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))
+        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
+        save_weights_directory(run_dir / ADAPTER_DIR, save, trainable)
     elif method == "head":
-        from safetensors.torch import save_file
-
-        state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
-        os.close(fd)
-        save_file(state, tmp)
-        os.replace(tmp, run_dir / HEAD_FILE)
+        _save_head(run_dir, model, trainable)
     elif method == "full":
-        save_directory(run_dir / FULL_MODEL_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))
+        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
+        save_weights_directory(run_dir / FULL_MODEL_DIR, save, trainable)
     save_directory(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
+
+
+def _save_head(run_dir: Path, model: Any, needed_bytes: int) -> None:
+    # The one weight file outside a folder of its own: its checksum goes into the run folder's CHECKSUMS_FILE,
+    # written after it (a crash in between leaves an unfinished run, with no COMPLETE, which nothing loads).
+    from safetensors.torch import save_file
+
+    state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with reporting_full_disk(run_dir / HEAD_FILE, needed_bytes):
+            save_file(state, tmp)
+        os.replace(tmp, run_dir / HEAD_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    write_json(run_dir / CHECKSUMS_FILE, compute_checksums(run_dir, [HEAD_FILE]))
 
 
 def artifact_size_bytes(run_dir: Path, method: str) -> int:
@@ -230,7 +296,12 @@ def load_labels(run_dir: Path) -> list[str]:
     return labels
 
 
-def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
+def check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
+    """Refuse a run folder's weights when they are missing, changed since training (checksums), or not finite.
+
+    Raises:
+        RunError: naming the file and what is wrong with it.
+    """
     # Weights are read from safetensors only: a pickle (.bin) planted in a run folder is never unpickled.
     if method in ADAPTER_METHODS:
         needed = run_dir / ADAPTER_DIR / "adapter_model.safetensors"
@@ -240,6 +311,7 @@ def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
         folder = run_dir / FULL_MODEL_DIR
         if not any(folder.glob("*.safetensors")):
             raise RunError(f"{folder} holds no .safetensors weights; loratune never loads pickled (.bin) weights.")
+        verify_weights(folder, _weight_files(folder))
         # transformers would give a head of the wrong size fresh random weights rather than fail
         saved = read_json(folder / "config.json")  # transformers' own file
         num_labels = len(saved.get("id2label") or {}) if isinstance(saved, dict) else 0
@@ -253,6 +325,14 @@ def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
         return
     if not needed.is_file():
         raise RunError(f"{needed} is missing; loratune loads only safetensors weights (never pickled .bin files).")
+    verify_weights(needed.parent, [needed.name] if method == "head" else _weight_files(needed.parent))
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(needed)
+    except Exception as error:
+        raise RunError(f"{needed} is damaged ({first_line(error)}); restore it or train again.") from None
+    check_finite_tensors(tensors, needed)
 
 
 def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str], Any]:
@@ -271,7 +351,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
     cfg = load_run_config(run_dir)
     labels = load_labels(run_dir)
     method = cfg.lora.method
-    _check_weights(run_dir, method, labels)
+    check_weights(run_dir, method, labels)
     base = cfg.model.name_or_path
     trust = cfg.model.trust_remote_code
     attention = resolve_attention(cfg.model.attn_implementation, device)
@@ -305,4 +385,5 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
         first = first_line(error)
         raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
     model.config.pad_token_id = tokenizer.pad_token_id
+    check_finite_model(model, run_dir)  # also covers run folders saved before checksums, and full models
     return model.to(device).eval(), tokenizer, labels, cfg

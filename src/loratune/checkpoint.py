@@ -17,6 +17,7 @@ import torch
 from loratune import artifacts
 from loratune.artifacts import CHECKPOINT_DIR
 from loratune.errors import RunError
+from loratune.integrity import check_finite_tensors
 
 
 def save_checkpoint(
@@ -51,7 +52,9 @@ def save_checkpoint(
         save_file(tensors, folder / "state.safetensors")
         (folder / "state.json").write_text(json.dumps(meta))
 
-    artifacts.save_directory(run_dir / CHECKPOINT_DIR, write)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    # A full disk fails here with one line, and the previous epoch's checkpoint stays in place to resume from.
+    artifacts.save_weights_directory(run_dir / CHECKPOINT_DIR, write, needed)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -67,11 +70,12 @@ def load_checkpoint(
         The saved loop state and the best epoch's weights (None when none was kept).
 
     Raises:
-        RunError: when the checkpoint is missing or damaged.
+        RunError: when the checkpoint is missing or damaged (changed since it was written, or not finite).
     """
     from safetensors.torch import load_file
 
     folder = run_dir / CHECKPOINT_DIR
+    artifacts.verify_weights(folder, ["state.safetensors", "state.json"])
     try:
         tensors = load_file(folder / "state.safetensors")
         meta = json.loads((folder / "state.json").read_text())
@@ -79,6 +83,7 @@ def load_checkpoint(
         raise RunError(
             f"The checkpoint in {folder} is missing or damaged ({type(error).__name__}); start over."
         ) from None
+    check_finite_tensors(tensors, folder / "state.safetensors")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = {k[len("param.") :] for k in tensors if k.startswith("param.")}
     if saved != set(params):

@@ -14,9 +14,10 @@ from typing import Any
 
 from loratune import artifacts
 from loratune.config import Config, field_flags, load_config
-from loratune.errors import ConfigError, DataError, LoratuneError
+from loratune.errors import ConfigError, DataError, DiskFullError, LoratuneError
 from loratune.precision import DEVICES, PRECISIONS
 from loratune.schema import RunSummary, to_dict
+from loratune.storage import check_writable_file, disk_full_message, is_out_of_space
 
 EXIT_USAGE = 2
 
@@ -66,6 +67,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=run_dir))
     try:
         result = loratune.run(cfg, resume=bool(args.resume))
+    except Exception as error:
+        if not isinstance(error, DiskFullError) and not is_out_of_space(error):
+            raise
+        problem = error.problem if isinstance(error, DiskFullError) else disk_full_message(Path(run_dir), error)
+        resumable = (Path(run_dir) / artifacts.CONFIG_FILE).is_file()
+        then = f"continue with: loratune train --resume {run_dir}" if resumable else "run the command again"
+        raise DiskFullError(problem, then) from error
     except KeyboardInterrupt:
         print(
             f"interrupted; finished epochs are saved. Continue with: loratune train --resume {cfg.train.output_dir}",
@@ -95,6 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.predict import load_for_inference
 
     run_dir = artifacts.check_run(args.run)
+    if args.output:
+        check_writable_file(args.output, "--output")  # before the model loads
     model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
     data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
     ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
@@ -115,8 +125,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts += read_texts(args.input, args.text_column)
     if not texts:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
+    if args.output:
+        check_writable_file(args.output, "--output")  # before the model loads
     predictor = Predictor.from_run(args.run, device=args.device, precision=args.precision)
     predictions = predictor.predict(texts)
+    truncated = predictor.count_truncated(texts)
+    if truncated:
+        print(
+            f"note: {truncated} of {len(texts)} texts were longer than {predictor.max_length} tokens; "
+            "only their first tokens were read",
+            file=sys.stderr,
+        )
     if args.output:
         write_predictions(args.output, texts, predictions)
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
@@ -249,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # a full disk is no bug: one line, as for a user mistake
+        if args.debug or not is_out_of_space(error):
+            raise
+        print(f"error: {disk_full_message(Path('.'), error)}, then run the command again.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

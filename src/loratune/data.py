@@ -143,6 +143,10 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
     ds = ds.select_columns(wanted)
     mapping = {text: "text", label: "label"} | ({pair: "text_pair"} if pair else {})
     ds = ds.rename_columns({old: new for old, new in mapping.items() if old != new})
+    texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
+    if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
+        # a JSON text column of numbers (CSV columns are read as text already): texts, before the empty-text filter
+        ds = ds.map(lambda b: {k: [_text_or_none(v) for v in b[k]] for k in texts}, batched=True)
     before = len(ds)
     ds = ds.filter(_usable_rows, batched=True)
     if len(ds) < before:
@@ -156,10 +160,12 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
         ds = ds.map(
             lambda b: {"label": [_scalar_label(v, split) for v in b["label"]]}, batched=True, features=features
         )
-    texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
-    if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
-        ds = ds.map(lambda b: {k: [str(v) for v in b[k]] for k in texts}, batched=True)
     return ds
+
+
+def _text_or_none(value: Any) -> str | None:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return None if missing else _label_name(value)
 
 
 def _scalar_label(value: Any, split: str) -> str:
@@ -271,7 +277,7 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str]) -> Dataset:
         raise DataError("No dataset given; pass --data PATH.")
     path = Path(args.path).expanduser()
     if path.is_file():
-        raw = {split: read_file(path)}
+        raw = {split: read_file(path, args.label_column)}
         if len(raw[split]) == 0:
             raise DataError(f"{path} has a header but no rows; add labelled rows.")
     else:

@@ -21,6 +21,23 @@ class RunError(LoratuneError):
     """A run folder that is missing, unfinished or damaged."""
 
 
+class DiskFullError(RunError):
+    """A write that ran out of disk space, a quota or the file-size limit.
+
+    Args:
+        problem: what could not be written and why, e.g. "Could not write RUN/adapter: No space left ...".
+        next_step: what to do once space is freed.
+    """
+
+    def __init__(self, problem: str, next_step: str = "run the command again") -> None:
+        self.problem = problem
+        super().__init__(f"{problem}, then {next_step}.")
+
+
+class PreflightError(LoratuneError):
+    """Several problems found before anything slow started, reported together in one line."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
     text = str(error).strip()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from loratune.integrity import check_finite_logits
 from loratune.precision import autocast
 from loratune.schema import ClassScores, Metrics
 
@@ -60,6 +61,7 @@ def predict_logits(
             if labels is not None:
                 all_labels.append(labels.cpu())
     logits = torch.cat(all_logits).numpy() if all_logits else np.zeros((0, 0))
+    check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
     labels = torch.cat(all_labels).numpy() if all_labels else np.zeros((0,), dtype=int)
     return logits, labels
 

@@ -17,6 +17,7 @@ from loratune.config import ADAPTER_METHODS
 from loratune.errors import RunError
 from loratune.modeling import load_tokenizer
 from loratune.predict import load_for_inference
+from loratune.storage import writable_problem
 
 MERGED_README = """# {name}
 
@@ -83,6 +84,10 @@ def export_run(
         raise RunError(f"--output-dir {str(output_dir)!r} is a file; choose a folder.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise RunError(f"{output_dir} is not empty; choose another --output-dir or pass --overwrite.")
+    # before the model loads; the export is written beside output_dir, then renamed to it
+    problem = writable_problem(output_dir.resolve().parent, f"--output-dir {output_dir}")
+    if problem:
+        raise RunError(problem + ".")
     if adapter_only:
         artifacts.save_directory(output_dir, lambda d: _write_adapter(run_dir, d, output_dir.name))
     else:
@@ -123,6 +128,7 @@ def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
     cfg = artifacts.load_run_config(run_dir)
     _check_exportable(run_dir, cfg, adapter_only=True)
     labels = artifacts.load_labels(run_dir)
+    artifacts.check_weights(run_dir, cfg.lora.method, labels)
     adapter = run_dir / artifacts.ADAPTER_DIR
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():

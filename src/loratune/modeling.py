@@ -4,6 +4,9 @@ head-only / full fine-tuning."""
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +79,62 @@ class BuiltModel:
         return {"trainable_params": trainable, "trainable_params_lora": adapter, "total_params": total}
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hold back transformers' and huggingface_hub's warnings while something loads from a path or the hub.
+
+    A hub id that does not exist printed dozens of lines of retries and warnings before the one-line error; when
+    the load fails they are dropped, when it works the Python warnings among them are shown after all.
+    """
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    levels = hf_logging.get_verbosity(), hub_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        hf_logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
+    for w in caught:  # reached only when the load worked
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+# Models whose position ids start after the padding index (RoBERTa's 514 positions hold 512 tokens).
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
+
+
+def max_positions(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """The most tokens the model takes, from its config alone (no weights loaded); None when it sets no limit.
+
+    Raises:
+        ModelError: when the config cannot be loaded (a wrong path or hub id, no network).
+    """
+    from transformers import AutoConfig
+
+    try:
+        with quiet_loading():
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelError(_load_failure(name_or_path, error)) from error
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", "") in POSITION_OFFSET_MODELS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """Load the tokenizer, giving it a pad token (its EOS) when it has none, so batches > 1 work."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelError(_load_failure(name_or_path, error)) from error
     if tokenizer.pad_token is None:
@@ -110,17 +163,18 @@ def load_classifier(
     hf_logging.set_verbosity_error()  # the "newly initialised weights" warning is expected: we train those
     hf_logging.disable_progress_bar()  # a bar for loading 100 tensors is noise
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id={name: i for i, name in id2label.items()},
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=_has_safetensors(name_or_path),
-            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
-        )
+        with quiet_loading():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id={name: i for i, name in id2label.items()},
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=_has_safetensors(name_or_path),
+                **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+            )
     except Exception as error:
         raise ModelError(_load_failure(name_or_path, error)) from error
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from loratune import artifacts, precision
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
+from loratune.integrity import check_finite_logits
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:
@@ -78,8 +80,19 @@ class Predictor:
                     *args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
                 ).to(device)
                 logits = self.model(**batch).logits.float()
+                check_finite_logits(logits)
                 probs[idx] = torch.softmax(logits, dim=-1).cpu()
         return probs
+
+    def count_truncated(self, texts: list[str], text_pairs: list[str] | None = None) -> int:
+        """How many texts (pairs) are longer than `max_length` tokens, so that `predict` reads only their start."""
+        over = 0
+        for start in range(0, len(texts), 1000):
+            args = [texts[start : start + 1000]] + ([text_pairs[start : start + 1000]] if text_pairs else [])
+            # verbose=False: no "sequence length is longer than the maximum" warning per long text
+            encoded = self.tokenizer(*args, truncation=False, verbose=False)["input_ids"]
+            over += sum(len(ids) > self.max_length for ids in encoded)
+        return over
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """Label, its probability, and every class's probability for each text."""
@@ -108,6 +121,7 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     if suffix == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if suffix in (".csv", ".tsv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
     elif suffix in (".jsonl", ".json"):

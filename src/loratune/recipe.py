@@ -15,10 +15,10 @@ import datasets
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loratune import artifacts, precision
+from loratune import artifacts, precision, preflight
 from loratune.batching import build_eval_loader
 from loratune.config import Config
-from loratune.data import Splits, load_splits, tokenize
+from loratune.data import Splits, tokenize
 from loratune.evaluate import evaluate
 from loratune.modeling import BuiltModel, build_model, display_name
 from loratune.predict import Predictor
@@ -81,7 +81,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     dtype = precision.resolve_precision(cfg.train.precision, device)
     if not cfg.train.progress or not sys.stderr.isatty():  # in a log, datasets' bars are carriage-return frames
         datasets.disable_progress_bars()
-    splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
+    splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
     accelerator = _start_accelerator(cfg, device, run_dir)
     _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
     set_seed(cfg.train.seed)

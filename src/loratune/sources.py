@@ -47,7 +47,7 @@ def load_raw(args: DataArgs) -> DatasetDict:
     for split, file in files.items():
         if file.stat().st_size == 0:
             raise DataError(f"{file} is empty; it needs a header row and at least one labelled row.")
-        loaded[split] = read_file(file)
+        loaded[split] = read_file(file, args.label_column)
         if len(loaded[split]) == 0:
             raise DataError(f"{file} has a header but no rows; add labelled rows.")
     return DatasetDict(loaded)
@@ -74,8 +74,12 @@ def _split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def read_file(file: Path) -> Dataset:
-    """One CSV, TSV, JSONL or Parquet file as a Dataset; a file that cannot be read is a one-line DataError."""
+def read_file(file: Path, label_column: str | None = None) -> Dataset:
+    """One CSV, TSV, JSONL or Parquet file as a Dataset; a file that cannot be read is a one-line DataError.
+
+    Every CSV column but the label column (`label_column`, else one named as in `LABEL_COLUMNS`) is read as text:
+    pandas would make a column of digits int64 ("007" -> 7), which is then no text at all.
+    """
     fmt = FORMATS[file.suffix.lower()]
     if fmt != "parquet":
         _check_utf8(file)
@@ -84,7 +88,9 @@ def read_file(file: Path) -> Dataset:
         # only an empty cell is missing: pandas would also drop texts such as "NA", "null" or "None"
         kwargs.update(keep_default_na=False, na_values=[""])
     if fmt == "csv":
-        _check_csv_header(file, kwargs.get("sep", ","))
+        header = _check_csv_header(file, kwargs.get("sep", ","))
+        labels = {label_column} if label_column else {c for c in header if c.strip().lower() in LABEL_COLUMNS}
+        kwargs["converters"] = {c: str for c in header if c not in labels}
     if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
         # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
         raise DataError(f"{file} has a header but no rows; add labelled rows.")
@@ -118,16 +124,19 @@ def _check_utf8(file: Path) -> None:
             ) from None
 
 
-def _check_csv_header(file: Path, sep: str) -> None:
+def _check_csv_header(file: Path, sep: str) -> list[str]:
+    """The header's column names, as pandas will read them."""
     # pandas renames a repeated column to "text.1" and goes on; which one holds the texts is then a guess
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
-            header = [name.strip() for name in next(csv.reader(handle, delimiter=sep), [])]
+            raw = next(csv.reader(handle, delimiter=sep), [])
     except csv.Error:
-        return  # a header the csv module cannot parse; datasets reports it
+        return []  # a header the csv module cannot parse; datasets reports it
+    header = [name.strip() for name in raw]
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise DataError(f"{file} has more than one column named {repeated}; rename or remove the extra ones.")
+    return raw
 
 
 def _header_only(file: Path, sep: str) -> bool:

@@ -1,0 +1,88 @@
+"""Trust in saved weights: sha256 checksums of weight files, and refusing weights or scores that are not finite.
+
+A weight file damaged inside its tensor data (its header intact, its size unchanged) still loads, and the model
+then answers every text with NaN, or worse, with plausible wrong labels. Checksums catch any change to the bytes;
+the finiteness checks also cover run folders written before checksums existed. `artifacts` decides where the
+checksums are stored (`artifacts.CHECKSUMS_FILE`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import RunError
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compute_checksums(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """{file name: sha256} of files inside `folder`."""
+    return {name: sha256_file(folder / name) for name in sorted(names)}
+
+
+def verify_checksums(folder: Path, listed: Mapping[str, str], required: Iterable[str], manifest: Path) -> None:
+    """Check every file that `manifest` lists, and that each `required` file is listed.
+
+    Raises:
+        RunError: naming the first file that is missing, unlisted, or whose bytes changed since it was written.
+    """
+    fix = "restore the run folder from a backup or train again"
+    for name in sorted(set(required) - set(listed)):
+        raise RunError(f"{folder / name} is not listed in {manifest}; it was added or renamed after training: {fix}.")
+    for name, expected in sorted(listed.items()):
+        path = folder / name
+        if not path.is_file():
+            raise RunError(f"{path} is missing (listed in {manifest}); {fix}.")
+        if sha256_file(path) != expected:
+            raise RunError(
+                f"{path} does not match its checksum in {manifest}: the file was changed or damaged after "
+                f"training; {fix}."
+            )
+
+
+def check_finite_tensors(tensors: Mapping[str, Any], where: Path | str) -> None:
+    """Refuse NaN or infinite values in floating-point tensors (weights, optimizer state).
+
+    Raises:
+        RunError: naming the first tensor with a non-finite value.
+    """
+    import torch
+
+    for name, tensor in tensors.items():
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            raise RunError(
+                f"{where} holds NaN or infinite values (in {name}); the weights are damaged: restore the run folder "
+                "from a backup or train again."
+            )
+
+
+def check_finite_model(model: Any, where: Path | str) -> None:
+    """`check_finite_tensors` over a model's parameters (not its buffers: some models keep -inf attention masks)."""
+    check_finite_tensors(dict(model.named_parameters()), where)
+
+
+def check_finite_logits(logits: Any) -> None:
+    """Refuse scores with NaN or infinite values rather than turn them into labels.
+
+    Raises:
+        RunError: with how many texts got such scores.
+    """
+    import torch
+
+    logits = torch.as_tensor(logits)
+    bad = ~torch.isfinite(logits).all(dim=-1) if logits.ndim > 1 else ~torch.isfinite(logits)
+    if bool(bad.any()):
+        raise RunError(
+            f"The model gave NaN or infinite scores for {int(bad.sum())} of {len(bad)} texts, so its labels would "
+            "be meaningless; its weights are damaged or training diverged (lower train.learning_rate, or use "
+            "--precision fp32)."
+        )
