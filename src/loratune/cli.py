@@ -129,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.methods)
     cfg = _config_from_args(args)
-    print(compare(cfg, methods, args.compare_dir))
+    print(compare(cfg, methods, args.compare_dir, seeds=args.seeds))
     return 0
 
 
@@ -213,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default="base,head,lora,full", help="Comma-separated: base, head, lora, full, dora, ia3."
     )
     compare.add_argument("--output-dir", dest="compare_dir", required=True, help="Folder for all runs.")
+    compare.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="Runs per method (seeds train.seed, train.seed + 1, ...); the table shows mean ± std and a paired "
+        "significance test of LoRA against each other method.",
+    )
     _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
     compare.set_defaults(func=cmd_compare)
 
