@@ -69,7 +69,7 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
                     [_clip(r.text), str(r.label), str(r.pred_before), str(r.pred_after), percent(r.prob_after)]
                     for r in rows.itertuples()
                 ],
-                align="lllll" + "r",
+                align="llllr",
             ),
         ]
     pairs = confused_pairs(table, EXAMPLES)
