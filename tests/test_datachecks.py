@@ -18,6 +18,10 @@ def rows(prefix: str, n: int) -> list[dict[str, str]]:
     return [{"text": f"{prefix} sentence number {i} is here", "label": ["neg", "pos"][i % 2]} for i in range(n)]
 
 
+def as_dict(splits) -> dict:
+    return {"train": splits.train, "validation": splits.validation, "test": splits.test}
+
+
 @pytest.fixture
 def planted(tmp_path):
     """Unique texts, plus: 2 train texts repeated in test (one exactly, one in other case and spacing), 1 in
@@ -41,7 +45,7 @@ def planted(tmp_path):
 
 def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
     splits = load_splits(DataArgs(path=str(planted)))
-    checks = compute_data_checks(splits, splits.dropped)
+    checks = compute_data_checks(as_dict(splits), splits.dropped, splits.labels)
 
     assert checks["shared"]["train/test"]["texts"] == 1
     assert checks["shared"]["train/test"]["texts_normalised"] == 2
@@ -62,7 +66,9 @@ def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
 
 def test_truncation_past_one_percent_warns_and_strict_mode_refuses(planted):
     splits = load_splits(DataArgs(path=str(planted)))
-    checks = add_truncation(compute_data_checks(splits), {"train": 10, "validation": 0, "test": 0}, 16)
+    checks = add_truncation(
+        compute_data_checks(as_dict(splits), label_names=splits.labels), {"train": 10, "validation": 0, "test": 0}, 16
+    )
     assert checks["splits"]["train"]["truncated"] == 10
     assert any("longer than 16 tokens" in w for w in checks["warnings"])
     with pytest.raises(DataError, match="strict-data.*appear in both"):

@@ -133,6 +133,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from loratune.data import load_texts
+    from loratune.datachecks import SPLITS, check_strict, compute_data_checks, format_block
+
+    cfg = _config_from_args(args)
+    splits, dropped = load_texts(cfg.data)
+    checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, dropped)
+    print(format_block(checks))
+    if args.output:
+        artifacts.write_json(Path(args.output), checks)
+    if cfg.data.strict:
+        check_strict(checks, args.output or "the checks above")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from loratune.report import write_report
 
@@ -222,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
     compare.set_defaults(func=cmd_compare)
+
+    check = sub.add_parser(
+        "check-data", help="Check a dataset's files (duplicates, shared texts, conflicting labels) without a model."
+    )
+    check.add_argument("--output", help="Write the checks as JSON here.")
+    _add_config_flags(check)
+    check.set_defaults(func=cmd_check_data)
 
     export = sub.add_parser("export", help="Write a run as a plain transformers model (LoRA merged) or its adapter.")
     export.add_argument("run", help="Run folder.")

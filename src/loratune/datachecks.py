@@ -33,30 +33,36 @@ def _keys(ds: Any) -> list[str]:
     return list(texts)
 
 
-def _conflicts(keys: list[str], labels: list[int]) -> dict[str, set[int]]:
-    seen: dict[str, set[int]] = defaultdict(set)
+def _conflicts(keys: list[str], labels: list[str]) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = defaultdict(set)
     for key, label in zip(keys, labels, strict=True):
         seen[key].add(label)
     return {key: found for key, found in seen.items() if len(found) > 1}
 
 
-def compute_data_checks(splits: Any, dropped: dict[str, int] | None = None) -> dict[str, Any]:
-    """Check the train, validation and test splits of a `data.Splits`.
+def compute_data_checks(
+    splits: dict[str, Any], dropped: dict[str, int] | None = None, label_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Check the splits of a dataset.
 
     Args:
-        splits: the loaded splits (columns text, optional text_pair, label ids; `splits.labels` names them).
+        splits: split name -> `datasets.Dataset` with columns text, optional text_pair, and label (ids named by
+            `label_names`, or label values as read when it is None).
         dropped: rows each split lost on loading for an empty text or a missing label.
+        label_names: the names of label ids.
 
     Returns:
         JSON-ready dict: `splits` (per split: rows, duplicate texts, conflicting texts, short texts, dropped rows),
         `shared` (per pair of splits: texts in both, exact and normalised, with examples), `conflict_examples`,
         `label_counts` and `imbalance_ratio` of train, and `warnings` (one line each).
     """
-    names = splits.labels
-    keys = {s: _keys(getattr(splits, s)) for s in SPLITS}
-    labels = {s: list(getattr(splits, s)["label"]) for s in SPLITS}
+    keys = {s: _keys(ds) for s, ds in splits.items()}
+    labels = {
+        s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]
+        for s, ds in splits.items()
+    }
     per_split, conflict_examples = {}, []
-    for split in SPLITS:
+    for split in splits:
         exact, normal = keys[split], [normalise(k) for k in keys[split]]
         conflicts = _conflicts(exact, labels[split])
         per_split[split] = {
@@ -69,17 +75,16 @@ def compute_data_checks(splits: Any, dropped: dict[str, int] | None = None) -> d
             "dropped_rows": (dropped or {}).get(split, 0),
         }
         conflict_examples += [
-            {"split": split, "text": key, "labels": [names[i] for i in sorted(found)]}
-            for key, found in list(conflicts.items())[:EXAMPLES]
+            {"split": split, "text": key, "labels": sorted(found)} for key, found in list(conflicts.items())[:EXAMPLES]
         ]
     shared = {}
-    for a, b in combinations(SPLITS, 2):
+    for a, b in combinations([s for s in SPLITS if s in splits], 2):
         both = set(keys[a]) & set(keys[b])
         both_normal = {normalise(k) for k in keys[a]} & {normalise(k) for k in keys[b]}
         shared[f"{a}/{b}"] = {"texts": len(both), "texts_normalised": len(both_normal), "examples": sorted(both)[:3]}
-    counts = {name: 0 for name in names}
+    counts = {name: 0 for name in label_names or sorted(set(labels["train"]))}
     for label in labels["train"]:
-        counts[names[label]] += 1
+        counts[label] += 1
     smallest = min(counts.values())
     checks = {
         "splits": per_split,
@@ -95,7 +100,8 @@ def compute_data_checks(splits: Any, dropped: dict[str, int] | None = None) -> d
 def add_truncation(checks: dict[str, Any], truncated: dict[str, int], max_length: int) -> dict[str, Any]:
     """The checks with each split's count of texts cut to `max_length` tokens (known once tokenised)."""
     for split, n in truncated.items():
-        checks["splits"][split]["truncated"] = n
+        if split in checks["splits"]:
+            checks["splits"][split]["truncated"] = n
     checks["max_length"] = max_length
     checks["warnings"] = _warnings(checks)
     return checks
@@ -135,7 +141,7 @@ def format_block(checks: dict[str, Any]) -> str:
     imbalance = "∞" if ratio is None else f"{ratio:.1f}"
     counts = (
         f"data checks: {rows} rows; duplicates {duplicates}; "
-        f"shared train/test {checks['shared']['train/test']['texts']:,}; "
+        f"shared train/test {checks['shared'].get('train/test', {}).get('texts', 0):,}; "
         f"conflicting train {s['train']['conflicting_texts']:,}; imbalance {imbalance}"
     )
     return "\n".join([counts, *[f"  warning: {w}" for w in checks["warnings"]]])

@@ -129,7 +129,8 @@ def run(cfg: Config, resume: bool = False) -> Run:
 
 def _check_data(cfg: Config, splits: Splits) -> dict[str, Any]:
     """The data checks that need no tokenizer; under --strict-data a warning stops the run before the model loads."""
-    checks = datachecks.compute_data_checks(splits, splits.dropped)
+    named = {name: getattr(splits, name) for name in datachecks.SPLITS}
+    checks = datachecks.compute_data_checks(named, splits.dropped, splits.labels)
     if cfg.data.strict:
         datachecks.check_strict(checks, "the data checks")
     return checks
