@@ -59,7 +59,7 @@ def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
     assert train["short_texts"] == 2  # "ok" and "also shared": at most two words
     assert train["dropped_rows"] == 1
     assert checks["splits"]["test"]["conflicting_texts"] == 0
-    assert checks["label_counts"] == {"neg": 24, "pos": 23}
+    assert checks["label_counts"] == {"neg": 23, "pos": 24}
     assert checks["imbalance_ratio"] == pytest.approx(24 / 23)
     assert len(checks["warnings"]) == 4  # shared train/validation, shared train/test, the conflict, the drop
 

@@ -1,6 +1,6 @@
 """The report's example-level sections: what changed, confidence, significance and the data checks.
 
-Built from the run folder's files alone (the predictions table, the calibration file, data_checks.json and the
+Built from the run folder's files alone (the predictions table, the calibration file, the data checks and the
 summary), as blocks for `loratune.render`; `loratune.report` places them. A folder written before these files
 existed shows a one-line note instead of each section.
 """
@@ -158,7 +158,7 @@ def _p(value: float | None) -> str:
 
 
 def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
-    """data_checks.json as a table per split, the texts shared across splits, and the warnings."""
+    """The data checks file as a table per split, the texts shared across splits, and the warnings."""
     if checks is None:
         return [_missing(artifacts.DATA_CHECKS_FILE)]
     splits = checks.get("splits", {})
