@@ -291,3 +291,23 @@ def test_the_docs_list_every_metrics_key_of_the_schema():
     section = doc[doc.index("## metrics.json") :]
     documented = re.findall(r"^\| `(\w+)` \|", section.split("\n## ")[0], flags=re.MULTILINE)
     assert documented == [f.name for f in dataclasses.fields(RunSummary)]
+
+
+def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_run):
+    from loratune import artifacts
+
+    s, table = bert_run.summary, artifacts.load_predictions(bert_run.run_dir)
+    assert len(table) == s.after.num_samples == s.data.test_size
+    c = s.changes
+    assert c.fixed + c.broken + c.still_wrong + c.still_right == len(table)
+    assert (c.still_right + c.broken) / len(table) == pytest.approx(s.before.accuracy)
+    assert (c.still_right + c.fixed) / len(table) == pytest.approx(s.after.accuracy)
+    assert (table["pred_after"] == table["label"]).mean() == pytest.approx(s.after.accuracy)
+    assert s.calibration.temperature == artifacts.load_temperature(bert_run.run_dir) > 0
+    sig = s.significance
+    assert sig.accuracy_after[0] <= s.after.accuracy <= sig.accuracy_after[1]
+    assert 0 <= sig.mcnemar_p <= 1
+    report = (bert_run.run_dir / "report.md").read_text()
+    for heading in ("## What changed", "## Confidence", "## Significance", "## Data checks"):
+        assert heading in report
+    assert f"fixed {c.fixed:,} (wrong before" in report
