@@ -16,7 +16,7 @@ import torch
 from conftest import make_rows, tiny_config, write_csv
 
 import loratune
-from loratune import ModelError, RunError
+from loratune import ModelError, RunError, artifacts
 from loratune.artifacts import HISTORY_COLUMNS, load_model
 from loratune.recipe import load_run, run
 from loratune.schema import RunSummary
@@ -134,8 +134,9 @@ def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
     _, result = arch_run
     model, tokenizer, labels, _ = load_model(result.run_dir)
     texts = ["great movie", "the plot was awful", "a very very really great scene"]
+    temperature = artifacts.load_temperature(result.run_dir)  # predict gives the calibrated probabilities
     with torch.no_grad():
-        expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits, -1)
+        expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits / temperature, -1)
     predicted = loratune.Predictor.from_run(result.run_dir, device="cpu", precision="fp32").predict_proba(texts)
     torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
 
