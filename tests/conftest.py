@@ -490,3 +490,74 @@ def write_fake_run(
 ) -> Path:
     """`save_run_folder` of a `fake_summary`; keyword arguments go to `fake_summary`."""
     return save_run_folder(run_dir, fake_summary(labels, epochs, **kwargs), config)
+
+
+def write_fake_findings(run_dir: Path, labels: list[str], accuracy: float, seed: int = 0, n: int = 120) -> Path:
+    """Add what a real run writes beside its summary: the predictions table, the calibration file, data checks,
+    and the changes / calibration / significance of metrics.json, all computed from synthetic logits whose
+    after-accuracy is about `accuracy`. The test texts and gold labels depend only on `n`, so several fake runs
+    pair up example by example, as runs of one task do."""
+    import dataclasses
+
+    import numpy as np
+
+    from loratune import artifacts
+    from loratune.findings import compute_findings
+
+    gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
+    y_true = gold_rng.integers(0, len(labels), n)
+    texts = [f"test sentence {i} | with *markdown* <b>and html</b>" for i in range(n)]
+
+    def logits(acc: float, size: int, truth: np.ndarray) -> np.ndarray:
+        out = rng.normal(0, 1, (size, len(labels)))
+        right = rng.random(size) < acc
+        out[np.arange(size), np.where(right, truth, (truth + 1) % len(labels))] += 4.0  # over-confident
+        return out
+
+    val_true = gold_rng.integers(0, len(labels), n)
+    found = compute_findings(
+        texts,
+        None,
+        y_true,
+        logits(0.5, n, y_true),
+        logits(accuracy, n, y_true),
+        logits(accuracy, n, val_true),
+        val_true,
+        labels,
+        seed=seed,
+    )
+    summary = artifacts.load_summary(run_dir)
+    summary = dataclasses.replace(
+        summary, changes=found.changes, calibration=found.calibration, significance=found.significance
+    )
+    artifacts.save_summary(run_dir, summary)
+    artifacts.save_predictions(run_dir, found.table)
+    artifacts.save_calibration(run_dir, found.reliability)
+    artifacts.save_data_checks(run_dir, FAKE_DATA_CHECKS)
+    return run_dir
+
+
+FAKE_DATA_CHECKS = {
+    "splits": {
+        split: {
+            "rows": rows,
+            "duplicate_texts": 2,
+            "duplicate_texts_normalised": 3,
+            "conflicting_texts": 1,
+            "conflicting_texts_normalised": 1,
+            "short_texts": 4,
+            "dropped_rows": 0,
+            "truncated": 1,
+        }
+        for split, rows in (("train", 4000), ("validation", 800), ("test", 600))
+    },
+    "shared": {
+        pair: {"texts": 1, "texts_normalised": 2, "examples": ["a film | that *both* splits hold"]}
+        for pair in ("train/validation", "train/test", "validation/test")
+    },
+    "conflict_examples": [{"split": "train", "text": "so-so", "labels": ["negative", "positive"]}],
+    "label_counts": {"negative": 1900, "positive": 2100},
+    "imbalance_ratio": 2100 / 1900,
+    "max_length": 128,
+    "warnings": ["1 texts appear in both train and test (2 after normalising case and spaces)"],
+}

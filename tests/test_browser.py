@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PNG_MAGIC, SIX, write_fake_run
+from conftest import FAKE_CONFIG, PNG_MAGIC, SIX, write_fake_findings, write_fake_run
 
 from loratune.compare import write_comparison
 from loratune.report import write_report
@@ -147,12 +147,16 @@ def browser(tmp_path_factory):
 
 @pytest.fixture
 def pages(tmp_path) -> dict[str, Path]:
-    runs = {
-        "base": write_fake_run(tmp_path / "runs" / "base", SIX, epochs=0, method="base", after_acc=0.5),
-        "head": write_fake_run(tmp_path / "runs" / "head", SIX, epochs=2, method="head", after_acc=0.71),
-        "lora": write_fake_run(tmp_path / "runs" / "lora", SIX, epochs=3, method="lora", after_acc=0.86),
-    }
-    return {"report": write_report(runs["lora"]), "comparison": write_comparison(tmp_path / "compare", runs)}
+    """A run report with every section, and a comparison of three methods over two seeds each."""
+    settings = {"base": (0, 0.5), "head": (2, 0.71), "lora": (3, 0.86)}
+    runs = {}
+    for method, (epochs, accuracy) in settings.items():
+        for seed in (1, 2):
+            folder = tmp_path / "runs" / method / f"seed-{seed}"
+            config = FAKE_CONFIG + f"train:\n  seed: {seed}\n"
+            write_fake_run(folder, SIX, epochs=epochs, config=config, method=method, after_acc=accuracy)
+            runs.setdefault(method, []).append(write_fake_findings(folder, SIX, accuracy, seed=seed))
+    return {"report": write_report(runs["lora"][0]), "comparison": write_comparison(tmp_path / "compare", runs)}
 
 
 def keep_screenshot(shot: Path) -> None:
@@ -163,7 +167,10 @@ def keep_screenshot(shot: Path) -> None:
         shutil.copy(shot, Path(keep) / shot.name)
 
 
-@pytest.mark.parametrize(("page", "images", "tables"), [("report", 4, 6), ("comparison", 2, 1)])
+# report: 4 plots and the reliability diagram; tables: results, significance, changes (counts, fixed, broken, still
+# wrong, confused pairs), training, data (2), data checks (per split, shared, conflicts), per class, history.
+# comparison: 2 plots; tables: results and the significance of LoRA against each other method.
+@pytest.mark.parametrize(("page", "images", "tables"), [("report", 5, 15), ("comparison", 2, 2)])
 @pytest.mark.parametrize("device", ["phone", "desktop"])
 def test_page_renders_every_image_and_table_and_fits_the_screen(
     browser, pages, tmp_path, page, images, tables, device

@@ -66,3 +66,32 @@ def test_unknown_method_exits_2_with_one_line(tmp_path, data_dir, capsys):
     assert main(["compare", "--data", str(data_dir), "--methods", "lora,magic", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "magic" in err and len(err.splitlines()) == 1
+
+
+def test_seeds_give_mean_and_std_and_a_paired_verdict_against_lora(tmp_path):
+    from conftest import FAKE_CONFIG, write_fake_findings, write_fake_run
+
+    from loratune.compare import write_comparison
+
+    labels = ["negative", "positive"]
+    runs = {}
+    for method, accuracy in (("lora", 0.95), ("head", 0.55), ("full", 0.95)):
+        for seed in (1, 2, 3):
+            folder = tmp_path / method / f"seed-{seed}"
+            write_fake_run(folder, labels, config=FAKE_CONFIG + f"train:\n  seed: {seed}\n", after_acc=accuracy)
+            runs.setdefault(method, []).append(write_fake_findings(folder, labels, accuracy, seed=seed, n=400))
+    write_comparison(tmp_path / "cmp", runs)
+
+    rows = {row["method"]: row for row in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
+    scores = [json.loads((tmp_path / "lora" / f"seed-{s}" / "metrics.json").read_text())["after"] for s in (1, 2, 3)]
+    accuracies = [score["accuracy"] for score in scores]
+    assert rows["lora"]["accuracy"] == pytest.approx(sum(accuracies) / 3)
+    assert rows["lora"]["accuracy_std"] > 0 and rows["lora"]["seeds"] == [1, 2, 3]
+    assert "vs_lora" not in rows["lora"]
+    assert rows["head"]["vs_lora"]["significant"] is True and len(rows["head"]["vs_lora"]["p_values"]) == 3
+    assert rows["full"]["vs_lora"]["significant"] is False  # same accuracy: seed noise, not a difference
+    table = markdown_table((tmp_path / "cmp" / "comparison.md").read_text(), first_header="method")
+    assert table[0]["accuracy"] == f"{100 * rows['lora']['accuracy']:.1f}% ± {100 * rows['lora']['accuracy_std']:.1f}"
+    page = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| head |" in page.split("Is the difference from LoRA real?")[1]
+    assert "not significant" in page and "| significant |" in page

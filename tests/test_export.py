@@ -37,11 +37,12 @@ def adapter_probabilities(folder: Path, base: str, texts: list[str]) -> torch.Te
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(model, folder).eval()
+    temperature = json.loads((folder / "calibration.json").read_text())["temperature"]  # as the README says
     with torch.inference_mode():
         probs = []
         for text in texts:  # one at a time: no padding, as the pipeline does
             batch = tokenizer(text, truncation=True, return_tensors="pt")
-            probs.append(torch.softmax(model(**batch).logits.float(), dim=-1)[0])
+            probs.append(torch.softmax(model(**batch).logits.float() / temperature, dim=-1)[0])
     return torch.stack(probs)
 
 
@@ -75,6 +76,25 @@ def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     got = adapter_probabilities(out, base, TEXTS)
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
     assert json.loads((out / "labels.json").read_text()) == predictor.labels
+
+
+@pytest.mark.parametrize("lora_run", ["bert", "gpt2"], indirect=True)
+def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_carries_it(lora_run, tmp_path):
+    import shutil
+
+    from loratune import artifacts
+
+    run = shutil.copytree(lora_run, tmp_path / "run")
+    artifacts.save_calibration(run, {"temperature": 1.0})
+    plain = Predictor.from_run(run, device="cpu", precision="fp32")
+    artifacts.save_calibration(run, {"temperature": 2.5})
+    scaled = Predictor.from_run(run, device="cpu", precision="fp32")
+    assert scaled.temperature == 2.5
+    before, after = plain.predict_proba(TEXTS), scaled.predict_proba(TEXTS)
+    assert (before.argmax(-1) == after.argmax(-1)).all()  # T > 0 never changes a label
+    assert (after.max(-1).values < before.max(-1).values).all()  # T > 1 softens every top probability
+    got = pipeline_probabilities(export_run(run, tmp_path / "merged"), scaled.labels, TEXTS)
+    torch.testing.assert_close(got, after, atol=1e-4, rtol=0)
 
 
 def test_training_moved_the_model_so_the_comparison_means_something(trained_run, tiny_models, data_dir):

@@ -42,7 +42,9 @@ def test_predictions_keep_the_input_order(predictor):
 
 
 def test_batch_size_does_not_change_predictions(predictor):
-    small = Predictor(predictor.model, predictor.tokenizer, predictor.labels, predictor.max_length, batch_size=1)
+    small = Predictor(
+        predictor.model, predictor.tokenizer, predictor.labels, predictor.max_length, 1, predictor.temperature
+    )
     torch.testing.assert_close(small.predict_proba(TEXTS), predictor.predict_proba(TEXTS), atol=1e-5, rtol=1e-4)
 
 

@@ -16,7 +16,7 @@ import torch
 from conftest import make_rows, tiny_config, write_csv
 
 import loratune
-from loratune import ModelError, RunError
+from loratune import ModelError, RunError, artifacts
 from loratune.artifacts import HISTORY_COLUMNS, load_model
 from loratune.recipe import load_run, run
 from loratune.schema import RunSummary
@@ -134,8 +134,9 @@ def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
     _, result = arch_run
     model, tokenizer, labels, _ = load_model(result.run_dir)
     texts = ["great movie", "the plot was awful", "a very very really great scene"]
+    temperature = artifacts.load_temperature(result.run_dir)  # predict gives the calibrated probabilities
     with torch.no_grad():
-        expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits, -1)
+        expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits / temperature, -1)
     predicted = loratune.Predictor.from_run(result.run_dir, device="cpu", precision="fp32").predict_proba(texts)
     torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
 
@@ -278,7 +279,10 @@ def test_predict_on_a_run_whose_labels_json_is_not_json_prints_one_line_and_exit
 def test_only_artifacts_names_the_run_folder_files():
     """The layout has one owner: other modules name its files through the artifacts constants."""
     src = Path(loratune.__file__).parent
-    pattern = re.compile(r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json")
+    pattern = re.compile(
+        r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json|predictions\.parquet|calibration\.json"
+        r"|data_checks\.json"
+    )
     offenders = [p.name for p in src.glob("*.py") if p.name != "artifacts.py" and pattern.search(p.read_text())]
     assert offenders == []
 
@@ -288,3 +292,23 @@ def test_the_docs_list_every_metrics_key_of_the_schema():
     section = doc[doc.index("## metrics.json") :]
     documented = re.findall(r"^\| `(\w+)` \|", section.split("\n## ")[0], flags=re.MULTILINE)
     assert documented == [f.name for f in dataclasses.fields(RunSummary)]
+
+
+def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_run):
+    from loratune import artifacts
+
+    s, table = bert_run.summary, artifacts.load_predictions(bert_run.run_dir)
+    assert len(table) == s.after.num_samples == s.data.test_size
+    c = s.changes
+    assert c.fixed + c.broken + c.still_wrong + c.still_right == len(table)
+    assert (c.still_right + c.broken) / len(table) == pytest.approx(s.before.accuracy)
+    assert (c.still_right + c.fixed) / len(table) == pytest.approx(s.after.accuracy)
+    assert (table["pred_after"] == table["label"]).mean() == pytest.approx(s.after.accuracy)
+    assert s.calibration.temperature == artifacts.load_temperature(bert_run.run_dir) > 0
+    sig = s.significance
+    assert sig.accuracy_after[0] <= s.after.accuracy <= sig.accuracy_after[1]
+    assert 0 <= sig.mcnemar_p <= 1
+    report = (bert_run.run_dir / "report.md").read_text()
+    for heading in ("## What changed", "## Confidence", "## Significance", "## Data checks"):
+        assert heading in report
+    assert f"fixed {c.fixed:,} (wrong before" in report

@@ -348,7 +348,7 @@ def test_write_comparison_writes_one_row_per_method(tmp_path, comparison_runs):
     assert [r["method"] for r in rows] == ["base", "head", "lora"]
     keys = "method accuracy precision recall f1 train_seconds seconds_per_epoch trainable_params trainable_percent"
     keys += " total_params peak_memory_mb artifact_size_bytes best_epoch run_dir"
-    assert list(rows[0]) == keys.split()
+    assert list(rows[0]) == [*keys.split(), "vs_lora"]  # every method but LoRA is tested against it
     base, head, lora = rows
     assert base["train_seconds"] == 0 and base["seconds_per_epoch"] is None and base["trainable_percent"] == 0
     assert head["seconds_per_epoch"] == pytest.approx(11.5)

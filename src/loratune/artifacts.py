@@ -42,6 +42,10 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 CHECKSUMS_FILE = "checksums.json"  # in adapter/, model/, checkpoint/, and in the run folder for head.safetensors
+PREDICTIONS_FILE = "predictions.parquet"  # the eval split, example by example, before and after (docs/run-folder.md)
+CALIBRATION_FILE = "calibration.json"  # the fitted temperature that `predict` and the export apply
+DATA_CHECKS_FILE = "data_checks.json"
+BEFORE_LOGITS_FILE = "before_logits.npy"  # only while unfinished, beside BEFORE_FILE, for the predictions file
 HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
@@ -164,6 +168,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     # A fresh run must not pick up the checkpoint of an earlier, unfinished one (that is what --resume is for).
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     (run_dir / BEFORE_FILE).unlink(missing_ok=True)
+    (run_dir / BEFORE_LOGITS_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -188,6 +193,7 @@ def mark_complete(run_dir: Path) -> None:
     write_text(run_dir / COMPLETE, "")
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     (run_dir / BEFORE_FILE).unlink(missing_ok=True)
+    (run_dir / BEFORE_LOGITS_FILE).unlink(missing_ok=True)
 
 
 def check_run(run_dir: str | Path) -> Path:
@@ -259,14 +265,82 @@ def load_summary(run_dir: str | Path) -> RunSummary:
     return _read_record(Path(run_dir) / METRICS_FILE, RunSummary)
 
 
-def save_before(run_dir: Path, before: Metrics) -> None:
+def save_before(run_dir: Path, before: Metrics, logits: Any) -> None:
+    """The "before" scores and logits (a float numpy array, eval split order), logits first: the scores mark them
+    as written."""
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{BEFORE_LOGITS_FILE}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        np.save(handle, np.asarray(logits, dtype=np.float32), allow_pickle=False)
+    os.replace(tmp, run_dir / BEFORE_LOGITS_FILE)
     write_json(run_dir / BEFORE_FILE, to_dict(before))
 
 
-def load_before(run_dir: Path) -> Metrics | None:
-    """The "before" scores of an unfinished run, or None when it never got that far."""
-    path = run_dir / BEFORE_FILE
-    return _read_record(path, Metrics) if path.is_file() else None
+def load_before(run_dir: Path) -> tuple[Metrics, Any] | None:
+    """The "before" scores and logits of an unfinished run, or None when it never got that far."""
+    import numpy as np
+
+    path, logits = run_dir / BEFORE_FILE, run_dir / BEFORE_LOGITS_FILE
+    if not (path.is_file() and logits.is_file()):
+        return None
+    try:
+        return _read_record(path, Metrics), np.load(logits, allow_pickle=False)
+    except ValueError as error:
+        raise RunError(f"{logits} is damaged ({first_line(error)}); start the run again.") from None
+
+
+def save_predictions(run_dir: Path, table: Any) -> None:
+    """The predictions table (a pandas DataFrame) as Parquet, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{PREDICTIONS_FILE}.", suffix=".tmp")
+    os.close(fd)
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, run_dir / PREDICTIONS_FILE)
+
+
+def load_predictions(run_dir: str | Path) -> Any:
+    """The predictions table as a pandas DataFrame, or None for a run folder written before it existed."""
+    import pandas as pd
+
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a truncated or foreign file
+        raise RunError(f"{path} is damaged ({first_line(error)}); rerun training or restore the file.") from None
+
+
+def save_calibration(run_dir: Path, calibration: dict[str, Any]) -> None:
+    write_json(run_dir / CALIBRATION_FILE, calibration)
+
+
+def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
+    """calibration.json, or None for a run folder written before runs fitted a temperature."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    temperature = data.get("temperature") if isinstance(data, dict) else None
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise RunError(f"{path} needs a positive 'temperature', got {str(temperature)[:40]}; restore or delete it.")
+    return data
+
+
+def load_temperature(run_dir: str | Path) -> float:
+    """The run's fitted temperature; 1.0 (no change) for a run folder without one."""
+    calibration = load_calibration(run_dir)
+    return float(calibration["temperature"]) if calibration else 1.0
+
+
+def save_data_checks(run_dir: Path, checks: dict[str, Any]) -> None:
+    write_json(run_dir / DATA_CHECKS_FILE, checks)
+
+
+def load_data_checks(run_dir: str | Path) -> dict[str, Any] | None:
+    """data_checks.json, or None for a run folder written before runs checked their data."""
+    path = Path(run_dir) / DATA_CHECKS_FILE
+    return read_json(path) if path.is_file() else None
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -150,7 +150,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.methods)
     cfg = _config_from_args(args)
-    print(compare(cfg, methods, args.compare_dir))
+    print(compare(cfg, methods, args.compare_dir, seeds=args.seeds))
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from loratune.data import load_texts
+    from loratune.datachecks import SPLITS, check_strict, compute_data_checks, format_block
+
+    cfg = _config_from_args(args)
+    splits, dropped = load_texts(cfg.data)
+    checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, dropped)
+    print(format_block(checks))
+    if args.output:
+        artifacts.write_json(Path(args.output), checks)
+    if cfg.data.strict:
+        check_strict(checks, args.output or "the checks above")
     return 0
 
 
@@ -234,8 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default="base,head,lora,full", help="Comma-separated: base, head, lora, full, dora, ia3."
     )
     compare.add_argument("--output-dir", dest="compare_dir", required=True, help="Folder for all runs.")
+    compare.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="Runs per method (seeds train.seed, train.seed + 1, ...); the table shows mean ± std and a paired "
+        "significance test of LoRA against each other method.",
+    )
     _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
     compare.set_defaults(func=cmd_compare)
+
+    check = sub.add_parser(
+        "check-data", help="Check a dataset's files (duplicates, shared texts, conflicting labels) without a model."
+    )
+    check.add_argument("--output", help="Write the checks as JSON here.")
+    _add_config_flags(check)
+    check.set_defaults(func=cmd_check_data)
 
     export = sub.add_parser("export", help="Write a run as a plain transformers model (LoRA merged) or its adapter.")
     export.add_argument("run", help="Run folder.")

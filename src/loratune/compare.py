@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loratune import artifacts, plots
+import numpy as np
+
+from loratune import artifacts, plots, stats
 from loratune.config import METHODS, Config
 from loratune.errors import ConfigError
-from loratune.formatting import METRICS, count, finite, megabytes, percent, seconds, share, size
+from loratune.formatting import METRICS, change, count, finite, megabytes, percent, seconds, share, size
 from loratune.render import Block, Figure, Figures, Heading, Table, Text, render_html, render_markdown
 from loratune.report import RunFolder, read_run_folder
 
@@ -42,8 +44,11 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def compare(cfg: Config, methods: list[str], output_dir: str | Path) -> Path:
+def compare(cfg: Config, methods: list[str], output_dir: str | Path, seeds: int = 1) -> Path:
     """Train each method into `output_dir/<method>` and write comparison.json / .md / .html there.
+
+    With `seeds` > 1, each method runs once per seed (train.seed, train.seed + 1, ...) into
+    `output_dir/<method>/seed-<seed>`, and the table shows the mean ± standard deviation over the seeds.
 
     Returns:
         The path of comparison.html.
@@ -51,21 +56,25 @@ def compare(cfg: Config, methods: list[str], output_dir: str | Path) -> Path:
     Raises:
         RuntimeError: when every method failed (a failed method alone is shown as failed in the table).
     """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be a positive number of runs per method, got {seeds}.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs, failed = {}, []
+    runs: dict[str, list[Path]] = {}
+    failed = []
     for method in methods:
-        run_dir = output_dir / method
-        method_cfg = dataclasses.replace(
-            cfg,
-            lora=dataclasses.replace(cfg.lora, method=METHOD_ALIASES.get(method, method)),
-            train=dataclasses.replace(cfg.train, output_dir=str(run_dir), overwrite=True),
-        )
-        print(f"[compare] {method}: training into {run_dir}", file=sys.stderr, flush=True)
-        if _train_in_child(method_cfg):
-            runs[method] = run_dir
-        else:
-            failed.append(method)
+        for seed in range(cfg.train.seed, cfg.train.seed + seeds):
+            run_dir = output_dir / method if seeds == 1 else output_dir / method / f"seed-{seed}"
+            method_cfg = dataclasses.replace(
+                cfg,
+                lora=dataclasses.replace(cfg.lora, method=METHOD_ALIASES.get(method, method)),
+                train=dataclasses.replace(cfg.train, output_dir=str(run_dir), overwrite=True, seed=seed),
+            )
+            print(f"[compare] {method}, seed {seed}: training into {run_dir}", file=sys.stderr, flush=True)
+            if _train_in_child(method_cfg):
+                runs.setdefault(method, []).append(run_dir)
+            else:
+                failed.append(f"{method} (seed {seed})")
     if not runs:
         raise RuntimeError(f"Every method failed ({', '.join(failed)}); see the errors above.")
     if failed:
@@ -82,17 +91,20 @@ def _train_in_child(cfg: Config) -> bool:
         Path(handle.name).unlink(missing_ok=True)
 
 
-def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Path:
+def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[str | Path]]) -> Path:
     """Compare several runs of the same task, one row per method.
 
     Writes `comparison.json` (a list of rows with the keys method, accuracy, precision, recall, f1, train_seconds,
     seconds_per_epoch, trainable_params, trainable_percent, total_params, peak_memory_mb, artifact_size_bytes,
-    best_epoch and run_dir), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
+    best_epoch and run_dir; with several seeds the scores and costs are means, and seeds, run_dirs and
+    accuracy_std, precision_std, recall_std, f1_std are added; every method but LoRA has vs_lora, its paired test
+    against LoRA), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
     self-contained `comparison.html`.
 
     Args:
         output_dir: Folder to write into; created if needed.
-        runs: Method name ("base", "head", "lora", "full", ...) to its run folder, in display order.
+        runs: Method name ("base", "head", "lora", "full", ...) to its run folder, or to one run folder per seed,
+            in display order.
 
     Returns:
         The path of `comparison.html`.
@@ -105,17 +117,29 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
         raise ValueError("write_comparison needs at least one run folder; got none.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    loaded = {method: read_run_folder(Path(path)) for method, path in runs.items()}
-    rows = [_comparison_row(method, run, output_dir) for method, run in loaded.items()]
+    loaded = {
+        method: [read_run_folder(Path(p)) for p in (paths if isinstance(paths, list) else [paths])]
+        for method, paths in runs.items()
+    }
+    rows = [_comparison_row(method, folders, output_dir) for method, folders in loaded.items()]
+    if REFERENCE in loaded:
+        for row in rows:
+            if row["method"] != REFERENCE:
+                row["vs_lora"] = _paired_test(loaded[REFERENCE], loaded[row["method"]])
     artifacts.write_json(output_dir / "comparison.json", rows)
 
-    summaries = {method: run.summary for method, run in loaded.items()}
+    summaries = {method: folders[0].summary for method, folders in loaded.items()}  # curves: the first seed's
     plots.plot_comparison_curves(summaries, output_dir / "comparison_val_accuracy.png")
     plots.plot_accuracy_vs_time(summaries, output_dir / "comparison_accuracy_vs_time.png")
+    first_seed = " (first seed)" if any(len(f) > 1 for f in loaded.values()) else ""
     figures = [
-        Figure("comparison_val_accuracy.png", "Validation accuracy per epoch; epoch 0 is each run's untrained score"),
         Figure(
-            "comparison_accuracy_vs_time.png", "Accuracy after training against training time, one point per method"
+            "comparison_val_accuracy.png",
+            f"Validation accuracy per epoch{first_seed}; epoch 0 is each run's untrained score",
+        ),
+        Figure(
+            "comparison_accuracy_vs_time.png",
+            f"Accuracy after training against training time, one point per method{first_seed}",
         ),
     ]
     title = "Method comparison"
@@ -127,30 +151,98 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
     return html_path
 
 
-def _comparison_row(method: str, run: RunFolder, output_dir: Path) -> dict[str, Any]:
-    s = run.summary
+REFERENCE = "lora"
+ALPHA = 0.05
+
+
+def _seed(run: RunFolder) -> Any:
+    train = run.config.get("train")
+    return train.get("seed") if isinstance(train, dict) else None
+
+
+def _paired_test(reference: list[RunFolder], other: list[RunFolder]) -> dict[str, Any]:
+    """McNemar's exact test of LoRA against another method, once per seed, on the same test examples.
+
+    Per seed rather than pooled: runs with the same seed share the data subsample and the test examples, so each
+    seed is a proper paired comparison; pooling seeds would count each test example several times as if it were
+    independent, and shrink p-values for no reason. The verdict is "significant" only when every seed's test is
+    (the largest p-value below ALPHA): a difference that seed noise can flip is not one to rely on.
+    """
+    by_seed = {_seed(run): run for run in other}
+    p_values, differences = [], []
+    for ref in reference:
+        run = by_seed.get(_seed(ref))
+        a, b = ref.predictions, run.predictions if run is not None else None
+        if (
+            a is None
+            or b is None
+            or len(a) != len(b)
+            or not (a["text"].equals(b["text"]) and a["label"].equals(b["label"]))
+        ):
+            continue  # no predictions file, or not the same examples: nothing to pair
+        _, _, p = stats.mcnemar_exact(a["pred_after"] == a["label"], b["pred_after"] == b["label"])
+        p_values.append(p)
+        differences.append(float((b["pred_after"] == b["label"]).mean() - (a["pred_after"] == a["label"]).mean()))
     return {
-        "method": method,
-        **{key: getattr(s.after, key) for key, _ in METRICS},
-        "train_seconds": s.train_seconds,
-        "seconds_per_epoch": s.seconds_per_epoch,
-        "trainable_params": s.trainable_params,
-        "trainable_percent": 100 * s.trainable_params / s.total_params if s.total_params else None,
-        "total_params": s.total_params,
-        "peak_memory_mb": s.peak_memory_mb,
-        "artifact_size_bytes": s.adapter_size_bytes,
-        "best_epoch": s.best_epoch,
-        "run_dir": Path(os.path.relpath(run.dir.resolve(), output_dir.resolve())).as_posix(),
+        "accuracy_difference": float(np.mean(differences)) if differences else None,  # other - LoRA
+        "p_values": p_values,
+        "significant": bool(max(p_values) < ALPHA) if p_values else None,
     }
 
 
-def _comparison_blocks(runs: dict[str, RunFolder], rows: list[dict[str, Any]], figures: list[Figure]) -> list[Block]:
-    models = {run.model_name for run in runs.values()}
-    datasets = {run.data_name for run in runs.values()} - {None}
+def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path) -> dict[str, Any]:
+    def mean(values: list[Any]) -> Any:
+        numbers = [finite(v) for v in values]
+        if None in numbers:
+            return values[0] if len(values) == 1 else None
+        return values[0] if len(values) == 1 else float(np.mean(numbers))
+
+    def each(get: Any) -> Any:
+        return mean([get(run.summary) for run in runs])
+
+    row = {
+        "method": method,
+        **{key: each(lambda s, k=key: getattr(s.after, k)) for key, _ in METRICS},
+        "train_seconds": each(lambda s: s.train_seconds),
+        "seconds_per_epoch": each(lambda s: s.seconds_per_epoch),
+        "trainable_params": runs[0].summary.trainable_params,
+        "trainable_percent": each(lambda s: 100 * s.trainable_params / s.total_params if s.total_params else None),
+        "total_params": runs[0].summary.total_params,
+        "peak_memory_mb": each(lambda s: s.peak_memory_mb),
+        "artifact_size_bytes": each(lambda s: s.adapter_size_bytes),
+        "best_epoch": runs[0].summary.best_epoch,
+        "run_dir": _relative(runs[0].dir, output_dir),
+    }
+    if len(runs) > 1:
+        row["seeds"] = [_seed(run) for run in runs]
+        row["run_dirs"] = [_relative(run.dir, output_dir) for run in runs]
+        for key, _ in METRICS:
+            row[f"{key}_std"] = float(np.std([getattr(run.summary.after, key) for run in runs], ddof=1))
+    return row
+
+
+def _relative(path: Path, output_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), output_dir.resolve())).as_posix()
+
+
+def _score(row: dict[str, Any], key: str) -> str:
+    """'84.7%', or '84.7% ± 0.4' (the standard deviation in points) over several seeds."""
+    std = row.get(f"{key}_std")
+    return percent(row[key]) + (f" ± {100 * std:.1f}" if finite(std) is not None else "")
+
+
+def _comparison_blocks(
+    runs: dict[str, list[RunFolder]], rows: list[dict[str, Any]], figures: list[Figure]
+) -> list[Block]:
+    every = [run for folders in runs.values() for run in folders]
+    models = {run.model_name for run in every}
+    datasets = {run.data_name for run in every} - {None}
     task = [f"model: {', '.join(sorted(models))}"] + ([f"data: {', '.join(sorted(datasets))}"] if datasets else [])
-    splits = {run.summary.eval_split for run in runs.values()}
+    splits = {run.summary.eval_split for run in every}
+    seeds = max(len(folders) for folders in runs.values())
     scored = [r for r in rows if finite(r["accuracy"]) is not None]
-    blocks: list[Block] = [Text("; ".join(task) + f"; scores on the {', '.join(sorted(splits))} split.")]
+    seed_note = f"; {seeds} seeds per method, scores are mean ± standard deviation (points)" if seeds > 1 else ""
+    blocks: list[Block] = [Text("; ".join(task) + f"; scores on the {', '.join(sorted(splits))} split{seed_note}.")]
     if scored:
         best = max(scored, key=lambda r: r["accuracy"])
         blocks.append(
@@ -158,7 +250,7 @@ def _comparison_blocks(runs: dict[str, RunFolder], rows: list[dict[str, Any]], f
         )
     columns = {
         "method": lambda r: str(r["method"]),
-        **{name.split(" ")[0]: lambda r, k=key: percent(r[k]) for key, name in METRICS},
+        **{name.split(" ")[0]: lambda r, k=key: _score(r, k) for key, name in METRICS},
         "train time": lambda r: seconds(r["train_seconds"]),
         "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),
         "trainable params": lambda r: share(r["trainable_params"], r["total_params"]),
@@ -174,6 +266,43 @@ def _comparison_blocks(runs: dict[str, RunFolder], rows: list[dict[str, Any]], f
         Heading("Results"),
         Table(list(columns), table_rows, align="l" + "r" * 11 + "l"),
         Text("Precision, recall and F1 are macro averages; trainable params show their share of the total.", True),
+        *_significance_blocks(rows),
         Heading("Plots"),
         *[Figures([f]) for f in figures],
+    ]
+
+
+def _significance_blocks(rows: list[dict[str, Any]]) -> list[Block]:
+    tested = [r for r in rows if "vs_lora" in r]
+    if not tested:
+        return []
+
+    def verdict(test: dict[str, Any]) -> str:
+        if test["significant"] is None:
+            return "— (no paired predictions)"
+        return "significant" if test["significant"] else "not significant"
+
+    table_rows = [
+        [
+            str(r["method"]),
+            change(r["vs_lora"]["accuracy_difference"], 0.0),
+            ", ".join(f"{p:.3g}" for p in r["vs_lora"]["p_values"]) or "—",
+            verdict(r["vs_lora"]),
+        ]
+        for r in tested
+    ]
+    return [
+        Heading("Is the difference from LoRA real?"),
+        Table(
+            ["method", "accuracy vs LoRA", "McNemar p (per seed)", "verdict (5%, every seed)"],
+            table_rows,
+            align="lrrl",
+            signed=(1,),
+        ),
+        Text(
+            "McNemar's exact test pairs each method's run with LoRA's run of the same seed on the same test "
+            "examples; a difference counts as significant only when it is so at 5% in every seed, so one that "
+            "seed noise can flip does not.",
+            muted=True,
+        ),
     ]

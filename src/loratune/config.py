@@ -67,6 +67,14 @@ class DataArgs:
         default=None, metadata=_help("Use at most this many validation and test rows each (seeded subsample).")
     )
     max_length: int = field(default=128, metadata=_help("Tokens per text (pair); longer texts are truncated."))
+    strict: bool = field(
+        default=False,
+        metadata=_help(
+            "Stop before training when the data checks warn (texts shared across splits, conflicting labels, "
+            "dropped rows, heavy imbalance or truncation); by default they only warn.",
+            "--strict-data",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("validation_ratio", "test_ratio"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Splits:
     test: Dataset
     labels: list[str]
     has_test: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)  # rows lost on loading: empty text or missing label
 
     @property
     def eval_name(self) -> str:
@@ -75,9 +76,7 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
-    raw = load_raw(args)
-    text_col, pair_col, label_col = _detect_columns(raw["train"], args)
-    raw = DatasetDict({name: _standardise(ds, name, text_col, pair_col, label_col) for name, ds in raw.items()})
+    raw, dropped = load_texts(args)
     labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
     raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
 
@@ -95,7 +94,23 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
         )
     validation = _subsample(raw["validation"], args.max_eval_samples, seed)
     test = _subsample(raw["test"], args.max_eval_samples, seed)
-    return Splits(train=train, validation=validation, test=test, labels=labels, has_test=has_test)
+    return Splits(train=train, validation=validation, test=test, labels=labels, has_test=has_test, dropped=dropped)
+
+
+def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
+    """The splits found, with columns text, optional text_pair, and label as read (not yet encoded), and how many
+    rows each lost for an empty text or a missing label; `loratune check-data` checks these.
+
+    Raises:
+        DataError: for a missing path, an empty file, or a missing or ambiguous column.
+    """
+    if not args.path:
+        raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
+    raw = load_raw(args)
+    text_col, pair_col, label_col = _detect_columns(raw["train"], args)
+    sizes = {name: len(ds) for name, ds in raw.items()}
+    raw = DatasetDict({name: _standardise(ds, name, text_col, pair_col, label_col) for name, ds in raw.items()})
+    return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}
 
 
 def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str]:

@@ -71,5 +71,10 @@ def evaluate(
 ) -> Metrics:
     """Metrics (and mean cross-entropy loss) of `model` on every example of `loader`."""
     logits, y_true = predict_logits(model, loader, accelerator, precision)
+    return metrics_from_logits(logits, y_true, labels)
+
+
+def metrics_from_logits(logits: np.ndarray, y_true: np.ndarray, labels: list[str]) -> Metrics:
+    """Metrics, and mean cross-entropy loss, of (n, num_labels) logits against true label ids."""
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true)).item()
     return compute_metrics(y_true, logits.argmax(-1), labels, loss=loss)

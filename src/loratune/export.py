@@ -22,7 +22,9 @@ from loratune.storage import writable_problem
 MERGED_README = """# {name}
 
 A text classifier exported by `loratune export` from the run `{run}` (method `{method}`, base model
-`{base}`). {merged}It is a plain transformers model, saved as fp32 safetensors; it needs neither PEFT nor loratune.
+`{base}`). {merged}The calibration temperature T = {temperature} is folded into the classifier's last layer
+(its weights and bias divided by T), so the probabilities are calibrated. It is a plain transformers model, saved
+as fp32 safetensors; it needs neither PEFT nor loratune.
 
 Labels, in id order: {labels}
 
@@ -55,6 +57,9 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
 base.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and Llama have none of their own
 model = PeftModel.from_pretrained(base, "{name}").eval()
 ```
+
+The probabilities `loratune predict` gives are `softmax(logits / T)`, with the temperature T fitted on the
+validation split (`temperature` in `{calibration_file}`, {temperature}); it changes no label, only the confidence.
 """
 
 
@@ -112,6 +117,7 @@ def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
     _check_exportable(run_dir, artifacts.load_run_config(run_dir), adapter_only=False)
     model, tokenizer, labels, cfg = load_for_inference(run_dir, "cpu", "fp32")
     model = model.float()
+    _fold_temperature(model, artifacts.load_temperature(run_dir), len(labels))
     config = model.config
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
@@ -122,6 +128,22 @@ def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
     artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
     artifacts.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
+
+
+def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
+    """Scale the classifier's last linear layer by 1 / T, so the exported model's logits are the calibrated ones
+    (W x + b) / T and it stays a plain transformers model; labels do not change (T > 0 keeps the argmax)."""
+    if temperature == 1.0:
+        return
+    import torch
+
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    if not heads:
+        raise RunError(f"Found no linear layer with {num_labels} outputs to fold the temperature into.")
+    with torch.no_grad():
+        heads[-1].weight.div_(temperature)  # modules() walks the model in order: the head's last layer comes last
+        if heads[-1].bias is not None:
+            heads[-1].bias.div_(temperature)
 
 
 def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
@@ -137,6 +159,8 @@ def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
     tokenizer = load_tokenizer(str(run_dir / artifacts.TOKENIZER_DIR), cfg.model.trust_remote_code)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
     artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
+    if (run_dir / artifacts.CALIBRATION_FILE).is_file():
+        shutil.copy2(run_dir / artifacts.CALIBRATION_FILE, folder / artifacts.CALIBRATION_FILE)
     artifacts.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
 
 
@@ -157,4 +181,6 @@ def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]
         labels=json.dumps(labels, ensure_ascii=False),
         max_length=cfg.data.max_length,
         labels_file=artifacts.LABELS_FILE,
+        calibration_file=artifacts.CALIBRATION_FILE,
+        temperature=f"{artifacts.load_temperature(run_dir):.4g}",
     )

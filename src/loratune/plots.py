@@ -25,6 +25,7 @@ __all__ = [
     "plot_confusion",
     "plot_curves",
     "plot_per_class_f1",
+    "plot_reliability",
 ]
 
 DPI = 130
@@ -235,3 +236,30 @@ def _style_axes(ax: Any, as_percent: bool) -> None:
 def _slanted(slant: bool) -> dict[str, Any]:
     """Tick-label options: long or many labels are rotated so they don't overlap."""
     return {"rotation": 45, "ha": "right"} if slant else {"rotation": 0, "ha": "center"}
+
+
+def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per model state
+    ("before", "after", "after_calibrated"), with the diagonal a perfectly calibrated model would follow."""
+    figure = _new_figure(5.2, 3.8)
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle=":", color=_COLORS["best"], label="perfectly calibrated")
+    styles = {
+        "before": (_COLORS["before"], "before"),
+        "after": (_COLORS["after"], "after"),
+        "after_calibrated": (_COLORS["validation"], "after, temperature-scaled"),
+    }
+    for key, (color, name) in styles.items():
+        points = [(finite(b.get("confidence")), finite(b.get("accuracy"))) for b in bins.get(key, [])]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=4, color=color, label=name)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability")
+    _style_axes(ax, as_percent=True)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.legend(fontsize=8, framealpha=0.9)
+    _save(figure, path)

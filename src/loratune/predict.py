@@ -43,12 +43,23 @@ class Predictor:
         [{'label': 'positive', 'score': 0.97, 'probabilities': {'negative': 0.03, 'positive': 0.97}}]
     """
 
-    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int, batch_size: int = 128):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: list[str],
+        max_length: int,
+        batch_size: int = 128,
+        temperature: float = 1.0,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_length = max_length
         self.batch_size = batch_size
+        # Fitted on validation after training (artifacts.CALIBRATION_FILE): logits / T give calibrated probabilities
+        # with the same argmax, so labels never change.
+        self.temperature = temperature
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
@@ -61,10 +72,11 @@ class Predictor:
                 model gives), bf16 or fp16 (CUDA only).
         """
         model, tokenizer, labels, cfg = load_for_inference(run_dir, device, precision)
-        return cls(model, tokenizer, labels, cfg.data.max_length, cfg.train.eval_batch_size)
+        temperature = artifacts.load_temperature(run_dir)
+        return cls(model, tokenizer, labels, cfg.data.max_length, cfg.train.eval_batch_size, temperature)
 
     def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> torch.Tensor:
-        """Class probabilities, shape (len(texts), num_labels), in the order of `texts`."""
+        """Calibrated class probabilities (temperature applied), shape (len(texts), num_labels), in text order."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths batch with little padding
@@ -81,6 +93,7 @@ class Predictor:
                 ).to(device)
                 logits = self.model(**batch).logits.float()
                 check_finite_logits(logits)
+                logits = logits / self.temperature
                 probs[idx] = torch.softmax(logits, dim=-1).cpu()
         return probs
 

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loratune import artifacts, precision, preflight
-from loratune.batching import build_eval_loader
+from loratune import artifacts, datachecks, precision, preflight
+from loratune.batching import SortedSampler, build_eval_loader
 from loratune.config import Config
 from loratune.data import Splits, tokenize
-from loratune.evaluate import evaluate
+from loratune.evaluate import metrics_from_logits, predict_logits
+from loratune.findings import Findings, compute_findings
 from loratune.modeling import BuiltModel, build_model, display_name
 from loratune.predict import Predictor
 from loratune.report import write_report
@@ -82,6 +84,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     if not cfg.train.progress or not sys.stderr.isatty():  # in a log, datasets' bars are carriage-return frames
         datasets.disable_progress_bars()
     splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
+    checks = _check_data(cfg, splits)
     accelerator = _start_accelerator(cfg, device, run_dir)
     _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
     set_seed(cfg.train.seed)
@@ -89,11 +92,14 @@ def run(cfg: Config, resume: bool = False) -> Run:
     cfg = _resolve(cfg, built, run_dir, device, dtype)
     _start_tracking(cfg, accelerator, run_dir, splits.labels)
     tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
+    _finish_checks(cfg, checks, truncated, run_dir, accelerator)
     model = _place(built.model, dtype, accelerator)
     pad_id = built.tokenizer.pad_token_id
     eval_ds = tokenised[splits.eval_name]
     eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device))
-    before = _evaluate_before(model, eval_loader, splits.labels, accelerator, dtype, run_dir, resume)
+    before, logits_before = _evaluate_before(
+        model, eval_loader, eval_ds, splits.labels, accelerator, dtype, run_dir, resume
+    )
     state = None
     if cfg.lora.method != "none":
         state = train(
@@ -109,14 +115,34 @@ def run(cfg: Config, resume: bool = False) -> Run:
         )
     model = accelerator.unwrap_model(model)
     started = time.perf_counter()
-    after = evaluate(model, eval_loader, splits.labels, accelerator, dtype) if state else before
+    logits_after = _logits(model, eval_loader, eval_ds, accelerator, dtype) if state else logits_before
+    after = metrics_from_logits(logits_after, np.asarray(eval_ds["label"]), splits.labels) if state else before
     throughput = _throughput(state, len(eval_ds), time.perf_counter() - started)
-    summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator)
+    findings = _examine(cfg, model, splits, tokenised, pad_id, logits_before, logits_after, accelerator, dtype)
+    summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator, findings)
     _end_tracking(cfg, accelerator, after)
     if accelerator.is_main_process:
-        summary = _save(run_dir, model, cfg, built, summary)
+        summary = _save(run_dir, model, cfg, built, summary, findings)
     accelerator.wait_for_everyone()
     return Run(run_dir, summary, cfg)
+
+
+def _check_data(cfg: Config, splits: Splits) -> dict[str, Any]:
+    """The data checks that need no tokenizer; under --strict-data a warning stops the run before the model loads."""
+    named = {name: getattr(splits, name) for name in datachecks.SPLITS}
+    checks = datachecks.compute_data_checks(named, splits.dropped, splits.labels)
+    if cfg.data.strict:
+        datachecks.check_strict(checks, "the data checks")
+    return checks
+
+
+def _finish_checks(cfg: Config, checks: dict, truncated: dict, run_dir: Path, accelerator: Accelerator) -> None:
+    checks = datachecks.add_truncation(checks, truncated, cfg.data.max_length)
+    if accelerator.is_main_process:
+        artifacts.save_data_checks(run_dir, checks)
+        print(datachecks.format_block(checks), file=sys.stderr, flush=True)
+    if cfg.data.strict:
+        datachecks.check_strict(checks, str(run_dir / artifacts.DATA_CHECKS_FILE))
 
 
 def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
@@ -176,15 +202,48 @@ def _place(model: Any, dtype: str, accelerator: Accelerator) -> Any:
     return model.to(accelerator.device)
 
 
-def _evaluate_before(model, loader, labels, accelerator, dtype: str, run_dir: Path, resume: bool) -> Metrics:
-    """The model as loaded, scored once: a resumed run reads the scores its first start wrote."""
-    before = artifacts.load_before(run_dir) if resume else None
-    if before is None:
-        before = evaluate(model, loader, labels, accelerator, dtype)
+def _logits(model: Any, loader: Any, ds: datasets.Dataset, accelerator: Accelerator, dtype: str) -> np.ndarray:
+    """(n, num_labels) logits in the dataset's order (the eval loader runs longest first)."""
+    logits, y_true = predict_logits(model, loader, accelerator, dtype)
+    order = SortedSampler(list(ds["length"])).order  # gathered batches keep the sampler's order
+    in_order = np.empty_like(logits)
+    in_order[order] = logits
+    assert (np.asarray(ds["label"])[order] == y_true).all(), "eval batches came back in an unexpected order"
+    return in_order
+
+
+def _evaluate_before(model, loader, ds, labels, accelerator, dtype: str, run_dir: Path, resume: bool):
+    """The model as loaded, scored once (metrics and logits): a resumed run reads what its first start wrote."""
+    saved = artifacts.load_before(run_dir) if resume else None
+    if saved is None:
+        logits = _logits(model, loader, ds, accelerator, dtype)
+        saved = metrics_from_logits(logits, np.asarray(ds["label"]), labels), logits
         if accelerator.is_main_process:
-            artifacts.save_before(run_dir, before)
-    log.info("before: accuracy %.4f, f1 %.4f", before.accuracy, before.f1)
-    return before
+            artifacts.save_before(run_dir, *saved)
+    log.info("before: accuracy %.4f, f1 %.4f", saved[0].accuracy, saved[0].f1)
+    return saved
+
+
+def _examine(cfg, model, splits, tokenised, pad_id, logits_before, logits_after, accelerator, dtype) -> Findings:
+    """The predictions table, calibration and significance, from the eval logits; one extra pass over validation
+    (unless that is the eval split) gives the logits the temperature is fitted on."""
+    eval_ds, val_ds = splits.eval, tokenised["validation"]
+    if splits.eval_name == "validation":
+        val_logits = logits_after
+    else:
+        loader = accelerator.prepare(build_eval_loader(val_ds, cfg.train.eval_batch_size, pad_id))
+        val_logits = _logits(model, loader, val_ds, accelerator, dtype)
+    return compute_findings(
+        list(eval_ds["text"]),
+        list(eval_ds["text_pair"]) if splits.is_pair else None,
+        np.asarray(eval_ds["label"]),
+        logits_before,
+        logits_after,
+        val_logits,
+        np.asarray(val_ds["label"]),
+        splits.labels,
+        seed=cfg.train.seed,
+    )
 
 
 def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float) -> Throughput:
@@ -199,7 +258,7 @@ def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float)
     )
 
 
-def _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator) -> RunSummary:
+def _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator, findings) -> RunSummary:
     return RunSummary(
         method=cfg.lora.method,
         labels=splits.labels,
@@ -228,6 +287,9 @@ def _summarise(cfg, built, splits, truncated, before, after, state, throughput, 
             truncated=truncated,
             max_length=cfg.data.max_length,
         ),
+        changes=findings.changes,
+        calibration=findings.calibration,
+        significance=findings.significance,
     )
 
 
@@ -237,9 +299,11 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
         accelerator.end_training()
 
 
-def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary) -> RunSummary:
-    """The trained weights, the summary, the report, and the COMPLETE marker last."""
+def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary, findings) -> RunSummary:
+    """The trained weights, predictions, temperature, the summary, the report, and the COMPLETE marker last."""
     artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+    artifacts.save_predictions(run_dir, findings.table)
+    artifacts.save_calibration(run_dir, findings.reliability)
     size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)
     artifacts.save_summary(run_dir, summary)

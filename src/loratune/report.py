@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from loratune import artifacts, plots
+from loratune import artifacts, plots, report_findings
 from loratune.formatting import (
     DASH,
     METRICS,
@@ -45,6 +45,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     Reads the run's summary, labels and, when present, config (through `artifacts`). Writes
     `accuracy.png`, `loss.png`, `confusion_matrix.png`, `per_class_f1.png` (only for more than two classes),
+    `reliability.png` (when the folder has a calibration file),
     `report.md` and `report.html`. Optional values the run did not record show as "—".
 
     Args:
@@ -59,7 +60,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = read_run_folder(Path(run_dir))
     figures = _write_plots(run)
     title = _title(run)
-    blocks = _report_blocks(run, figures)
+    blocks = _report_blocks(run, figures, _write_reliability(run))
     artifacts.write_text(run.dir / "report.md", render_markdown(title, blocks))
     html_path = run.dir / "report.html"
     artifacts.write_text(html_path, render_html(title, blocks, run.dir, kicker="loratune · run report", dpi=plots.DPI))
@@ -81,6 +82,9 @@ class RunFolder:
         labels: The label names, in the order of the confusion matrix.
         config_text: The config file as written, or None when the folder has none.
         config: The config file parsed; empty when it is missing or does not parse.
+        predictions: The predictions table (`artifacts.PREDICTIONS_FILE`), None in an older folder.
+        calibration: The calibration file (temperature, reliability bins), None in an older folder.
+        data_checks: The data checks file, None in an older folder.
     """
 
     dir: Path
@@ -88,6 +92,9 @@ class RunFolder:
     labels: list[str]
     config_text: str | None
     config: dict[str, Any]
+    predictions: Any = None
+    calibration: dict[str, Any] | None = None
+    data_checks: dict[str, Any] | None = None
 
     @property
     def model_name(self) -> str:
@@ -123,7 +130,16 @@ def read_run_folder(run_dir: Path) -> RunFolder:
         config = yaml.safe_load(config_text) if config_text else {}
     except yaml.YAMLError:
         config = {}  # the raw text is still shown; only the data name in the title is lost
-    return RunFolder(run_dir, summary, labels, config_text, config if isinstance(config, dict) else {})
+    return RunFolder(
+        run_dir,
+        summary,
+        labels,
+        config_text,
+        config if isinstance(config, dict) else {},
+        predictions=artifacts.load_predictions(run_dir),
+        calibration=artifacts.load_calibration(run_dir),
+        data_checks=artifacts.load_data_checks(run_dir),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -158,7 +174,15 @@ def _write_plots(run: RunFolder) -> list[list[Figure]]:
     return figures
 
 
-def _report_blocks(run: RunFolder, figures: list[list[Figure]]) -> list[Block]:
+def _write_reliability(run: RunFolder) -> list[Block]:
+    if not run.calibration or not isinstance(run.calibration.get("bins"), dict):
+        return []
+    plots.plot_reliability(run.calibration["bins"], run.dir / "reliability.png")
+    caption = f"Reliability on the {run.summary.eval_split} split: accuracy against confidence, per bin"
+    return [Figures([Figure("reliability.png", caption)])]
+
+
+def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: list[Block]) -> list[Block]:
     s = run.summary
     before, after, split = s.before, s.after, s.eval_split
     blocks: list[Block] = [
@@ -183,12 +207,21 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]]) -> list[Block]:
             signed=(3,),
         ),
         Text(_before_and_after(s), muted=True),
+        Heading("Significance"),
+        *report_findings.significance_blocks(s),
+        Heading("What changed"),
+        *report_findings.changes_blocks(s, run.predictions),
+        Heading("Confidence"),
+        *report_findings.confidence_blocks(s, run.calibration),
+        *reliability,
         Heading("Plots"),
         *[Figures(row) for row in figures],
         Heading("Training"),
         _training_table(s),
         Heading("Data"),
         *_data_blocks(s.data, run.labels),
+        Heading("Data checks"),
+        *report_findings.data_check_blocks(run.data_checks),
         Heading("Per class"),
         _per_class_table(s, run.labels),
         Heading("History"),

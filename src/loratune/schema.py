@@ -85,6 +85,41 @@ class DataSummary:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """Example-level before/after on the eval split; the four counts add up to its size."""
+
+    fixed: int = 0  # wrong before, right after
+    broken: int = 0  # right before, wrong after
+    still_wrong: int = 0
+    still_right: int = 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Expected calibration error (top-label, equal-width bins) on the eval split, and the fitted temperature."""
+
+    temperature: float = 1.0  # fitted on `fitted_on` after training; logits / temperature give calibrated scores
+    fitted_on: str = "validation"
+    ece_before: float | None = None
+    ece_after: float | None = None
+    ece_after_calibrated: float | None = None
+    n_bins: int = 15
+
+
+@dataclass(frozen=True)
+class Significance:
+    """95% percentile-bootstrap intervals ([low, high]) and McNemar's exact test of before against after."""
+
+    confidence: float = 0.95
+    n_resamples: int = 0
+    accuracy_before: list[float] = field(default_factory=list)
+    accuracy_after: list[float] = field(default_factory=list)
+    f1_before: list[float] = field(default_factory=list)
+    f1_after: list[float] = field(default_factory=list)
+    mcnemar_p: float | None = None  # exact two-sided p-value over the fixed and broken examples
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """Everything the metrics file holds: before and after scores, history, timings, sizes, the data."""
 
@@ -110,6 +145,9 @@ class RunSummary:
     num_processes: int = 1
     throughput: Throughput = field(default_factory=Throughput)
     data: DataSummary = field(default_factory=DataSummary)
+    changes: Changes | None = None
+    calibration: Calibration | None = None
+    significance: Significance | None = None
     format_version: int = FORMAT_VERSION
 
     @property

@@ -1,0 +1,155 @@
+"""Checks on the data before training: duplicates within and across splits, texts with conflicting labels, the
+label balance, very short texts, and truncation. They warn and never stop a run, unless `data.strict` is set.
+
+The checks compare texts only (exact, and normalised: case-folded with whitespace collapsed), never what labels
+mean, so a multi-label dataset loaded as one class per label set is checked the same way. They run on the splits
+as the run uses them (after subsampling). No torch here; the result is plain JSON (`artifacts.DATA_CHECKS_FILE`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import combinations
+from typing import Any
+
+from loratune.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+SHORT_WORDS = 2  # a text of at most this many words is "very short"
+IMBALANCE_WARN = 10.0  # warn when the largest train class has this many times the rows of the smallest
+TRUNCATED_WARN = 0.01  # warn when more than this share of a split is cut to max_length
+EXAMPLES = 5
+
+
+def normalise(text: str) -> str:
+    """Case-folded, whitespace collapsed: 'A  Film ' and 'a film' are the same text."""
+    return " ".join(text.split()).casefold()
+
+
+def _keys(ds: Any) -> list[str]:
+    texts = ds["text"]
+    if "text_pair" in ds.column_names:  # a pair is one text for these checks
+        return [f"{a}\n{b}" for a, b in zip(texts, ds["text_pair"], strict=True)]
+    return list(texts)
+
+
+def _conflicts(keys: list[str], labels: list[str]) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for key, label in zip(keys, labels, strict=True):
+        seen[key].add(label)
+    return {key: found for key, found in seen.items() if len(found) > 1}
+
+
+def compute_data_checks(
+    splits: dict[str, Any], dropped: dict[str, int] | None = None, label_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Check the splits of a dataset.
+
+    Args:
+        splits: split name -> `datasets.Dataset` with columns text, optional text_pair, and label (ids named by
+            `label_names`, or label values as read when it is None).
+        dropped: rows each split lost on loading for an empty text or a missing label.
+        label_names: the names of label ids.
+
+    Returns:
+        JSON-ready dict: `splits` (per split: rows, duplicate texts, conflicting texts, short texts, dropped rows),
+        `shared` (per pair of splits: texts in both, exact and normalised, with examples), `conflict_examples`,
+        `label_counts` and `imbalance_ratio` of train, and `warnings` (one line each).
+    """
+    keys = {s: _keys(ds) for s, ds in splits.items()}
+    labels = {
+        s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]
+        for s, ds in splits.items()
+    }
+    per_split, conflict_examples = {}, []
+    for split in splits:
+        exact, normal = keys[split], [normalise(k) for k in keys[split]]
+        conflicts = _conflicts(exact, labels[split])
+        per_split[split] = {
+            "rows": len(exact),
+            "duplicate_texts": len(exact) - len(set(exact)),  # rows repeating an earlier row's text
+            "duplicate_texts_normalised": len(normal) - len(set(normal)),
+            "conflicting_texts": len(conflicts),  # distinct texts seen with more than one label
+            "conflicting_texts_normalised": len(_conflicts(normal, labels[split])),
+            "short_texts": sum(len(k.split()) <= SHORT_WORDS for k in exact),
+            "dropped_rows": (dropped or {}).get(split, 0),
+        }
+        conflict_examples += [
+            {"split": split, "text": key, "labels": sorted(found)} for key, found in list(conflicts.items())[:EXAMPLES]
+        ]
+    shared = {}
+    for a, b in combinations([s for s in SPLITS if s in splits], 2):
+        both = set(keys[a]) & set(keys[b])
+        both_normal = {normalise(k) for k in keys[a]} & {normalise(k) for k in keys[b]}
+        shared[f"{a}/{b}"] = {"texts": len(both), "texts_normalised": len(both_normal), "examples": sorted(both)[:3]}
+    counts = {name: 0 for name in label_names or sorted(set(labels["train"]))}
+    for label in labels["train"]:
+        counts[label] += 1
+    smallest = min(counts.values())
+    checks = {
+        "splits": per_split,
+        "shared": shared,
+        "conflict_examples": conflict_examples,
+        "label_counts": counts,
+        "imbalance_ratio": max(counts.values()) / smallest if smallest else None,
+    }
+    checks["warnings"] = _warnings(checks)
+    return checks
+
+
+def add_truncation(checks: dict[str, Any], truncated: dict[str, int], max_length: int) -> dict[str, Any]:
+    """The checks with each split's count of texts cut to `max_length` tokens (known once tokenised)."""
+    for split, n in truncated.items():
+        if split in checks["splits"]:
+            checks["splits"][split]["truncated"] = n
+    checks["max_length"] = max_length
+    checks["warnings"] = _warnings(checks)
+    return checks
+
+
+def _warnings(checks: dict[str, Any]) -> list[str]:
+    out = []
+    for pair, found in checks["shared"].items():
+        if found["texts_normalised"]:
+            out.append(
+                f"{found['texts']} texts appear in both {pair.replace('/', ' and ')} "
+                f"({found['texts_normalised']} after normalising case and spaces)"
+            )
+    for split, found in checks["splits"].items():
+        if found["conflicting_texts_normalised"]:
+            out.append(
+                f"{found['conflicting_texts']} {split} texts carry more than one label "
+                f"({found['conflicting_texts_normalised']} after normalising)"
+            )
+        if found["dropped_rows"]:
+            out.append(f"{found['dropped_rows']} {split} rows were dropped (empty text or missing label)")
+        if found.get("truncated", 0) > TRUNCATED_WARN * max(found["rows"], 1):
+            out.append(f"{found['truncated']} {split} texts are longer than {checks.get('max_length')} tokens")
+    ratio = checks["imbalance_ratio"]
+    if ratio is None or ratio >= IMBALANCE_WARN:
+        shown = "∞" if ratio is None else f"{ratio:.1f}"
+        out.append(f"train labels are imbalanced (largest / smallest class: {shown})")
+    return out
+
+
+def format_block(checks: dict[str, Any]) -> str:
+    """The checks as a short block for the terminal: one line of counts, then one line per warning."""
+    s = checks["splits"]
+    ratio = checks["imbalance_ratio"]
+    rows = ", ".join(f"{k} {v['rows']:,}" for k, v in s.items())
+    duplicates = ", ".join(f"{k} {v['duplicate_texts']:,}" for k, v in s.items())
+    imbalance = "∞" if ratio is None else f"{ratio:.1f}"
+    counts = (
+        f"data checks: {rows} rows; duplicates {duplicates}; "
+        f"shared train/test {checks['shared'].get('train/test', {}).get('texts', 0):,}; "
+        f"conflicting train {s['train']['conflicting_texts']:,}; imbalance {imbalance}"
+    )
+    return "\n".join([counts, *[f"  warning: {w}" for w in checks["warnings"]]])
+
+
+def check_strict(checks: dict[str, Any], where: str) -> None:
+    """Raise for a `--strict-data` run whose data drew any warning."""
+    if checks["warnings"]:
+        first = checks["warnings"][0]
+        more = f" (and {len(checks['warnings']) - 1} more, see {where})" if len(checks["warnings"]) > 1 else ""
+        raise DataError(f"Data checks failed under --strict-data: {first}{more}; fix the data or drop --strict-data.")

@@ -1,0 +1,213 @@
+"""The report's example-level sections: what changed, confidence, significance and the data checks.
+
+Built from the run folder's files alone (the predictions table, the calibration file, the data checks and the
+summary), as blocks for `loratune.render`; `loratune.report` places them. A folder written before these files
+existed shows a one-line note instead of each section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from loratune import artifacts
+from loratune.changes import confused_pairs, examples
+from loratune.formatting import DASH, count, fixed, percent, share_of_count
+from loratune.render import Block, Table, Text
+from loratune.schema import RunSummary
+
+EXAMPLES = 5
+_TEXT_CHARS = 90
+
+
+def _clip(text: Any) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _TEXT_CHARS else text[: _TEXT_CHARS - 1] + "…"
+
+
+def _missing(what: str) -> Text:
+    return Text(f"{DASH} (this run folder has no {what}; an older loratune wrote it)", muted=True)
+
+
+def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
+    """Fixed / broken / still-wrong counts and examples, and the most-confused label pairs after training."""
+    if table is None or s.changes is None:
+        return [_missing(artifacts.PREDICTIONS_FILE)]
+    c, n = s.changes, len(table)
+    blocks: list[Block] = [
+        Text(
+            f"Of {count(n)} {s.eval_split} examples, training fixed {count(c.fixed)} (wrong before, right after), "
+            f"broke {count(c.broken)} (right before, wrong after), left {count(c.still_wrong)} wrong and "
+            f"{count(c.still_right)} right. Every example, with both predictions and probabilities, is in "
+            f"{artifacts.PREDICTIONS_FILE}."
+        ),
+        Table(
+            ["change", "examples"],
+            [
+                ["fixed", share_of_count(c.fixed, n)],
+                ["broken", share_of_count(c.broken, n)],
+                ["still wrong", share_of_count(c.still_wrong, n)],
+                ["still right", share_of_count(c.still_right, n)],
+            ],
+        ),
+    ]
+    titles = {
+        "fixed": "Fixed, most confident first:",
+        "broken": "Broken, most confident first:",
+        "still_wrong": "Still wrong, most confident first (a confident mistake is often a label error):",
+    }
+    for kind, title in titles.items():
+        rows = examples(table, kind, EXAMPLES)
+        if rows.empty:
+            continue
+        blocks += [
+            Text(title, muted=True),
+            Table(
+                ["text", "gold", "before", "after", "p after"],
+                [
+                    [_clip(r.text), str(r.label), str(r.pred_before), str(r.pred_after), percent(r.prob_after)]
+                    for r in rows.itertuples()
+                ],
+                align="llllr",
+            ),
+        ]
+    pairs = confused_pairs(table, EXAMPLES)
+    if pairs:
+        blocks += [
+            Text("Most-confused label pairs after training, each with its most confident example:", muted=True),
+            Table(
+                ["true", "predicted", "examples", "example"],
+                [[p.true, p.predicted, count(p.count), _clip(p.example)] for p in pairs],
+                align="llrl",
+            ),
+        ]
+    return blocks
+
+
+def confidence_blocks(s: RunSummary, calibration: dict[str, Any] | None) -> list[Block]:
+    """ECE before, after and after temperature scaling; the figure is placed by the caller."""
+    cal = s.calibration
+    if cal is None or calibration is None:
+        return [_missing(artifacts.CALIBRATION_FILE)]
+    overlap = (
+        " (the same split the scores are on, so the calibrated figure flatters)"
+        if s.eval_split == "validation"
+        else ""
+    )
+    return [
+        Text(
+            f"Expected calibration error (ECE: the gap between confidence and accuracy, over {cal.n_bins} "
+            f"confidence bins) on the {s.eval_split} split: {percent(cal.ece_before)} before, "
+            f"{percent(cal.ece_after)} after training, {percent(cal.ece_after_calibrated)} after temperature "
+            f"scaling (T = {fixed(cal.temperature, digits=2)}, fitted on the {cal.fitted_on} split{overlap})."
+        ),
+        Text(
+            f"The temperature divides the logits before the softmax; it never changes which label wins, so accuracy "
+            f"is unchanged. loratune predict and loratune export apply it; it is kept in "
+            f"{artifacts.CALIBRATION_FILE}.",
+            muted=True,
+        ),
+    ]
+
+
+def significance_blocks(s: RunSummary) -> list[Block]:
+    """Bootstrap intervals of accuracy and macro-F1 before and after, and McNemar's test of before vs after."""
+    sig = s.significance
+    if sig is None:
+        return [_missing("significance figures")]
+
+    def interval(bounds: list[float]) -> str:
+        return f"{percent(bounds[0])} – {percent(bounds[1])}" if len(bounds) == 2 else DASH
+
+    p = sig.mcnemar_p
+    verdict = DASH if p is None else ("significant" if p < 0.05 else "not significant") + " at 5%"
+    return [
+        Table(
+            ["metric", "before", f"{sig.confidence:.0%} CI before", "after", f"{sig.confidence:.0%} CI after"],
+            [
+                [
+                    "accuracy",
+                    percent(s.before.accuracy),
+                    interval(sig.accuracy_before),
+                    percent(s.after.accuracy),
+                    interval(sig.accuracy_after),
+                ],
+                [
+                    "F1 (macro)",
+                    percent(s.before.f1),
+                    interval(sig.f1_before),
+                    percent(s.after.f1),
+                    interval(sig.f1_after),
+                ],
+            ],
+        ),
+        Text(
+            f"Intervals: percentile bootstrap over the {s.eval_split} examples ({count(sig.n_resamples)} "
+            f"resamples). McNemar's exact test of before against after (fixed vs broken examples): "
+            f"p = {_p(p)}, {verdict}.",
+            muted=True,
+        ),
+    ]
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
+    """The data checks file as a table per split, the texts shared across splits, and the warnings."""
+    if checks is None:
+        return [_missing(artifacts.DATA_CHECKS_FILE)]
+    splits = checks.get("splits", {})
+    fields = [
+        ("rows", "rows"),
+        ("duplicate_texts", "duplicates"),
+        ("duplicate_texts_normalised", "duplicates (normalised)"),
+        ("conflicting_texts", "conflicting labels"),
+        ("short_texts", "very short"),
+        ("dropped_rows", "dropped (empty)"),
+        ("truncated", "truncated"),
+    ]
+    per_split = Table(
+        ["check", *splits],
+        [[name, *[count(found.get(key)) for found in splits.values()]] for key, name in fields],
+    )
+    shared = Table(
+        ["splits", "shared texts", "normalised", "example"],
+        [
+            [
+                pair,
+                count(found.get("texts")),
+                count(found.get("texts_normalised")),
+                _clip(found["examples"][0]) if found.get("examples") else DASH,
+            ]
+            for pair, found in checks.get("shared", {}).items()
+        ],
+        align="lrrl",
+    )
+    ratio = checks.get("imbalance_ratio")
+    warnings = checks.get("warnings") or []
+    blocks: list[Block] = [
+        Text(
+            "Checked before training, on the splits as used. Texts are compared exactly and normalised (case and "
+            f"spaces); very short means at most two words. Train imbalance (largest / smallest class): "
+            f"{fixed(ratio, digits=1) if ratio is not None else '∞'}.",
+            muted=True,
+        ),
+        per_split,
+        shared,
+    ]
+    conflicts = checks.get("conflict_examples") or []
+    if conflicts:
+        blocks.append(
+            Table(
+                ["split", "text with conflicting labels", "labels"],
+                [[c["split"], _clip(c["text"]), ", ".join(c["labels"])] for c in conflicts[:EXAMPLES]],
+                align="lll",
+            )
+        )
+    blocks.append(Text("Warnings: " + "; ".join(warnings) + "." if warnings else "No warnings.", muted=not warnings))
+    return blocks
