@@ -7,6 +7,7 @@ never leaves a half-written file that looks valid, and an unfinished run never l
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -34,13 +35,29 @@ FULL_MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
+LOCK_FILE = ".lock"  # the pid and host of the run writing into the folder, while it runs
 HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
+@functools.cache
+def _umask() -> int:
+    # The umask can only be read by setting it; read once, since setting it races with other threads' files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: str | Path, folder: bool = False) -> None:
+    """Give a temporary file (mkstemp: 0600) or folder (mkdtemp: 0700) the mode a plain open or mkdir would give,
+    so what is renamed into place is as readable as any other file the user writes."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write text atomically (temporary file in the same folder, then rename)."""
+    """Write text atomically (temporary file in the same folder, then rename), with the umask's permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _follow_umask(tmp)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -91,6 +108,7 @@ def save_directory(path: Path, write: Any) -> None:
     """Call `write(tmp_dir)` and move the result to `path` in one rename (replacing an older copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    _follow_umask(tmp, folder=True)
     try:
         write(tmp)
         if path.exists():
@@ -158,6 +176,7 @@ def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
         state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
         os.close(fd)
+        _follow_umask(tmp)
         save_file(state, tmp)
         os.replace(tmp, run_dir / HEAD_FILE)
     elif method == "full":
@@ -255,8 +274,8 @@ def _check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
         raise RunError(f"{needed} is missing; loratune loads only safetensors weights (never pickled .bin files).")
 
 
-def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str], Any]:
-    """Rebuild the trained classifier from a run folder.
+def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) -> tuple[Any, Any, list[str], Any]:
+    """Rebuild the trained classifier from a run folder (`finished=False`: one whose run is still writing it).
 
     Returns:
         (model in eval mode, tokenizer, label names, Config)
@@ -265,16 +284,22 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
         RunError: for a missing, unfinished or damaged run folder.
     """
     # Lazy: the report reads run folders through this module and must not import torch (a second or more).
-    from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, use_mean_pooling
+    from loratune.modeling import (
+        load_classifier,
+        load_tokenizer,
+        resolve_attention,
+        resolve_model_name,
+        use_mean_pooling,
+    )
 
-    run_dir = check_run(run_dir)
+    run_dir = check_run(run_dir) if finished else Path(run_dir)
     cfg = load_run_config(run_dir)
     labels = load_labels(run_dir)
     method = cfg.lora.method
     _check_weights(run_dir, method, labels)
-    base = cfg.model.name_or_path
+    base = resolve_model_name(cfg.model.name_or_path, run_dir)
     trust = cfg.model.trust_remote_code
-    attention = resolve_attention(cfg.model.attn_implementation, device)
+    attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
     try:
         tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
         if method == "full":

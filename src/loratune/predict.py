@@ -12,6 +12,7 @@ import torch
 from loratune import artifacts, precision
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
+from loratune.modeling import peft_warnings_hidden
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:
@@ -22,14 +23,29 @@ def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "
     casts nothing per batch. On SST-2's 2,693 validation and test sentences, bf16 labelled 2x faster than fp32
     here and changed 3 labels (probabilities by at most 0.02); pass dtype="fp32" for exact scores.
 
+    `auto` is the run's own precision where this device runs it (see `precision.inference_precision`): the
+    precision the run scored its "after" in, so `loratune evaluate` reproduces it.
+
     Returns:
         (model, tokenizer, labels, cfg), the model in eval mode.
     """
     device = precision.resolve_device(device)
-    dtype = precision.resolve_precision(dtype, device)
-    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device)
+    trained = artifacts.load_run_config(artifacts.check_run(run_dir)).train.precision
+    with peft_warnings_hidden():
+        return inference_model(run_dir, device, precision.inference_precision(dtype, device, trained))
+
+
+def inference_model(run_dir: str | Path, device: Any, dtype: str, finished: bool = True) -> tuple[Any, ...]:
+    """`load_for_inference` with the device (a torch device, or a name such as cuda:1) and precision resolved;
+    `finished=False` for the run that is writing the folder."""
+    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device, finished)
     if cfg.lora.method in ADAPTER_METHODS:
-        model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+        try:
+            model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+        except AttributeError:
+            # PEFT 0.21's IA3 unload stops at a BERT pooler kept in modules_to_save; the layers it reached are
+            # merged, the rest still apply their scales, so the model computes the same function unmerged.
+            pass
     return precision.prepare_for_inference(model, dtype), tokenizer, labels, cfg
 
 

@@ -3,10 +3,11 @@ The CLI, the Python API and the notebook all call `run`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from loratune.batching import build_eval_loader
 from loratune.config import Config
 from loratune.data import Splits, load_splits, tokenize
 from loratune.evaluate import evaluate
-from loratune.modeling import BuiltModel, build_model, display_name
-from loratune.predict import Predictor
+from loratune.lock import run_lock
+from loratune.modeling import BuiltModel, build_model, display_name, peft_warnings_hidden, portable_model_name
+from loratune.predict import Predictor, inference_model
 from loratune.report import write_report
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
 from loratune.train import LoopState, train
@@ -29,7 +31,7 @@ from loratune.train import LoopState, train
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """A finished run: its folder, summary (`schema.RunSummary`) and config; a predictor loaded on first use."""
 
@@ -45,6 +47,13 @@ class Run:
     @property
     def after(self) -> Metrics:
         return self.summary.after
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"Run({str(self.run_dir)!r}: {s.method}, {s.eval_split} accuracy {s.before.accuracy:.4f} -> "
+            f"{s.after.accuracy:.4f}, f1 {s.before.f1:.4f} -> {s.after.f1:.4f})"
+        )
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """Label and probabilities for each text (see `Predictor.predict`)."""
@@ -79,44 +88,65 @@ def run(cfg: Config, resume: bool = False) -> Run:
     run_dir = artifacts.run_dir_for(cfg)
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
-    if not cfg.train.progress or not sys.stderr.isatty():  # in a log, datasets' bars are carriage-return frames
-        datasets.disable_progress_bars()
-    splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
-    accelerator = _start_accelerator(cfg, device, run_dir)
-    _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
-    set_seed(cfg.train.seed)
-    built = build_model(cfg.model, cfg.lora, splits.labels, device)
-    cfg = _resolve(cfg, built, run_dir, device, dtype)
-    _start_tracking(cfg, accelerator, run_dir, splits.labels)
-    tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
-    model = _place(built.model, dtype, accelerator)
-    pad_id = built.tokenizer.pad_token_id
-    eval_ds = tokenised[splits.eval_name]
-    eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id))
-    before = _evaluate_before(model, eval_loader, splits.labels, accelerator, dtype, run_dir, resume)
-    state = None
-    if cfg.lora.method != "none":
-        state = train(
-            model,
-            tokenised["train"],
-            tokenised["validation"],
-            splits.labels,
-            cfg.train,
-            accelerator,
-            pad_id,
-            checkpoint_dir=run_dir,
-            on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
-        )
-    model = accelerator.unwrap_model(model)
-    started = time.perf_counter()
-    after = evaluate(model, eval_loader, splits.labels, accelerator, dtype) if state else before
-    throughput = _throughput(state, len(eval_ds), time.perf_counter() - started)
-    summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator)
-    _end_tracking(cfg, accelerator, after)
-    if accelerator.is_main_process:
-        summary = _save(run_dir, model, cfg, built, summary)
-    accelerator.wait_for_everyone()
-    return Run(run_dir, summary, cfg)
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(_quiet())
+        splits = load_splits(cfg.data, seed=cfg.train.seed)  # cheap checks on the data before the model loads
+        accelerator = _start_accelerator(cfg, device, run_dir)
+        scope.enter_context(run_lock(run_dir, enabled=accelerator.is_main_process))  # only the main one writes
+        _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
+        set_seed(cfg.train.seed)
+        built = build_model(cfg.model, cfg.lora, splits.labels, device, run_dir)
+        cfg = _resolve(cfg, built, run_dir, device, dtype)
+        _start_tracking(cfg, accelerator, run_dir, splits.labels)
+        tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
+        model = _place(built.model, dtype, accelerator)
+        pad_id = built.tokenizer.pad_token_id
+        eval_ds = tokenised[splits.eval_name]
+        eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id))
+        before = _evaluate_before(model, eval_loader, splits.labels, accelerator, dtype, run_dir, resume)
+        state = None
+        if cfg.lora.method != "none":
+            state = train(
+                model,
+                tokenised["train"],
+                tokenised["validation"],
+                splits.labels,
+                cfg.train,
+                accelerator,
+                pad_id,
+                checkpoint_dir=run_dir,
+                on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+            )
+        _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
+        del model  # the after score comes from the saved files
+        after, after_fp32, throughput = _evaluate_after(run_dir, eval_loader, splits.labels, accelerator, dtype, state)
+        after = after or before  # method none trains nothing: its "after" is its "before"
+        summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator)
+        summary = dataclasses.replace(summary, after_fp32_accuracy=after_fp32)
+        _end_tracking(cfg, accelerator, after)
+        if accelerator.is_main_process:
+            summary = _save(run_dir, cfg, summary)
+        accelerator.wait_for_everyone()
+        return Run(run_dir, summary, cfg)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide what the CLI hides, for this run only (a notebook's own settings come back afterwards): datasets'
+    Filter / Map / Tokenising bars, transformers' save bar (our epoch bar stays), and PEFT's FutureWarning."""
+    from transformers.utils import logging as hf_logging
+
+    bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()  # "Writing model shards" when the model is saved
+    try:
+        with peft_warnings_hidden():
+            yield
+    finally:
+        if bars[0]:
+            datasets.enable_progress_bars()
+        if bars[1]:
+            hf_logging.enable_progress_bar()
 
 
 def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
@@ -142,7 +172,9 @@ def _resolve(cfg: Config, built: BuiltModel, run_dir: Path, device: str, dtype: 
     """The config as run: every `auto` and default decided, so the saved config repeats this run exactly."""
     return dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path, pooling=built.pooling),
+        model=dataclasses.replace(
+            cfg.model, name_or_path=portable_model_name(built.name_or_path, run_dir), pooling=built.pooling
+        ),
         lora=dataclasses.replace(
             cfg.lora, target_modules=built.target_modules or None, modules_to_save=built.head_modules
         ),
@@ -187,6 +219,33 @@ def _evaluate_before(model, loader, labels, accelerator, dtype: str, run_dir: Pa
     return before
 
 
+def _save_model(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+    accelerator.wait_for_everyone()
+
+
+def _evaluate_after(
+    run_dir: Path, loader: Any, labels: list[str], accelerator: Accelerator, dtype: str, state: LoopState | None
+) -> tuple[Metrics | None, float | None, Throughput]:
+    """The saved model, scored as `loratune evaluate` and `predict` run it by default (adapter merged, the whole
+    model in the run's precision, the same sorted batches), so `loratune evaluate` reproduces "after" exactly.
+
+    Returns:
+        The after scores (None for method none), the fp32 accuracy (what an export gives) when the run's
+        precision is lower, and the throughput.
+    """
+    if state is None:
+        return None, None, _throughput(state, 0, 0.0)
+    model, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
+    fp32 = evaluate(model, loader, labels, accelerator) if dtype != "fp32" else None
+    model = precision.prepare_for_inference(model, dtype)  # the same weights load_for_inference casts
+    started = time.perf_counter()
+    after = evaluate(model, loader, labels, accelerator)
+    throughput = _throughput(state, after.num_samples, time.perf_counter() - started)
+    return after, fp32.accuracy if fp32 else None, throughput
+
+
 def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float) -> Throughput:
     eval_rate = eval_samples / eval_seconds if state and eval_seconds > 0 else 0.0
     if not state or state.step_seconds <= 0:
@@ -209,13 +268,14 @@ def _summarise(cfg, built, splits, truncated, before, after, state, throughput, 
         best_epoch=state.best_epoch if state else 0,
         best_metric=f"val_{cfg.train.best_metric}",
         stopped_early=bool(state and state.stopped_early),
-        model=built.name_or_path,
-        model_name=display_name(built.name_or_path),
+        model=cfg.model.name_or_path,
+        model_name=display_name(cfg.model.name_or_path),
         eval_split=splits.eval_name,
         train_seconds=state.train_seconds if state else 0.0,
         **built.parameter_counts(),
         peak_memory_mb=precision.peak_memory_mb(cfg.train.device),
         precision=cfg.train.precision,
+        after_precision=cfg.train.precision,
         device=cfg.train.device,
         num_processes=accelerator.num_processes,
         throughput=throughput,
@@ -237,9 +297,8 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
         accelerator.end_training()
 
 
-def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary) -> RunSummary:
-    """The trained weights, the summary, the report, and the COMPLETE marker last."""
-    artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+def _save(run_dir: Path, cfg: Config, summary: RunSummary) -> RunSummary:
+    """The summary, the report, and the COMPLETE marker last (the weights are saved already)."""
     size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)
     artifacts.save_summary(run_dir, summary)
