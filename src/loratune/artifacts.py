@@ -108,9 +108,11 @@ def save_directory(path: Path, write: Any) -> None:
     """Call `write(tmp_dir)` and move the result to `path` in one rename (replacing an older copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    _follow_umask(tmp, folder=True)
     try:
         write(tmp)
+        # mkdtemp made the folder 0700, and safetensors writes its files 0600: give the tree the umask's modes.
+        for item in [tmp, *tmp.rglob("*")]:
+            _follow_umask(item, folder=item.is_dir())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -176,8 +178,8 @@ def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
         state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
         os.close(fd)
-        _follow_umask(tmp)
         save_file(state, tmp)
+        _follow_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, run_dir / HEAD_FILE)
     elif method == "full":
         save_directory(run_dir / FULL_MODEL_DIR, lambda d: model.save_pretrained(d, safe_serialization=True))

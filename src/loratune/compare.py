@@ -86,9 +86,10 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
     """Compare several runs of the same task, one row per method.
 
     Writes `comparison.json` (a list of rows with the keys method, accuracy, precision, recall, f1, train_seconds,
-    seconds_per_epoch, trainable_params, trainable_percent, total_params, peak_memory_mb, artifact_size_bytes,
-    best_epoch and run_dir), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
-    self-contained `comparison.html`.
+    seconds_per_epoch, trainable_params, trainable_percent, total_params (one figure, the base model's, for every
+    row), peak_memory_mb, artifact_size_bytes, best_epoch, single_class (the one label a trained method predicted
+    for every text, else null) and run_dir), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`,
+    `comparison.md` and a self-contained `comparison.html`.
 
     Args:
         output_dir: Folder to write into; created if needed.
@@ -106,7 +107,16 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     loaded = {method: read_run_folder(Path(path)) for method, path in runs.items()}
-    rows = [_comparison_row(method, run, output_dir) for method, run in loaded.items()]
+    total = _shared_total(loaded)
+    rows = [_comparison_row(method, run, output_dir, total) for method, run in loaded.items()]
+    for row in rows:
+        if row["single_class"] is not None:
+            log.warning(
+                "%s predicted one class (%s) for every %s text; it did not learn at this budget.",
+                row["method"],
+                row["single_class"],
+                loaded[row["method"]].summary.eval_split,
+            )
     artifacts.write_json(output_dir / "comparison.json", rows)
 
     summaries = {method: run.summary for method, run in loaded.items()}
@@ -127,7 +137,21 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path]) -> Pat
     return html_path
 
 
-def _comparison_row(method: str, run: RunFolder, output_dir: Path) -> dict[str, Any]:
+def _shared_total(runs: dict[str, RunFolder]) -> int:
+    """One total for every row, so the trainable shares compare: the base model's (older run folders counted
+    adapter weights in their own total)."""
+    if "base" in runs:
+        return runs["base"].summary.total_params
+    return min((run.summary.total_params for run in runs.values() if run.summary.total_params), default=0)
+
+
+def _single_class(s: Any, labels: list[str]) -> str | None:
+    """The one label a trained method gave every text, or None."""
+    predicted = [j for j in range(len(labels)) if any(row[j] for row in s.after.confusion_matrix if j < len(row))]
+    return labels[predicted[0]] if s.trained and len(predicted) == 1 and len(labels) > 1 else None
+
+
+def _comparison_row(method: str, run: RunFolder, output_dir: Path, total: int) -> dict[str, Any]:
     s = run.summary
     return {
         "method": method,
@@ -135,11 +159,12 @@ def _comparison_row(method: str, run: RunFolder, output_dir: Path) -> dict[str, 
         "train_seconds": s.train_seconds,
         "seconds_per_epoch": s.seconds_per_epoch,
         "trainable_params": s.trainable_params,
-        "trainable_percent": 100 * s.trainable_params / s.total_params if s.total_params else None,
-        "total_params": s.total_params,
+        "trainable_percent": 100 * s.trainable_params / total if total else None,
+        "total_params": total,
         "peak_memory_mb": s.peak_memory_mb,
         "artifact_size_bytes": s.adapter_size_bytes,
         "best_epoch": s.best_epoch,
+        "single_class": _single_class(s, run.labels),
         "run_dir": Path(os.path.relpath(run.dir.resolve(), output_dir.resolve())).as_posix(),
     }
 
@@ -156,8 +181,16 @@ def _comparison_blocks(runs: dict[str, RunFolder], rows: list[dict[str, Any]], f
         blocks.append(
             Text(f"Most accurate: {best['method']}, {percent(best['accuracy'])} in {seconds(best['train_seconds'])}.")
         )
+    for r in rows:
+        if r["single_class"] is not None:
+            blocks.append(
+                Text(
+                    f"Warning: {r['method']} predicted one class ({r['single_class']}) for every text: it did not "
+                    "learn at this budget (more data or epochs, or a higher --learning-rate, may help)."
+                )
+            )
     columns = {
-        "method": lambda r: str(r["method"]),
+        "method": lambda r: str(r["method"]) + (" ⚠ one class" if r["single_class"] is not None else ""),
         **{name.split(" ")[0]: lambda r, k=key: percent(r[k]) for key, name in METRICS},
         "train time": lambda r: seconds(r["train_seconds"]),
         "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),

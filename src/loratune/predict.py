@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from loratune import artifacts, precision
+from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
 from loratune.modeling import peft_warnings_hidden
@@ -81,18 +82,19 @@ class Predictor:
         """Class probabilities, shape (len(texts), num_labels), in the order of `texts`."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths batch with little padding
+        args = [texts] if text_pairs is None else [texts, text_pairs]
+        encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
+        rows = [{k: encoded[k][i] for k in MODEL_INPUTS if k in encoded} for i in range(len(texts))]
+        # The batches `loratune evaluate` makes (longest first, padded to each batch's longest), so a text gets
+        # the same probabilities from both, whatever else is in its batch.
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+        collate = Collator(self.tokenizer.pad_token_id)
         probs = torch.empty((len(texts), len(self.labels)))
         device = next(self.model.parameters()).device
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                args = [[texts[i] for i in idx]]
-                if text_pairs is not None:
-                    args.append([text_pairs[i] for i in idx])
-                batch = self.tokenizer(
-                    *args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-                ).to(device)
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
                 logits = self.model(**batch).logits.float()
                 probs[idx] = torch.softmax(logits, dim=-1).cpu()
         return probs
@@ -125,7 +127,7 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+            rows = _csv_rows(handle, "\t" if suffix == ".tsv" else ",", path)
     elif suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
@@ -139,6 +141,28 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
             f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
         )
     return [str(row[column]) for row in rows]
+
+
+_EXTRA = object()  # DictReader's key for the fields of a row beyond its header
+
+
+def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[dict[str, Any]]:
+    """Rows as dicts; a row wider than the header is an error naming its line, never a silently shortened text,
+    except in a one-column file, where an unquoted delimiter is part of the text and the whole line is kept."""
+    reader = csv.DictReader(handle, delimiter=delimiter, restkey=_EXTRA)
+    rows = []
+    for row in reader:
+        extra = row.pop(_EXTRA, None)
+        if extra:
+            columns = reader.fieldnames or []
+            if len(columns) != 1:
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(columns) + len(extra)} fields but the header has "
+                    f"{len(columns)}; quote texts that hold a {delimiter!r}."
+                )
+            row[columns[0]] = delimiter.join([row[columns[0]], *extra])
+        rows.append(row)
+    return rows
 
 
 def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:
