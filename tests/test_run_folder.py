@@ -281,3 +281,11 @@ def test_the_readme_says_how_to_get_torchs_cpu_build_on_a_plain_machine():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "pip install torch==2.13.0 && pip install -e" in readme  # the setup command CI and this machine use
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_the_report_says_which_precision_scored_after_and_what_fp32_gives(tmp_path, tiny_bert, data_dir):
+    result = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1, train__precision="bf16"))
+    s = result.summary
+    report = (result.run_dir / "report.md").read_text()
+    assert f"the whole model in bf16): accuracy {s.after.accuracy:.4f}" in report
+    assert f"in fp32, as an export runs it: {s.after_fp32_accuracy:.4f}" in report
