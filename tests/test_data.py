@@ -209,5 +209,5 @@ def test_label_in_test_that_train_lacks_is_reported(tmp_path):
 
 
 def test_eval_split_with_an_unknown_label_is_reported(data_dir):
-    with pytest.raises(DataError, match=r"known labels: \['neg', 'pos'\]"):
+    with pytest.raises(DataError, match=r"the run's labels: \['neg', 'pos'\]"):
         load_eval_split(DataArgs(path=str(data_dir)), "test", ["neg", "pos"])

@@ -117,3 +117,16 @@ def test_auto_precision_is_fp32_on_a_cpu_without_fast_bf16(bert_run, monkeypatch
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     model = Predictor.from_run(bert_run.run_dir, device="cpu").model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_csv_row_wider_than_its_header_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n1,great movie\n2,a gorgeous, witty, seductive movie\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"in\.csv, line 3: 4 fields but the header has 2"):
+        read_texts(path)
+
+
+def test_an_unquoted_comma_in_a_one_column_csv_stays_in_the_text(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('text\na gorgeous, witty, seductive movie\n"quoted, kept"\nplain\n', encoding="utf-8")
+    assert read_texts(path) == ["a gorgeous, witty, seductive movie", "quoted, kept", "plain"]

@@ -347,7 +347,7 @@ def test_write_comparison_writes_one_row_per_method(tmp_path, comparison_runs):
     rows = json.loads((out / "comparison.json").read_text())
     assert [r["method"] for r in rows] == ["base", "head", "lora"]
     keys = "method accuracy precision recall f1 train_seconds seconds_per_epoch trainable_params trainable_percent"
-    keys += " total_params peak_memory_mb artifact_size_bytes best_epoch run_dir"
+    keys += " total_params peak_memory_mb artifact_size_bytes best_epoch single_class run_dir"
     assert list(rows[0]) == [*keys.split(), "vs_lora"]  # every method but LoRA is tested against it
     base, head, lora = rows
     assert base["train_seconds"] == 0 and base["seconds_per_epoch"] is None and base["trainable_percent"] == 0
@@ -389,6 +389,39 @@ def test_comparison_names_a_real_baseline_row_base(tmp_path, baseline_run, compa
     assert f"| base | {formatting.percent(accuracy)} |" in md
     assert "| none |" not in md and "Untrained" not in md
     assert_png(out / "comparison_val_accuracy.png")
+
+
+def test_every_row_shares_the_base_models_total_params(tmp_path, comparison_runs):
+    lora = artifacts.load_summary(comparison_runs["lora"])
+    artifacts.save_summary(comparison_runs["lora"], dataclasses.replace(lora, total_params=lora.total_params + 4096))
+    out = tmp_path / "compare"
+
+    write_comparison(out, comparison_runs)
+
+    rows = json.loads((out / "comparison.json").read_text())
+    base_total = artifacts.load_summary(comparison_runs["base"]).total_params
+    assert {r["total_params"] for r in rows} == {base_total}
+    lora_row = rows[2]
+    assert lora_row["trainable_percent"] == pytest.approx(100 * lora_row["trainable_params"] / base_total)
+
+
+def test_a_method_that_predicts_one_class_is_flagged_in_the_table_and_the_log(tmp_path, comparison_runs, caplog):
+    head = artifacts.load_summary(comparison_runs["head"])
+    n = len(head.after.confusion_matrix)
+    one_column = [[sum(row) if j == 1 else 0 for j in range(n)] for row in head.after.confusion_matrix]
+    after = dataclasses.replace(head.after, confusion_matrix=one_column)
+    artifacts.save_summary(comparison_runs["head"], dataclasses.replace(head, after=after))
+    out = tmp_path / "compare"
+
+    write_comparison(out, comparison_runs)
+
+    rows = json.loads((out / "comparison.json").read_text())
+    labels = artifacts.load_labels(comparison_runs["head"])
+    assert [r["single_class"] for r in rows] == [None, labels[1], None]
+    md = (out / "comparison.md").read_text()
+    assert "| head ⚠ one class |" in md and f"Warning: head predicted one class ({labels[1]})" in md
+    assert "| lora |" in md and "lora ⚠" not in md
+    assert f"head predicted one class ({labels[1]})" in caplog.text
 
 
 def test_write_comparison_names_the_run_without_metrics(tmp_path, comparison_runs):

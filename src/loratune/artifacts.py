@@ -9,6 +9,7 @@ that it appears in the same rename as the weights; every load checks it (`integr
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -46,13 +47,29 @@ PREDICTIONS_FILE = "predictions.parquet"  # the eval split, example by example, 
 CALIBRATION_FILE = "calibration.json"  # the fitted temperature that `predict` and the export apply
 DATA_CHECKS_FILE = "data_checks.json"
 BEFORE_LOGITS_FILE = "before_logits.npy"  # only while unfinished, beside BEFORE_FILE, for the predictions file
+LOCK_FILE = ".lock"  # the pid and host of the run writing into the folder, while it runs
 HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
+@functools.cache
+def _umask() -> int:
+    # The umask can only be read by setting it; read once, since setting it races with other threads' files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: str | Path, folder: bool = False) -> None:
+    """Give a temporary file (mkstemp: 0600) or folder (mkdtemp: 0700) the mode a plain open or mkdir would give,
+    so what is renamed into place is as readable as any other file the user writes."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write text atomically (temporary file in the same folder, then rename)."""
+    """Write text atomically (temporary file in the same folder, then rename), with the umask's permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _follow_umask(tmp)
     try:
         with reporting_full_disk(path, len(text.encode())), os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -113,6 +130,9 @@ def save_directory(path: Path, write: Any, needed_bytes: int | None = None) -> N
     try:
         with reporting_full_disk(path, needed_bytes):
             write(tmp)
+        # mkdtemp made the folder 0700, and safetensors writes its files 0600: give the tree the umask's modes.
+        for item in [tmp, *tmp.rglob("*")]:
+            _follow_umask(item, folder=item.is_dir())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -231,6 +251,7 @@ def _save_head(run_dir: Path, model: Any, needed_bytes: int) -> None:
     try:
         with reporting_full_disk(run_dir / HEAD_FILE, needed_bytes):
             save_file(state, tmp)
+        _follow_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, run_dir / HEAD_FILE)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -409,8 +430,8 @@ def check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
     check_finite_tensors(tensors, needed)
 
 
-def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list[str], Any]:
-    """Rebuild the trained classifier from a run folder.
+def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) -> tuple[Any, Any, list[str], Any]:
+    """Rebuild the trained classifier from a run folder (`finished=False`: one whose run is still writing it).
 
     Returns:
         (model in eval mode, tokenizer, label names, Config)
@@ -419,16 +440,22 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, list
         RunError: for a missing, unfinished or damaged run folder.
     """
     # Lazy: the report reads run folders through this module and must not import torch (a second or more).
-    from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, use_mean_pooling
+    from loratune.modeling import (
+        load_classifier,
+        load_tokenizer,
+        resolve_attention,
+        resolve_model_name,
+        use_mean_pooling,
+    )
 
-    run_dir = check_run(run_dir)
+    run_dir = check_run(run_dir) if finished else Path(run_dir)
     cfg = load_run_config(run_dir)
     labels = load_labels(run_dir)
     method = cfg.lora.method
     check_weights(run_dir, method, labels)
-    base = cfg.model.name_or_path
+    base = resolve_model_name(cfg.model.name_or_path, run_dir)
     trust = cfg.model.trust_remote_code
-    attention = resolve_attention(cfg.model.attn_implementation, device)
+    attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
     try:
         tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
         if method == "full":

@@ -190,6 +190,11 @@ def _print_summary(summary: RunSummary, run_dir: Path) -> None:
     print(f"{'metric':<10} {'before':>8} {'after':>8}")
     for key in ("accuracy", "precision", "recall", "f1"):
         print(f"{key:<10} {getattr(summary.before, key):>8.4f} {getattr(summary.after, key):>8.4f}")
+    if summary.after_fp32_accuracy is not None:
+        print(
+            f"after scored in {summary.after_precision}; in fp32 (as exported) accuracy "
+            f"{summary.after_fp32_accuracy:.4f}"
+        )
     print(
         f"trained {summary.trainable_params:,} of {summary.total_params:,} parameters "
         f"in {summary.train_seconds:.1f}s; best epoch {summary.best_epoch}"

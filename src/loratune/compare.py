@@ -95,10 +95,11 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     """Compare several runs of the same task, one row per method.
 
     Writes `comparison.json` (a list of rows with the keys method, accuracy, precision, recall, f1, train_seconds,
-    seconds_per_epoch, trainable_params, trainable_percent, total_params, peak_memory_mb, artifact_size_bytes,
-    best_epoch and run_dir; with several seeds the scores and costs are means, and seeds, run_dirs and
-    accuracy_std, precision_std, recall_std, f1_std are added; every method but LoRA has vs_lora, its paired test
-    against LoRA), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
+    seconds_per_epoch, trainable_params, trainable_percent, total_params (one figure, the base model's, for every
+    row), peak_memory_mb, artifact_size_bytes, best_epoch, single_class (the one label a trained method predicted
+    for every text, else null) and run_dir; with several seeds the scores and costs are means, and seeds, run_dirs
+    and accuracy_std, precision_std, recall_std, f1_std are added; every method but LoRA has vs_lora, its paired
+    test against LoRA), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
     self-contained `comparison.html`.
 
     Args:
@@ -121,11 +122,20 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
         method: [read_run_folder(Path(p)) for p in (paths if isinstance(paths, list) else [paths])]
         for method, paths in runs.items()
     }
-    rows = [_comparison_row(method, folders, output_dir) for method, folders in loaded.items()]
+    total = _shared_total(loaded)
+    rows = [_comparison_row(method, folders, output_dir, total) for method, folders in loaded.items()]
     if REFERENCE in loaded:
         for row in rows:
             if row["method"] != REFERENCE:
                 row["vs_lora"] = _paired_test(loaded[REFERENCE], loaded[row["method"]])
+    for row in rows:
+        if row["single_class"] is not None:
+            log.warning(
+                "%s predicted one class (%s) for every %s text; it did not learn at this budget.",
+                row["method"],
+                row["single_class"],
+                loaded[row["method"]][0].summary.eval_split,
+            )
     artifacts.write_json(output_dir / "comparison.json", rows)
 
     summaries = {method: folders[0].summary for method, folders in loaded.items()}  # curves: the first seed's
@@ -190,7 +200,22 @@ def _paired_test(reference: list[RunFolder], other: list[RunFolder]) -> dict[str
     }
 
 
-def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path) -> dict[str, Any]:
+def _shared_total(runs: dict[str, list[RunFolder]]) -> int:
+    """One total for every row, so the trainable shares compare: the base model's (older run folders counted
+    adapter weights in their own total)."""
+    if "base" in runs:
+        return runs["base"][0].summary.total_params
+    totals = [run.summary.total_params for folders in runs.values() for run in folders if run.summary.total_params]
+    return min(totals, default=0)
+
+
+def _single_class(s: Any, labels: list[str]) -> str | None:
+    """The one label a trained method gave every text, or None."""
+    predicted = [j for j in range(len(labels)) if any(row[j] for row in s.after.confusion_matrix if j < len(row))]
+    return labels[predicted[0]] if s.trained and len(predicted) == 1 and len(labels) > 1 else None
+
+
+def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path, total: int) -> dict[str, Any]:
     def mean(values: list[Any]) -> Any:
         numbers = [finite(v) for v in values]
         if None in numbers:
@@ -206,11 +231,12 @@ def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path) -> dic
         "train_seconds": each(lambda s: s.train_seconds),
         "seconds_per_epoch": each(lambda s: s.seconds_per_epoch),
         "trainable_params": runs[0].summary.trainable_params,
-        "trainable_percent": each(lambda s: 100 * s.trainable_params / s.total_params if s.total_params else None),
-        "total_params": runs[0].summary.total_params,
+        "trainable_percent": 100 * runs[0].summary.trainable_params / total if total else None,
+        "total_params": total,
         "peak_memory_mb": each(lambda s: s.peak_memory_mb),
         "artifact_size_bytes": each(lambda s: s.adapter_size_bytes),
         "best_epoch": runs[0].summary.best_epoch,
+        "single_class": next((c for c in (_single_class(r.summary, r.labels) for r in runs) if c), None),
         "run_dir": _relative(runs[0].dir, output_dir),
     }
     if len(runs) > 1:
@@ -248,8 +274,16 @@ def _comparison_blocks(
         blocks.append(
             Text(f"Most accurate: {best['method']}, {percent(best['accuracy'])} in {seconds(best['train_seconds'])}.")
         )
+    for r in rows:
+        if r["single_class"] is not None:
+            blocks.append(
+                Text(
+                    f"Warning: {r['method']} predicted one class ({r['single_class']}) for every text: it did not "
+                    "learn at this budget (more data or epochs, or a higher --learning-rate, may help)."
+                )
+            )
     columns = {
-        "method": lambda r: str(r["method"]),
+        "method": lambda r: str(r["method"]) + (" ⚠ one class" if r.get("single_class") is not None else ""),
         **{name.split(" ")[0]: lambda r, k=key: _score(r, k) for key, name in METRICS},
         "train time": lambda r: seconds(r["train_seconds"]),
         "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),

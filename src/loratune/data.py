@@ -17,7 +17,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from loratune.config import DataArgs
 from loratune.errors import DataError
-from loratune.sources import LABEL_COLUMNS, load_raw, read_file
+from loratune.sources import LABEL_COLUMNS, load_raw, read_file, split_files
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _label_name(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
 
 
-def _encode_labels(ds: Dataset, split: str, labels: list[str]) -> Dataset:
+def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool = False) -> Dataset:
     if isinstance(ds.features["label"], ClassLabel) and list(ds.features["label"].names) == labels:
         return ds
     index = {name: i for i, name in enumerate(labels)}
@@ -220,6 +220,11 @@ def _encode_labels(ds: Dataset, split: str, labels: list[str]) -> Dataset:
     def encode(batch: dict[str, list]) -> dict[str, list]:
         names = [_label_name(v) for v in batch["label"]]
         unknown = sorted({n for n in names if n not in index})
+        if unknown and run_labels:
+            raise DataError(
+                f"The {split} split has label(s) {unknown} that the run was not trained on; the run's labels: "
+                f"{labels}. Evaluate on data labelled with those names."
+            )
         if unknown:
             raise DataError(
                 f"The {split} split has label(s) {unknown} that train lacks; known labels: {labels}. "
@@ -295,6 +300,15 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str]) -> Dataset:
         raw = {split: read_file(path, args.label_column)}
         if len(raw[split]) == 0:
             raise DataError(f"{path} has a header but no rows; add labelled rows.")
+    elif path.is_dir():
+        files = split_files(path)  # by name only: a folder holding just test.csv has a test split, not a train one
+        if split not in files:
+            raise DataError(f"{path} has no {split} file (it has {sorted(files) or 'none'}); choose one with --split.")
+        if files[split].stat().st_size == 0:
+            raise DataError(f"{files[split]} is empty; it needs a header row and labelled rows.")
+        raw = {split: read_file(files[split])}
+        if len(raw[split]) == 0:
+            raise DataError(f"{files[split]} has a header but no rows; add labelled rows.")
     else:
         loaded = load_raw(args)
         if split not in loaded:
@@ -302,4 +316,4 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str]) -> Dataset:
         raw = {split: loaded[split]}
     text_col, pair_col, label_col = _detect_columns(raw[split], args)
     ds = _standardise(raw[split], split, text_col, pair_col, label_col)
-    return _subsample(_encode_labels(ds, split, labels), args.max_eval_samples, seed=0)
+    return _subsample(_encode_labels(ds, split, labels, run_labels=True), args.max_eval_samples, seed=0)

@@ -3,6 +3,7 @@ head-only / full fine-tuning."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -49,9 +50,44 @@ def default_model_path() -> str:
     return str(folder) if (folder / "config.json").is_file() else HUB_DEFAULT_MODEL
 
 
+def portable_model_name(name_or_path: str, run_dir: str | Path) -> str:
+    """The base model as a run folder records it, so the folder works in another environment or place: the hub id
+    for the packaged default, a path relative to the run folder for a model inside it, the absolute path of any
+    other local folder, and a hub id as given. `resolve_model_name` turns it back into something to load."""
+    if name_or_path == HUB_DEFAULT_MODEL or Path(name_or_path).resolve() == Path(default_model_path()).resolve():
+        return HUB_DEFAULT_MODEL
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return name_or_path  # a hub id
+    path = path.resolve()
+    try:
+        return path.relative_to(Path(run_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_model_name(name_or_path: str | None, run_dir: str | Path | None = None) -> str:
+    """Where to load a model from, offline first: the installed package for the default model (or its hub id),
+    a folder inside `run_dir` for a path relative to it, anything else as given."""
+    if not name_or_path or name_or_path == HUB_DEFAULT_MODEL:
+        return default_model_path()
+    if run_dir is not None and not Path(name_or_path).is_absolute() and (Path(run_dir) / name_or_path).exists():
+        return str(Path(run_dir) / name_or_path)
+    return name_or_path
+
+
+@contextlib.contextmanager
+def peft_warnings_hidden() -> Iterator[None]:
+    """Within this block only: hide the FutureWarning PEFT triggers by calling `is_gradient_checkpointing`, which
+    transformers 5.x renamed; it says nothing a user can act on (the CLI hides it for the whole process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def display_name(name_or_path: str) -> str:
     """A short model name for reports: the hub id, or the name of the packaged default model."""
-    if name_or_path == default_model_path() and name_or_path != HUB_DEFAULT_MODEL:
+    if name_or_path in (HUB_DEFAULT_MODEL, default_model_path()):
         return HUB_DEFAULT_MODEL.split("/")[-1]
     return name_or_path
 
@@ -66,17 +102,17 @@ class BuiltModel:
     head_modules: list[str]
     target_modules: list[str] = field(default_factory=list)
     pooling: str = "model"
+    base_params: int = 0  # the classifier as loaded: the total every method on this model and labels shares
 
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable (all, and adapter weights alone) and total parameter counts."""
+        """Trainable (all, and adapter weights alone) and total (the base classifier's) parameter counts."""
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         adapter = sum(
             p.numel()
             for n, p in self.model.named_parameters()
             if p.requires_grad and any(t in n for t in ("lora_", "ia3_", "dora_"))
         )
-        total = sum(p.numel() for n, p in self.model.named_parameters() if "modules_to_save" not in n)
-        return {"trainable_params": trainable, "trainable_params_lora": adapter, "total_params": total}
+        return {"trainable_params": trainable, "trainable_params_lora": adapter, "total_params": self.base_params}
 
 
 @contextmanager
@@ -315,15 +351,20 @@ def resolve_attention(attn_implementation: str, device: str) -> str:
     return "sdpa" if device == "cuda" else "eager"
 
 
-def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], device: str = "cpu") -> BuiltModel:
+def build_model(
+    model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], device: str = "cpu", run_dir: Path | None = None
+) -> BuiltModel:
     """Load the base classifier and prepare it for `lora_args.method`.
 
-    Only the adapter weights and the head modules can be trained (everything, for method 'full').
+    Only the adapter weights and the head modules can be trained (everything, for method 'full'). `run_dir` is
+    where a resumed run's relative model path points (see `resolve_model_name`).
     """
-    name = model_args.name_or_path or default_model_path()
+    name = resolve_model_name(model_args.name_or_path, run_dir)
     tokenizer = load_tokenizer(name, model_args.trust_remote_code)
     attention = resolve_attention(model_args.attn_implementation, device)
     model, head = load_classifier(name, labels, model_args.trust_remote_code, attention)
+    # Counted before adapters or mean pooling change the model, so every method's share has the same total.
+    base_params = sum(p.numel() for p in model.parameters())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # Without dropout a bf16 CPU step is about a quarter faster (random masks are costly there), and on SST-2
@@ -336,7 +377,7 @@ def build_model(model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], d
         use_mean_pooling(model)
         head = [h for h in head if h != "pooler"]
     head = list(lora_args.modules_to_save) if lora_args.modules_to_save is not None else head
-    built = BuiltModel(model=model, tokenizer=tokenizer, name_or_path=name, head_modules=head, pooling=pooling)
+    built = BuiltModel(model, tokenizer, name, head, pooling=pooling, base_params=base_params)
     method = lora_args.method
     if method in ADAPTER_METHODS:
         default_targets = _ia3_targets if method == "ia3" else choose_target_modules

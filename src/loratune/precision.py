@@ -85,6 +85,21 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def inference_precision(precision: str, device: str, trained: str) -> str:
+    """The precision to score a run in: `precision` when given; for 'auto', the run's own (`trained`, in which
+    its "after" was scored) where this device runs it fast, else what 'auto' picks here.
+
+    Raises:
+        ConfigError: as `resolve_precision`.
+    """
+    here = resolve_precision(precision, device)
+    if precision != "auto":
+        return here
+    if trained == "fp32" or trained == here or (trained == "fp16" and device == "cuda"):
+        return trained
+    return here
+
+
 def dtype(precision: str) -> Any:
     """The torch dtype of a resolved precision."""
     import torch

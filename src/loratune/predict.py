@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 from loratune import artifacts, precision
+from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
 from loratune.integrity import check_finite_logits
+from loratune.modeling import peft_warnings_hidden
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:
@@ -24,14 +26,29 @@ def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "
     casts nothing per batch. On SST-2's 2,693 validation and test sentences, bf16 labelled 2x faster than fp32
     here and changed 3 labels (probabilities by at most 0.02); pass dtype="fp32" for exact scores.
 
+    `auto` is the run's own precision where this device runs it (see `precision.inference_precision`): the
+    precision the run scored its "after" in, so `loratune evaluate` reproduces it.
+
     Returns:
         (model, tokenizer, labels, cfg), the model in eval mode.
     """
     device = precision.resolve_device(device)
-    dtype = precision.resolve_precision(dtype, device)
-    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device)
+    trained = artifacts.load_run_config(artifacts.check_run(run_dir)).train.precision
+    with peft_warnings_hidden():
+        return inference_model(run_dir, device, precision.inference_precision(dtype, device, trained))
+
+
+def inference_model(run_dir: str | Path, device: Any, dtype: str, finished: bool = True) -> tuple[Any, ...]:
+    """`load_for_inference` with the device (a torch device, or a name such as cuda:1) and precision resolved;
+    `finished=False` for the run that is writing the folder."""
+    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device, finished)
     if cfg.lora.method in ADAPTER_METHODS:
-        model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+        try:
+            model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights
+        except AttributeError:
+            # PEFT 0.21's IA3 unload stops at a BERT pooler kept in modules_to_save; the layers it reached are
+            # merged, the rest still apply their scales, so the model computes the same function unmerged.
+            pass
     return precision.prepare_for_inference(model, dtype), tokenizer, labels, cfg
 
 
@@ -79,18 +96,19 @@ class Predictor:
         """Calibrated class probabilities (temperature applied), shape (len(texts), num_labels), in text order."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths batch with little padding
+        args = [texts] if text_pairs is None else [texts, text_pairs]
+        encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
+        rows = [{k: encoded[k][i] for k in MODEL_INPUTS if k in encoded} for i in range(len(texts))]
+        # The batches `loratune evaluate` makes (longest first, padded to each batch's longest), so a text gets
+        # the same probabilities from both, whatever else is in its batch.
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+        collate = Collator(self.tokenizer.pad_token_id)
         probs = torch.empty((len(texts), len(self.labels)))
         device = next(self.model.parameters()).device
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                args = [[texts[i] for i in idx]]
-                if text_pairs is not None:
-                    args.append([text_pairs[i] for i in idx])
-                batch = self.tokenizer(
-                    *args, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-                ).to(device)
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
                 logits = self.model(**batch).logits.float()
                 check_finite_logits(logits)
                 logits = logits / self.temperature
@@ -136,7 +154,7 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     if suffix in (".csv", ".tsv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+            rows = _csv_rows(handle, "\t" if suffix == ".tsv" else ",", path)
     elif suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
@@ -150,6 +168,28 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
             f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
         )
     return [str(row[column]) for row in rows]
+
+
+_EXTRA = object()  # DictReader's key for the fields of a row beyond its header
+
+
+def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[dict[str, Any]]:
+    """Rows as dicts; a row wider than the header is an error naming its line, never a silently shortened text,
+    except in a one-column file, where an unquoted delimiter is part of the text and the whole line is kept."""
+    reader = csv.DictReader(handle, delimiter=delimiter, restkey=_EXTRA)
+    rows = []
+    for row in reader:
+        extra = row.pop(_EXTRA, None)
+        if extra:
+            columns = reader.fieldnames or []
+            if len(columns) != 1:
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(columns) + len(extra)} fields but the header has "
+                    f"{len(columns)}; quote texts that hold a {delimiter!r}."
+                )
+            row[columns[0]] = delimiter.join([row[columns[0]], *extra])
+        rows.append(row)
+    return rows
 
 
 def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:

@@ -3,10 +3,12 @@ The CLI, the Python API and the notebook all call `run`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ from loratune.config import Config
 from loratune.data import Splits, tokenize
 from loratune.evaluate import metrics_from_logits, predict_logits
 from loratune.findings import Findings, compute_findings
-from loratune.modeling import BuiltModel, build_model, display_name
-from loratune.predict import Predictor
+from loratune.lock import run_lock
+from loratune.modeling import BuiltModel, build_model, display_name, peft_warnings_hidden, portable_model_name
+from loratune.predict import Predictor, inference_model
 from loratune.report import write_report
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
 from loratune.train import LoopState, train
@@ -31,7 +34,7 @@ from loratune.train import LoopState, train
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """A finished run: its folder, summary (`schema.RunSummary`) and config; a predictor loaded on first use."""
 
@@ -47,6 +50,13 @@ class Run:
     @property
     def after(self) -> Metrics:
         return self.summary.after
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"Run({str(self.run_dir)!r}: {s.method}, {s.eval_split} accuracy {s.before.accuracy:.4f} -> "
+            f"{s.after.accuracy:.4f}, f1 {s.before.f1:.4f} -> {s.after.f1:.4f})"
+        )
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """Label and probabilities for each text (see `Predictor.predict`)."""
@@ -81,50 +91,68 @@ def run(cfg: Config, resume: bool = False) -> Run:
     run_dir = artifacts.run_dir_for(cfg)
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
-    if not cfg.train.progress or not sys.stderr.isatty():  # in a log, datasets' bars are carriage-return frames
-        datasets.disable_progress_bars()
-    splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
-    checks = _check_data(cfg, splits)
-    accelerator = _start_accelerator(cfg, device, run_dir)
-    _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
-    set_seed(cfg.train.seed)
-    built = build_model(cfg.model, cfg.lora, splits.labels, device)
-    cfg = _resolve(cfg, built, run_dir, device, dtype)
-    _start_tracking(cfg, accelerator, run_dir, splits.labels)
-    tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
-    _finish_checks(cfg, checks, truncated, run_dir, accelerator)
-    model = _place(built.model, dtype, accelerator)
-    pad_id = built.tokenizer.pad_token_id
-    eval_ds = tokenised[splits.eval_name]
-    eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device))
-    before, logits_before = _evaluate_before(
-        model, eval_loader, eval_ds, splits.labels, accelerator, dtype, run_dir, resume
-    )
-    state = None
-    if cfg.lora.method != "none":
-        state = train(
-            model,
-            tokenised["train"],
-            tokenised["validation"],
-            splits.labels,
-            cfg.train,
-            accelerator,
-            pad_id,
-            checkpoint_dir=run_dir,
-            on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(_quiet())
+        splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
+        checks = _check_data(cfg, splits)
+        accelerator = _start_accelerator(cfg, device, run_dir)
+        scope.enter_context(run_lock(run_dir, enabled=accelerator.is_main_process))  # only the main one writes
+        _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
+        set_seed(cfg.train.seed)
+        built = build_model(cfg.model, cfg.lora, splits.labels, device, run_dir)
+        cfg = _resolve(cfg, built, run_dir, device, dtype)
+        _start_tracking(cfg, accelerator, run_dir, splits.labels)
+        tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
+        _finish_checks(cfg, checks, truncated, run_dir, accelerator)
+        model = _place(built.model, dtype, accelerator)
+        pad_id = built.tokenizer.pad_token_id
+        eval_ds = tokenised[splits.eval_name]
+        eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device))
+        before, logits_before = _evaluate_before(
+            model, eval_loader, eval_ds, splits.labels, accelerator, dtype, run_dir, resume
         )
-    model = accelerator.unwrap_model(model)
-    started = time.perf_counter()
-    logits_after = _logits(model, eval_loader, eval_ds, accelerator, dtype) if state else logits_before
-    after = metrics_from_logits(logits_after, np.asarray(eval_ds["label"]), splits.labels) if state else before
-    throughput = _throughput(state, len(eval_ds), time.perf_counter() - started)
-    findings = _examine(cfg, model, splits, tokenised, pad_id, logits_before, logits_after, accelerator, dtype)
-    summary = _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator, findings)
-    _end_tracking(cfg, accelerator, after)
-    if accelerator.is_main_process:
-        summary = _save(run_dir, model, cfg, built, summary, findings)
-    accelerator.wait_for_everyone()
-    return Run(run_dir, summary, cfg)
+        state = None
+        if cfg.lora.method != "none":
+            state = train(
+                model,
+                tokenised["train"],
+                tokenised["validation"],
+                splits.labels,
+                cfg.train,
+                accelerator,
+                pad_id,
+                checkpoint_dir=run_dir,
+                on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+            )
+        _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
+        after = _evaluate_after(run_dir, model, eval_loader, eval_ds, accelerator, dtype, state, before, logits_before)
+        del model  # from here on the saved model is scored, as `loratune evaluate` and `predict` score it
+        findings = _examine(cfg, after, splits, tokenised, pad_id, logits_before, accelerator)
+        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings)
+        _end_tracking(cfg, accelerator, after.metrics)
+        if accelerator.is_main_process:
+            summary = _save(run_dir, cfg, summary, findings)
+        accelerator.wait_for_everyone()
+        return Run(run_dir, summary, cfg)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide what the CLI hides, for this run only (a notebook's own settings come back afterwards): datasets'
+    Filter / Map / Tokenising bars, transformers' save bar (our epoch bar stays), and PEFT's FutureWarning."""
+    from transformers.utils import logging as hf_logging
+
+    bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()  # "Writing model shards" when the model is saved
+    try:
+        with peft_warnings_hidden():
+            yield
+    finally:
+        if bars[0]:
+            datasets.enable_progress_bars()
+        if bars[1]:
+            hf_logging.enable_progress_bar()
 
 
 def _check_data(cfg: Config, splits: Splits) -> dict[str, Any]:
@@ -168,7 +196,9 @@ def _resolve(cfg: Config, built: BuiltModel, run_dir: Path, device: str, dtype: 
     """The config as run: every `auto` and default decided, so the saved config repeats this run exactly."""
     return dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, name_or_path=built.name_or_path, pooling=built.pooling),
+        model=dataclasses.replace(
+            cfg.model, name_or_path=portable_model_name(built.name_or_path, run_dir), pooling=built.pooling
+        ),
         lora=dataclasses.replace(
             cfg.lora, target_modules=built.target_modules or None, modules_to_save=built.head_modules
         ),
@@ -224,21 +254,60 @@ def _evaluate_before(model, loader, ds, labels, accelerator, dtype: str, run_dir
     return saved
 
 
-def _examine(cfg, model, splits, tokenised, pad_id, logits_before, logits_after, accelerator, dtype) -> Findings:
+def _save_model(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+    accelerator.wait_for_everyone()
+
+
+@dataclass
+class _After:
+    """The "after" scores and what produced them: `scorer`, the model `predict` would load (adapter merged, held
+    in `dtype`), which also gives the validation logits the temperature is fitted on."""
+
+    metrics: Metrics
+    logits: np.ndarray
+    scorer: Any
+    dtype: str  # the autocast the scorer needs: none for a model held in its own dtype
+    fp32_accuracy: float | None
+    throughput: Throughput
+
+
+def _evaluate_after(run_dir, model, loader, ds, accelerator, dtype: str, state, before, logits_before) -> _After:
+    """The saved model, scored as `loratune evaluate` and `predict` run it by default (adapter merged, the whole
+    model in the run's precision, the same sorted batches), so `loratune evaluate` reproduces "after" exactly;
+    and its fp32 accuracy (what an export gives) when the run's precision is lower. Method none saved nothing:
+    its "after" is its "before"."""
+    if state is None:
+        return _After(before, logits_before, model, dtype, None, _throughput(None, 0, 0.0))
+    scorer, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
+    y_true, names = np.asarray(ds["label"]), list(before.per_class)
+    fp32 = None
+    if dtype != "fp32":
+        fp32 = metrics_from_logits(_logits(scorer, loader, ds, accelerator, "fp32"), y_true, names).accuracy
+    scorer = precision.prepare_for_inference(scorer, dtype)  # the same weights load_for_inference casts
+    started = time.perf_counter()
+    logits = _logits(scorer, loader, ds, accelerator, "fp32")  # "fp32": no autocast, the model holds its dtype
+    throughput = _throughput(state, len(ds), time.perf_counter() - started)
+    return _After(metrics_from_logits(logits, y_true, names), logits, scorer, "fp32", fp32, throughput)
+
+
+def _examine(cfg, after: _After, splits, tokenised, pad_id, logits_before, accelerator) -> Findings:
     """The predictions table, calibration and significance, from the eval logits; one extra pass over validation
     (unless that is the eval split) gives the logits the temperature is fitted on."""
     eval_ds, val_ds = splits.eval, tokenised["validation"]
     if splits.eval_name == "validation":
-        val_logits = logits_after
+        val_logits = after.logits
     else:
-        loader = accelerator.prepare(build_eval_loader(val_ds, cfg.train.eval_batch_size, pad_id))
-        val_logits = _logits(model, loader, val_ds, accelerator, dtype)
+        device = accelerator.device.type
+        loader = accelerator.prepare(build_eval_loader(val_ds, cfg.train.eval_batch_size, pad_id, device))
+        val_logits = _logits(after.scorer, loader, val_ds, accelerator, after.dtype)
     return compute_findings(
         list(eval_ds["text"]),
         list(eval_ds["text_pair"]) if splits.is_pair else None,
         np.asarray(eval_ds["label"]),
         logits_before,
-        logits_after,
+        after.logits,
         val_logits,
         np.asarray(val_ds["label"]),
         splits.labels,
@@ -258,26 +327,28 @@ def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float)
     )
 
 
-def _summarise(cfg, built, splits, truncated, before, after, state, throughput, accelerator, findings) -> RunSummary:
+def _summarise(cfg, built, splits, truncated, before, after: _After, state, accelerator, findings) -> RunSummary:
     return RunSummary(
         method=cfg.lora.method,
         labels=splits.labels,
         before=before,
-        after=after,
+        after=after.metrics,
         history=state.history if state else [],
         best_epoch=state.best_epoch if state else 0,
         best_metric=f"val_{cfg.train.best_metric}",
         stopped_early=bool(state and state.stopped_early),
-        model=built.name_or_path,
-        model_name=display_name(built.name_or_path),
+        model=cfg.model.name_or_path,
+        model_name=display_name(cfg.model.name_or_path),
         eval_split=splits.eval_name,
         train_seconds=state.train_seconds if state else 0.0,
         **built.parameter_counts(),
         peak_memory_mb=precision.peak_memory_mb(cfg.train.device),
         precision=cfg.train.precision,
+        after_precision=cfg.train.precision,
         device=cfg.train.device,
         num_processes=accelerator.num_processes,
-        throughput=throughput,
+        throughput=after.throughput,
+        after_fp32_accuracy=after.fp32_accuracy,
         data=DataSummary(
             source=cfg.data.path,
             train_size=len(splits.train),
@@ -299,9 +370,8 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
         accelerator.end_training()
 
 
-def _save(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, summary: RunSummary, findings) -> RunSummary:
-    """The trained weights, predictions, temperature, the summary, the report, and the COMPLETE marker last."""
-    artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings) -> RunSummary:
+    """Predictions, temperature, the summary, the report, and the COMPLETE marker last (the weights are saved)."""
     artifacts.save_predictions(run_dir, findings.table)
     artifacts.save_calibration(run_dir, findings.reliability)
     size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)

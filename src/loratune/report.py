@@ -240,10 +240,20 @@ def _before_and_after(s: RunSummary) -> str:
             f"Before and after: the model as loaded, with a fresh classification head and no training, "
             f"on the {s.eval_split} split."
         )
-    return (
+    text = (
         f"Before: the model as loaded, with a fresh classification head. After: the best epoch "
         f"({s.best_epoch}, by {s.best_metric or DASH}). Both on the {s.eval_split} split."
     )
+    if s.after_precision:
+        # Which numbers are the model's: evaluate reproduces "after"; an fp32 export may differ by a few texts.
+        text += (
+            f" After is the saved model scored as `loratune evaluate` scores it (adapter merged, the whole model in "
+            f"{s.after_precision}): accuracy {s.after.accuracy:.4f}"
+        )
+        if s.after_fp32_accuracy is not None:
+            text += f"; in fp32, as an export runs it: {s.after_fp32_accuracy:.4f}"
+        text += "."
+    return text
 
 
 def _training_table(s: RunSummary) -> Table:

@@ -141,6 +141,8 @@ class RunSummary:
     peak_memory_mb: float | None = None
     adapter_size_bytes: int | None = None
     precision: str = "fp32"
+    after_precision: str | None = None  # None: a run from before loratune scored "after" as `evaluate` does
+    after_fp32_accuracy: float | None = None  # when after_precision is lower: what fp32 (an export) scores
     device: str = "cpu"
     num_processes: int = 1
     throughput: Throughput = field(default_factory=Throughput)

@@ -53,7 +53,8 @@ def load_raw(args: DataArgs) -> DatasetDict:
     return DatasetDict(loaded)
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
+def split_files(folder: Path) -> dict[str, Path]:
+    """The folder's files named after a split (train, validation, test and their aliases), by split."""
     found: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
         if file.suffix.lower() not in FORMATS:
@@ -63,6 +64,11 @@ def _split_files(folder: Path) -> dict[str, Path]:
                 if split in found:
                     raise DataError(f"{folder} has two {split} files ({found[split].name}, {file.name}); keep one.")
                 found[split] = file
+    return found
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    found = split_files(folder)
     if "train" not in found:
         data_files = [f.name for f in folder.iterdir() if f.suffix.lower() in FORMATS]
         if len(data_files) == 1:
