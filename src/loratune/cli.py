@@ -20,6 +20,8 @@ from loratune.schema import RunSummary, to_dict
 from loratune.storage import check_writable_file, disk_full_message, is_out_of_space
 
 EXIT_USAGE = 2
+# Commands that load datasets or models, whose progress bars and warnings are hidden while they run.
+_LOADS_LIBRARIES = ("evaluate", "predict", "export", "check-data")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
@@ -297,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.command in _LOADS_LIBRARIES:  # train's run() quiets them itself
+            from loratune.quiet import quiet_libraries
+
+            with quiet_libraries():
+                return args.func(args)
         return args.func(args)
     except LoratuneError as error:
         if args.debug:

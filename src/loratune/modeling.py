@@ -3,7 +3,6 @@ head-only / full fine-tuning."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -74,15 +73,6 @@ def resolve_model_name(name_or_path: str | None, run_dir: str | Path | None = No
     if run_dir is not None and not Path(name_or_path).is_absolute() and (Path(run_dir) / name_or_path).exists():
         return str(Path(run_dir) / name_or_path)
     return name_or_path
-
-
-@contextlib.contextmanager
-def peft_warnings_hidden() -> Iterator[None]:
-    """Within this block only: hide the FutureWarning PEFT triggers by calling `is_gradient_checkpointing`, which
-    transformers 5.x renamed; it says nothing a user can act on (the CLI hides it for the whole process)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
 
 
 def display_name(name_or_path: str) -> str:

@@ -15,7 +15,7 @@ from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
 from loratune.integrity import check_finite_logits
-from loratune.modeling import peft_warnings_hidden
+from loratune.quiet import peft_warnings_hidden
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:

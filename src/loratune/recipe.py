@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from loratune.data import Splits, tokenize
 from loratune.evaluate import metrics_from_logits, predict_logits
 from loratune.findings import Findings, compute_findings
 from loratune.lock import run_lock
-from loratune.modeling import BuiltModel, build_model, display_name, peft_warnings_hidden, portable_model_name
+from loratune.modeling import BuiltModel, build_model, display_name, portable_model_name
 from loratune.predict import Predictor, inference_model
+from loratune.quiet import quiet_libraries
 from loratune.report import write_report
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
 from loratune.train import LoopState, train
@@ -92,7 +92,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
     with contextlib.ExitStack() as scope:
-        scope.enter_context(_quiet())
+        scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
         checks = _check_data(cfg, splits)
         accelerator = _start_accelerator(cfg, device, run_dir)
@@ -134,25 +134,6 @@ def run(cfg: Config, resume: bool = False) -> Run:
             summary = _save(run_dir, cfg, summary, findings)
         accelerator.wait_for_everyone()
         return Run(run_dir, summary, cfg)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide what the CLI hides, for this run only (a notebook's own settings come back afterwards): datasets'
-    Filter / Map / Tokenising bars, transformers' save bar (our epoch bar stays), and PEFT's FutureWarning."""
-    from transformers.utils import logging as hf_logging
-
-    bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()  # "Writing model shards" when the model is saved
-    try:
-        with peft_warnings_hidden():
-            yield
-    finally:
-        if bars[0]:
-            datasets.enable_progress_bars()
-        if bars[1]:
-            hf_logging.enable_progress_bar()
 
 
 def _check_data(cfg: Config, splits: Splits) -> dict[str, Any]:
