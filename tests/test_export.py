@@ -99,7 +99,7 @@ def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_
 
 def test_training_moved_the_model_so_the_comparison_means_something(trained_run, tiny_models, data_dir):
     run = trained_run(tiny_models["bert"], data_dir)
-    model, tokenizer, _, _ = loratune.artifacts.load_model(run)
+    model, tokenizer, _, _ = loratune.weights.load_model(run)
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.inference_mode():
         adapted = model(**batch).logits

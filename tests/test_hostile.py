@@ -237,7 +237,7 @@ def test_a_run_that_hits_the_file_size_limit_stops_in_one_line_and_resumes_to_th
     # the epoch-1 checkpoint is intact and nothing half-written is left beside it
     assert json.loads((run_dir / CHECKPOINT_DIR / "state.json").read_text())["state"]["epoch"] == 1
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
-    from loratune.artifacts import verify_weights
+    from loratune.weights import verify_weights
 
     verify_weights(run_dir / CHECKPOINT_DIR, ["state.safetensors", "state.json"])
 

@@ -17,9 +17,10 @@ from conftest import make_rows, tiny_config, write_csv
 
 import loratune
 from loratune import ModelError, RunError, artifacts
-from loratune.artifacts import HISTORY_COLUMNS, load_model
+from loratune.artifacts import HISTORY_COLUMNS
 from loratune.recipe import load_run, run
 from loratune.schema import RunSummary
+from loratune.weights import load_model
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 RUN_FILES = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_rows, tiny_config, write_csv
 
-from loratune import artifacts
+from loratune import artifacts, weights
 from loratune.batching import build_eval_loader
 from loratune.config import Config
 from loratune.data import load_splits, tokenize
@@ -112,10 +112,10 @@ def test_saved_model_reloads_to_identical_logits(tiny_bert, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     artifacts.prepare_run_dir(run_dir, overwrite=False)
     artifacts.save_start(run_dir, cfg, labels)
-    artifacts.save_model(run_dir, built.model, "lora", built.tokenizer)
+    weights.save_model(run_dir, built.model, "lora", built.tokenizer)
     artifacts.mark_complete(run_dir)
 
-    model, tokenizer, loaded_labels, _ = artifacts.load_model(run_dir)
+    model, tokenizer, loaded_labels, _ = weights.load_model(run_dir)
     assert loaded_labels == labels
     batch = tokenizer(["great movie", "the plot was really awful", "a scene"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_saved_model_reloads_to_identical_logits(tiny_bert, data_dir, tmp_path):
 def test_every_method_trains_saves_and_reloads(method, tiny_bert, data_dir, tmp_path):
     result = run(tiny_config(tiny_bert, data_dir, tmp_path / method, lora__method=method, train__num_epochs=1))
     assert (result.run_dir / "COMPLETE").exists()
-    model, tokenizer, _, cfg = artifacts.load_model(result.run_dir)
+    model, tokenizer, _, cfg = weights.load_model(result.run_dir)
     assert cfg.lora.method == method
     ds, _ = tokenize(load_splits(cfg.data, seed=cfg.train.seed).test, tokenizer, cfg.data.max_length)
     reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.summary.labels)

@@ -17,13 +17,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loratune.config import ADAPTER_METHODS, Config, load_config
-from loratune.errors import ConfigError, ModelError, RunError, first_line
-from loratune.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
+from loratune.config import Config, load_config
+from loratune.errors import ConfigError, RunError, first_line
 from loratune.schema import EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
 from loratune.storage import reporting_full_disk
 
@@ -65,19 +65,31 @@ def _follow_umask(path: str | Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically (temporary file in the same folder, then rename), with the umask's permissions."""
+def write_file(path: Path, write: Callable[[str], None], needed_bytes: int | None = None) -> None:
+    """Write one file atomically: `write(tmp)` fills a temporary file beside `path`, which is then given the
+    umask's permissions and renamed into place. A failed write (a full disk) leaves no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    _follow_umask(tmp)
+    os.close(fd)
     try:
-        with reporting_full_disk(path, len(text.encode())), os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with reporting_full_disk(path, needed_bytes):
+            write(tmp)
+        _follow_umask(tmp)  # mkstemp, safetensors and others create 0600
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically (see `write_file`), synced to disk before the rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no temporary file behind
+
+    write_file(path, write, len(text.encode()))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -145,40 +157,6 @@ def save_directory(path: Path, write: Any, needed_bytes: int | None = None) -> N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = None) -> None:
-    """`save_directory` for weights: `CHECKSUMS_FILE` is written inside the folder before it is renamed into place."""
-
-    def write_with_checksums(folder: Path) -> None:
-        write(folder)
-        names = [f.name for f in folder.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file()]
-        write_json(folder / CHECKSUMS_FILE, compute_checksums(folder, names))
-
-    save_directory(path, write_with_checksums, needed_bytes)
-
-
-def verify_weights(folder: Path, required: list[str]) -> None:
-    """Check the files of `folder` against its `CHECKSUMS_FILE`; every `required` file must be listed there.
-
-    A folder without checksums was written before loratune kept them: it loads with a warning (its weights are
-    still checked for NaN and infinity after loading), so older run folders keep working.
-
-    Raises:
-        RunError: for a listed file that is missing or changed, or a required file that is not listed.
-    """
-    manifest = folder / CHECKSUMS_FILE
-    if not manifest.is_file():
-        log.warning("%s has no %s (saved by an older loratune); its weights are unverified.", folder, CHECKSUMS_FILE)
-        return
-    listed = read_json(manifest)
-    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
-        raise RunError(f"{manifest} is damaged; restore the run folder from a backup or train again.")
-    verify_checksums(folder, listed, required, manifest)
-
-
-def _weight_files(folder: Path) -> list[str]:
-    return sorted(f.name for f in folder.glob("*.safetensors"))
-
-
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create the run folder, refusing to write over a finished run unless asked to."""
     if (run_dir / COMPLETE).exists():
@@ -204,8 +182,6 @@ def check_resumable(run_dir: Path) -> None:
         raise RunError(f"Nothing to resume in {run_dir}: it has no {CONFIG_FILE}; check the path or start a new run.")
     if (run_dir / COMPLETE).exists():
         raise RunError(f"{run_dir} already finished; nothing to resume.")
-    if (run_dir / CHECKPOINT_DIR).is_dir():  # before anything is written to the run folder
-        verify_weights(run_dir / CHECKPOINT_DIR, _weight_files(run_dir / CHECKPOINT_DIR))
 
 
 def mark_complete(run_dir: Path) -> None:
@@ -224,46 +200,6 @@ def check_run(run_dir: str | Path) -> Path:
     if not (run_dir / COMPLETE).exists():
         raise RunError(f"{run_dir} is not a finished run (no {COMPLETE} marker); it failed or is still training.")
     return run_dir
-
-
-def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
-    """Save what the method trained: a PEFT adapter, the head weights, or the whole model; and the tokenizer."""
-    trainable = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)  # bytes as fp32 safetensors
-    if method in ADAPTER_METHODS:
-        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
-        save_weights_directory(run_dir / ADAPTER_DIR, save, trainable)
-    elif method == "head":
-        _save_head(run_dir, model, trainable)
-    elif method == "full":
-        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
-        save_weights_directory(run_dir / FULL_MODEL_DIR, save, trainable)
-    save_directory(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
-
-
-def _save_head(run_dir: Path, model: Any, needed_bytes: int) -> None:
-    # The one weight file outside a folder of its own: its checksum goes into the run folder's CHECKSUMS_FILE,
-    # written after it (a crash in between leaves an unfinished run, with no COMPLETE, which nothing loads).
-    from safetensors.torch import save_file
-
-    state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".head.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with reporting_full_disk(run_dir / HEAD_FILE, needed_bytes):
-            save_file(state, tmp)
-        _follow_umask(tmp)  # safetensors writes 0600
-        os.replace(tmp, run_dir / HEAD_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    write_json(run_dir / CHECKSUMS_FILE, compute_checksums(run_dir, [HEAD_FILE]))
-
-
-def artifact_size_bytes(run_dir: Path, method: str) -> int:
-    """Bytes on disk of what the method adds to the base model."""
-    path = {"head": run_dir / HEAD_FILE, "full": run_dir / FULL_MODEL_DIR}.get(method, run_dir / ADAPTER_DIR)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
 def history_csv(history: list[EpochRecord]) -> str:
@@ -291,10 +227,11 @@ def save_before(run_dir: Path, before: Metrics, logits: Any) -> None:
     as written."""
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{BEFORE_LOGITS_FILE}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, np.asarray(logits, dtype=np.float32), allow_pickle=False)
-    os.replace(tmp, run_dir / BEFORE_LOGITS_FILE)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.save would add ".npy" to a bare file name
+            np.save(handle, np.asarray(logits, dtype=np.float32), allow_pickle=False)
+
+    write_file(run_dir / BEFORE_LOGITS_FILE, write)
     write_json(run_dir / BEFORE_FILE, to_dict(before))
 
 
@@ -313,10 +250,7 @@ def load_before(run_dir: Path) -> tuple[Metrics, Any] | None:
 
 def save_predictions(run_dir: Path, table: Any) -> None:
     """The predictions table (a pandas DataFrame) as Parquet, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{PREDICTIONS_FILE}.", suffix=".tmp")
-    os.close(fd)
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, run_dir / PREDICTIONS_FILE)
+    write_file(run_dir / PREDICTIONS_FILE, lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def load_predictions(run_dir: str | Path) -> Any:
@@ -389,102 +323,3 @@ def load_labels(run_dir: Path) -> list[str]:
             f"{json.dumps(labels)[:80]}; restore the file or rerun training."
         )
     return labels
-
-
-def check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
-    """Refuse a run folder's weights when they are missing, changed since training (checksums), or not finite.
-
-    Raises:
-        RunError: naming the file and what is wrong with it.
-    """
-    # Weights are read from safetensors only: a pickle (.bin) planted in a run folder is never unpickled.
-    if method in ADAPTER_METHODS:
-        needed = run_dir / ADAPTER_DIR / "adapter_model.safetensors"
-    elif method == "head":
-        needed = run_dir / HEAD_FILE
-    elif method == "full":
-        folder = run_dir / FULL_MODEL_DIR
-        if not any(folder.glob("*.safetensors")):
-            raise RunError(f"{folder} holds no .safetensors weights; loratune never loads pickled (.bin) weights.")
-        verify_weights(folder, _weight_files(folder))
-        # transformers would give a head of the wrong size fresh random weights rather than fail
-        saved = read_json(folder / "config.json")  # transformers' own file
-        num_labels = len(saved.get("id2label") or {}) if isinstance(saved, dict) else 0
-        if num_labels != len(labels):
-            raise RunError(
-                f"{run_dir / LABELS_FILE} lists {len(labels)} labels but the saved model has {num_labels}; "
-                "restore labels.json or rerun training."
-            )
-        return
-    else:
-        return
-    if not needed.is_file():
-        raise RunError(f"{needed} is missing; loratune loads only safetensors weights (never pickled .bin files).")
-    verify_weights(needed.parent, [needed.name] if method == "head" else _weight_files(needed.parent))
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(needed)
-    except Exception as error:
-        raise RunError(f"{needed} is damaged ({first_line(error)}); restore it or train again.") from None
-    check_finite_tensors(tensors, needed)
-
-
-def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) -> tuple[Any, Any, list[str], Any]:
-    """Rebuild the trained classifier from a run folder (`finished=False`: one whose run is still writing it).
-
-    Returns:
-        (model in eval mode, tokenizer, label names, Config)
-
-    Raises:
-        RunError: for a missing, unfinished or damaged run folder.
-    """
-    # Lazy: the report reads run folders through this module and must not import torch (a second or more).
-    from loratune.modeling import (
-        load_classifier,
-        load_tokenizer,
-        resolve_attention,
-        resolve_model_name,
-        use_mean_pooling,
-    )
-
-    run_dir = check_run(run_dir) if finished else Path(run_dir)
-    cfg = load_run_config(run_dir)
-    labels = load_labels(run_dir)
-    method = cfg.lora.method
-    check_weights(run_dir, method, labels)
-    base = resolve_model_name(cfg.model.name_or_path, run_dir)
-    trust = cfg.model.trust_remote_code
-    attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
-    try:
-        tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
-        if method == "full":
-            model, _ = load_classifier(str(run_dir / FULL_MODEL_DIR), labels, trust, attention)
-        else:
-            model, _ = load_classifier(base, labels, trust, attention)
-            model.config.pad_token_id = tokenizer.pad_token_id
-            if cfg.model.pooling == "mean":
-                use_mean_pooling(model)
-            if method in ADAPTER_METHODS:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))
-            elif method == "head":
-                from safetensors.torch import load_file
-
-                missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
-                if missing:
-                    raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
-    except (RunError, ModelError):
-        raise
-    except Exception as error:
-        if "size mismatch" in str(error):
-            raise RunError(
-                f"{run_dir / LABELS_FILE} lists {len(labels)} labels, which does not match the saved "
-                "classification head; restore labels.json or rerun training."
-            ) from error
-        first = first_line(error)
-        raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
-    model.config.pad_token_id = tokenizer.pad_token_id
-    check_finite_model(model, run_dir)  # also covers run folders saved before checksums, and full models
-    return model.to(device).eval(), tokenizer, labels, cfg

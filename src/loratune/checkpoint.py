@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loratune import artifacts
+from loratune import weights
 from loratune.artifacts import CHECKPOINT_DIR
 from loratune.errors import RunError
 from loratune.integrity import check_finite_tensors
@@ -54,7 +54,18 @@ def save_checkpoint(
 
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
     # A full disk fails here with one line, and the previous epoch's checkpoint stays in place to resume from.
-    artifacts.save_weights_directory(run_dir / CHECKPOINT_DIR, write, needed)
+    weights.save_weights_directory(run_dir / CHECKPOINT_DIR, write, needed)
+
+
+def verify_checkpoint(run_dir: Path) -> None:
+    """Check a resumed run's checkpoint against its checksums before anything is written to the run folder.
+
+    Raises:
+        RunError: for a checkpoint file changed or damaged since it was written.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    if folder.is_dir():
+        weights.verify_weights(folder, sorted(f.name for f in folder.glob("*.safetensors")))
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -75,7 +86,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     folder = run_dir / CHECKPOINT_DIR
-    artifacts.verify_weights(folder, ["state.safetensors", "state.json"])
+    weights.verify_weights(folder, ["state.safetensors", "state.json"])
     try:
         tensors = load_file(folder / "state.safetensors")
         meta = json.loads((folder / "state.json").read_text())

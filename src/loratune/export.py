@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from loratune import artifacts
+from loratune import artifacts, weights
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import RunError
 from loratune.modeling import load_tokenizer
@@ -150,7 +150,7 @@ def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
     cfg = artifacts.load_run_config(run_dir)
     _check_exportable(run_dir, cfg, adapter_only=True)
     labels = artifacts.load_labels(run_dir)
-    artifacts.check_weights(run_dir, cfg.lora.method, labels)
+    weights.check_weights(run_dir, cfg.lora.method, labels)
     adapter = run_dir / artifacts.ADAPTER_DIR
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():

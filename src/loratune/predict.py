@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from loratune import artifacts, precision
+from loratune import artifacts, precision, weights
 from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError
@@ -41,7 +41,7 @@ def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "
 def inference_model(run_dir: str | Path, device: Any, dtype: str, finished: bool = True) -> tuple[Any, ...]:
     """`load_for_inference` with the device (a torch device, or a name such as cuda:1) and precision resolved;
     `finished=False` for the run that is writing the folder."""
-    model, tokenizer, labels, cfg = artifacts.load_model(run_dir, device, finished)
+    model, tokenizer, labels, cfg = weights.load_model(run_dir, device, finished)
     if cfg.lora.method in ADAPTER_METHODS:
         try:
             model = model.merge_and_unload()  # PEFT folds B @ A (or IA3's scales) into the base weights

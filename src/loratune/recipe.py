@@ -17,8 +17,9 @@ import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loratune import artifacts, datachecks, precision, preflight
+from loratune import artifacts, datachecks, precision, preflight, weights
 from loratune.batching import SortedSampler, build_eval_loader
+from loratune.checkpoint import verify_checkpoint
 from loratune.config import Config
 from loratune.data import Splits, tokenize
 from loratune.evaluate import metrics_from_logits, predict_logits
@@ -168,6 +169,7 @@ def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
 def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Accelerator) -> None:
     if resume:
         artifacts.check_resumable(run_dir)
+        verify_checkpoint(run_dir)  # before anything is written to the run folder
     elif accelerator.is_main_process:
         artifacts.prepare_run_dir(run_dir, overwrite)
     accelerator.wait_for_everyone()
@@ -237,7 +239,7 @@ def _evaluate_before(model, loader, ds, labels, accelerator, dtype: str, run_dir
 
 def _save_model(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, accelerator: Accelerator) -> None:
     if accelerator.is_main_process:
-        artifacts.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
+        weights.save_model(run_dir, model, cfg.lora.method, built.tokenizer)
     accelerator.wait_for_everyone()
 
 
@@ -355,7 +357,7 @@ def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings) -
     """Predictions, temperature, the summary, the report, and the COMPLETE marker last (the weights are saved)."""
     artifacts.save_predictions(run_dir, findings.table)
     artifacts.save_calibration(run_dir, findings.reliability)
-    size = artifacts.artifact_size_bytes(run_dir, cfg.lora.method)
+    size = weights.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)
     artifacts.save_summary(run_dir, summary)
     write_report(run_dir)
