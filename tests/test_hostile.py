@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config, write_csv
 
-from loratune.artifacts import CHECKPOINT_DIR, CHECKSUMS_FILE, COMPLETE, load_summary
+from loratune.artifacts import CHECKPOINT_DIR, CHECKSUMS_FILE, COMPLETE, LOCK_FILE, load_summary
 from loratune.cli import main
 
 SCORES = ("accuracy", "precision", "recall", "f1")
@@ -40,7 +40,10 @@ CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int] | None]:
-    """Every path under `folder`: files with their sha256 and mtime, folders as None (so new files show too)."""
+    """Every path under `folder`: files with their sha256 and mtime, folders as None (so new files show too).
+
+    The run lock is left out: a killed run leaves a stale one, which the next attempt may take over and release.
+    """
     if not folder.exists():
         return {}
     return {
@@ -48,6 +51,7 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int] | None]:
         if p.is_file()
         else None
         for p in sorted(folder.rglob("*"))
+        if p.name != LOCK_FILE
     }
 
 

@@ -215,22 +215,23 @@ def _place(model: Any, dtype: str, accelerator: Accelerator) -> Any:
     return model.to(accelerator.device)
 
 
-def _logits(model: Any, loader: Any, ds: datasets.Dataset, accelerator: Accelerator, dtype: str) -> np.ndarray:
-    """(n, num_labels) logits in the dataset's order (the eval loader runs longest first)."""
+def _score(model, loader, ds: datasets.Dataset, accelerator, dtype: str, names: list[str]) -> tuple[Metrics, Any]:
+    """Metrics as `evaluate` computes them (in the loader's order, so even the loss's last digit agrees with
+    `loratune evaluate`), and the (n, num_labels) logits in the dataset's order, for the predictions table."""
     logits, y_true = predict_logits(model, loader, accelerator, dtype)
-    order = SortedSampler(list(ds["length"])).order  # gathered batches keep the sampler's order
+    metrics = metrics_from_logits(logits, y_true, names)
+    order = SortedSampler(list(ds["length"])).order  # the eval loader runs longest first; gathering keeps it
     in_order = np.empty_like(logits)
     in_order[order] = logits
     assert (np.asarray(ds["label"])[order] == y_true).all(), "eval batches came back in an unexpected order"
-    return in_order
+    return metrics, in_order
 
 
 def _evaluate_before(model, loader, ds, labels, accelerator, dtype: str, run_dir: Path, resume: bool):
     """The model as loaded, scored once (metrics and logits): a resumed run reads what its first start wrote."""
     saved = artifacts.load_before(run_dir) if resume else None
     if saved is None:
-        logits = _logits(model, loader, ds, accelerator, dtype)
-        saved = metrics_from_logits(logits, np.asarray(ds["label"]), labels), logits
+        saved = _score(model, loader, ds, accelerator, dtype, labels)
         if accelerator.is_main_process:
             artifacts.save_before(run_dir, *saved)
     log.info("before: accuracy %.4f, f1 %.4f", saved[0].accuracy, saved[0].f1)
@@ -264,15 +265,13 @@ def _evaluate_after(run_dir, model, loader, ds, accelerator, dtype: str, state, 
     if state is None:
         return _After(before, logits_before, model, dtype, None, _throughput(None, 0, 0.0))
     scorer, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
-    y_true, names = np.asarray(ds["label"]), list(before.per_class)
-    fp32 = None
-    if dtype != "fp32":
-        fp32 = metrics_from_logits(_logits(scorer, loader, ds, accelerator, "fp32"), y_true, names).accuracy
+    names = list(before.per_class)
+    fp32 = _score(scorer, loader, ds, accelerator, "fp32", names)[0].accuracy if dtype != "fp32" else None
     scorer = precision.prepare_for_inference(scorer, dtype)  # the same weights load_for_inference casts
     started = time.perf_counter()
-    logits = _logits(scorer, loader, ds, accelerator, "fp32")  # "fp32": no autocast, the model holds its dtype
+    metrics, logits = _score(scorer, loader, ds, accelerator, "fp32", names)  # no autocast: the model holds dtype
     throughput = _throughput(state, len(ds), time.perf_counter() - started)
-    return _After(metrics_from_logits(logits, y_true, names), logits, scorer, "fp32", fp32, throughput)
+    return _After(metrics, logits, scorer, "fp32", fp32, throughput)
 
 
 def _examine(cfg, after: _After, splits, tokenised, pad_id, logits_before, accelerator) -> Findings:
@@ -284,7 +283,7 @@ def _examine(cfg, after: _After, splits, tokenised, pad_id, logits_before, accel
     else:
         device = accelerator.device.type
         loader = accelerator.prepare(build_eval_loader(val_ds, cfg.train.eval_batch_size, pad_id, device))
-        val_logits = _logits(after.scorer, loader, val_ds, accelerator, after.dtype)
+        val_logits = _score(after.scorer, loader, val_ds, accelerator, after.dtype, splits.labels)[1]
     return compute_findings(
         list(eval_ds["text"]),
         list(eval_ds["text_pair"]) if splits.is_pair else None,
