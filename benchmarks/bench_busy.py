@@ -5,8 +5,9 @@ while before it sleeps, so that the next parallel region starts without a wake-u
 another process that does the same on the same cores, each spins through time slices the other needs, and both
 crawl. This benchmark measures both cases for each policy:
 
-- `spin`: libgomp's own default (`GOMP_SPINCOUNT=300000`, what it does when nothing is set);
-- `passive`: `OMP_WAIT_POLICY=PASSIVE`, idle threads sleep at once (loratune's default since this benchmark);
+- `spin`: libgomp's own default (`GOMP_SPINCOUNT=300000`, what it does when nothing is set; loratune's default);
+- `spin-100k`, `spin-10k`: shorter spins before sleeping;
+- `passive`: `OMP_WAIT_POLICY=PASSIVE`, idle threads sleep at once;
 - `one-thread`: `OMP_NUM_THREADS=1`, no parallel regions at all.
 
 For each it prints the train samples/s of the run alone, of each of the two runs together, and the slowdown
@@ -34,6 +35,8 @@ from bench_train import REPO_DIR, _child_env, write_subsample
 
 POLICIES = {
     "spin": {"GOMP_SPINCOUNT": "300000"},
+    "spin-100k": {"GOMP_SPINCOUNT": "100000"},
+    "spin-10k": {"GOMP_SPINCOUNT": "10000"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "one-thread": {"OMP_NUM_THREADS": "1"},
 }
@@ -44,7 +47,8 @@ def start_run(data: Path, model: Path, out: Path, policy: str) -> subprocess.Pop
     env = {k: v for k, v in _child_env().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     argv = [sys.executable, "-m", "loratune", "train", "--data", str(data), "--model", str(model)]
     argv += ["--output-dir", str(out), "--overwrite", "--no-progress", "--epochs", "1"]
-    return subprocess.Popen(argv, env=env | POLICIES[policy], cwd=REPO_DIR, stderr=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return subprocess.Popen(argv, env=env | POLICIES[policy], cwd=REPO_DIR, **quiet)
 
 
 def train_rate(out: Path) -> float:

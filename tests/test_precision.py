@@ -66,18 +66,3 @@ def test_inference_holds_the_whole_model_in_one_dtype():
     model = precision.prepare_for_inference(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout()), "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not model.training
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "1000"}, None)],
-)
-def test_importing_loratune_lets_idle_openmp_threads_sleep_unless_the_user_chose(given, expected):
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
-    code = "import os, loratune; print(os.environ.get('OMP_WAIT_POLICY'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(expected)

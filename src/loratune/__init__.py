@@ -2,9 +2,6 @@
 
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, DataError, LoratuneError, ModelError, RunError
-from loratune.precision import let_idle_cpu_threads_sleep
-
-let_idle_cpu_threads_sleep()  # before anything imports torch: see the function
 
 __version__ = "0.1.0"
 __all__ = [

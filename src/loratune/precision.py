@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import resource
 import sys
 from typing import Any
@@ -19,19 +18,6 @@ from loratune.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def let_idle_cpu_threads_sleep() -> None:
-    """Make PyTorch's idle OpenMP threads sleep instead of spinning, unless the user chose a policy.
-
-    By default libgomp (in PyTorch's CPU wheels) spins after each parallel region. Beside another CPU-heavy
-    process on the same cores, both spin through each other's time slices: a training step here ran 10-50x
-    slower next to a test suite with the default than with `OMP_WAIT_POLICY=PASSIVE` (benchmarks/bench_busy.py
-    measures alone and side by side). libgomp reads the variable when it loads, so this only takes effect when
-    called before torch is imported (loratune's `__init__` does) and in child processes.
-    """
-    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def resolve_device(device: str) -> str:
