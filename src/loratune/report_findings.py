@@ -145,7 +145,7 @@ def significance_blocks(s: RunSummary) -> list[Block]:
         Text(
             f"Intervals: percentile bootstrap over the {s.eval_split} examples ({count(sig.n_resamples)} "
             f"resamples). McNemar's exact test of before against after (fixed vs broken examples): "
-            f"p = {_p(p)}, {verdict}.",
+            f"p {_p(p)}, {verdict}.",
             muted=True,
         ),
     ]
@@ -154,7 +154,7 @@ def significance_blocks(s: RunSummary) -> list[Block]:
 def _p(value: float | None) -> str:
     if value is None:
         return DASH
-    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+    return "< 0.0001" if value < 1e-4 else f"= {value:.4f}"
 
 
 def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
