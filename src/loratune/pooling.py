@@ -11,9 +11,6 @@ from torch import nn
 
 from loratune.errors import ModelError
 
-# The packaged default's hub id: mean-pooled, so a frozen-encoder baseline on it pools the same way.
-_HUB_MEAN_POOLED = "sentence-transformers/all-MiniLM-L6-v2"
-
 
 def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
     """True for a local sentence-transformers folder whose pooling is the masked mean (e.g. all-MiniLM-L6-v2)."""
@@ -21,7 +18,9 @@ def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
     try:
         return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
     except (OSError, ValueError):
-        return name_or_path == _HUB_MEAN_POOLED
+        from loratune.modeling import HUB_DEFAULT_MODEL  # here: modeling imports this module
+
+        return name_or_path == HUB_DEFAULT_MODEL
 
 
 def resolve_pooling(pooling: str, method: str, name_or_path: str) -> str:
