@@ -45,6 +45,7 @@ LOGS_DIR = "logs"
 CHECKSUMS_FILE = "checksums.json"  # in adapter/, model/, checkpoint/, and in the run folder for head.safetensors
 PREDICTIONS_FILE = "predictions.parquet"  # the eval split, example by example, before and after (docs/run-folder.md)
 CALIBRATION_FILE = "calibration.json"  # the fitted temperature that `predict` and the export apply
+THRESHOLDS_FILE = "thresholds.json"  # multi-label runs: label -> decision threshold, chosen on validation
 DATA_CHECKS_FILE = "data_checks.json"
 BEFORE_LOGITS_FILE = "before_logits.npy"  # only while unfinished, beside BEFORE_FILE, for the predictions file
 LOCK_FILE = ".lock"  # the pid and host of the run writing into the folder, while it runs
@@ -286,6 +287,29 @@ def load_temperature(run_dir: str | Path) -> float:
     """The run's fitted temperature; 1.0 (no change) for a run folder without one."""
     calibration = load_calibration(run_dir)
     return float(calibration["temperature"]) if calibration else 1.0
+
+
+def save_thresholds(run_dir: Path, thresholds: dict[str, float]) -> None:
+    write_json(run_dir / THRESHOLDS_FILE, thresholds)
+
+
+def load_thresholds(run_dir: str | Path, labels: list[str]) -> list[float] | None:
+    """A multi-label run's decision thresholds in `labels` order; None for a single-label run (no such file).
+
+    Raises:
+        RunError: when the file does not give every label a threshold in (0, 1).
+    """
+    path = Path(run_dir) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    valid = isinstance(data, dict) and all(
+        isinstance(data.get(label), (int, float)) and not isinstance(data.get(label), bool) and 0 < data[label] < 1
+        for label in labels
+    )
+    if not valid:
+        raise RunError(f"{path} must map each of the run's labels to a threshold in (0, 1); restore it or rerun.")
+    return [float(data[label]) for label in labels]
 
 
 def save_data_checks(run_dir: Path, checks: dict[str, Any]) -> None:

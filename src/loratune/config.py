@@ -22,6 +22,8 @@ METHODS = ("lora", "dora", "ia3", "head", "full", "none")
 # The methods whose trained weights are a PEFT adapter on a frozen base.
 ADAPTER_METHODS = ("lora", "dora", "ia3")
 BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
+TASKS = ("auto", "single", "multi")
+CLASS_WEIGHTS = ("none", "balanced")  # or the path of a JSON/YAML file mapping label -> weight
 TRACKERS = ("none", "tensorboard", "mlflow")
 
 # Each method's learning rate when the user gives none. LoRA-style adapters start from zero (or one, for IA3)
@@ -56,6 +58,20 @@ class DataArgs:
     label_column: str | None = field(
         default=None, metadata=_help("Label column; detected from label, labels, category, class, intent.")
     )
+    task: str = field(
+        default="auto",
+        metadata=_help(
+            "single (one label per text) or multi (a set of labels per text); auto: multi when the label column "
+            "holds lists or separator-joined names, or label_columns is set."
+        ),
+    )
+    label_separator: str = field(
+        default="|", metadata=_help("What joins the label names of a multi-label text in one cell, e.g. 'joy|love'.")
+    )
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata=_help("Multi-label data as several 0/1 columns, one per label, comma-separated (names the labels)."),
+    )
     validation_ratio: float = field(
         default=0.1, metadata=_help("Share of train carved out (stratified) when there is no validation split.")
     )
@@ -89,6 +105,17 @@ class DataArgs:
                 raise ConfigError(f"data.{name} must be a positive number of rows, got {value}.")
         if self.max_length < 8:
             raise ConfigError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
+        if self.task not in TASKS:
+            raise ConfigError(f"data.task must be one of {list(TASKS)}, got {self.task!r}.")
+        if not self.label_separator.strip():
+            raise ConfigError(f"data.label_separator must be visible, such as '|', got {self.label_separator!r}.")
+        if self.label_columns is not None:
+            if len(self.label_columns) < 2:
+                raise ConfigError(f"data.label_columns needs at least two columns, got {self.label_columns}.")
+            if self.task == "single":
+                raise ConfigError("data.label_columns describes multi-label data; drop it or set data.task=multi.")
+            if self.label_column is not None:
+                raise ConfigError("Set data.label_column (one column) or data.label_columns (0/1 columns), not both.")
 
 
 @dataclass(frozen=True)
@@ -191,6 +218,13 @@ class TrainArgs:
     warmup_ratio: float = field(default=0.06, metadata=_help("Fraction of steps spent warming up, then linear decay."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Batches summed per optimizer step."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm; 0 turns it off."))
+    class_weights: str = field(
+        default="none",
+        metadata=_help(
+            "Loss weights: none, balanced (rare classes weigh more: n / (classes x count); for multi-label, each "
+            "label's positives weigh negatives / positives), or a JSON/YAML file mapping label -> weight."
+        ),
+    )
     seed: int = field(default=42, metadata=_help("Seed for splits, subsampling, initialisation and data order."))
     precision: str = field(
         default="auto",

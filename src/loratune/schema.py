@@ -32,16 +32,33 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Scores of one model on one split (see `evaluate.compute_metrics`); averages are macro."""
+    """Scores of one model on one split (see `evaluate.compute_metrics`); averages are macro.
+
+    Multi-label runs: `accuracy` is subset accuracy (the whole label set right), precision/recall/f1 are macro over
+    labels, `per_class` is per label, `confusion_matrix` is empty, and the micro/samples averages and Hamming loss
+    are filled in. Single-label runs fill in `balanced_accuracy` (the mean of per-class recall).
+    """
 
     accuracy: float
     precision: float
     recall: float
     f1: float
     per_class: dict[str, ClassScores]
-    confusion_matrix: list[list[int]]  # rows = true label, columns = predicted label
+    confusion_matrix: list[list[int]]  # rows = true label, columns = predicted label; [] for multi-label
     num_samples: int
     loss: float | None = None
+    balanced_accuracy: float | None = None
+    micro_precision: float | None = None
+    micro_recall: float | None = None
+    micro_f1: float | None = None
+    samples_precision: float | None = None
+    samples_recall: float | None = None
+    samples_f1: float | None = None
+    hamming_loss: float | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.micro_f1 is not None
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,8 @@ class RunSummary:
     labels: list[str]
     before: Metrics
     after: Metrics
+    task: str = "single"  # or "multi": a set of labels per text
+    class_weights: dict[str, float] | None = None  # the loss weight of each label (multi: of its positives)
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     best_metric: str = "val_f1"
