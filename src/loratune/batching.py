@@ -53,7 +53,11 @@ class Collator:
                 tensor[i, : len(row[key])] = torch.as_tensor(row[key], dtype=torch.long)
             batch[key] = tensor
         if "label" in rows[0]:
-            batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+            # label ids, or multi-hot rows (float, as binary cross-entropy takes them) for a multi-label task
+            multi = isinstance(rows[0]["label"], (list, tuple))
+            batch["labels"] = torch.tensor(
+                [row["label"] for row in rows], dtype=torch.float32 if multi else torch.long
+            )
         return batch
 
 

@@ -3,13 +3,18 @@
 Temperature scaling (Guo et al., 2017, https://arxiv.org/abs/1706.04599) divides the logits by one scalar T fitted
 on the validation split to minimise the negative log-likelihood. T > 0 keeps every row's argmax, so labels and
 accuracy never change; only how sure the model says it is. No torch and no files here.
+
+Multi-label runs (true labels given as (n, num_labels) multi-hot rows) are calibrated per label decision: every
+(text, label) probability sigmoid(logit / T) is one prediction, and a bin's "accuracy" is the share of its
+predictions whose label is true. One T for all labels; the per-label thresholds are then chosen on the calibrated
+probabilities, so decisions stay what validation chose.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import expit, log_expit, log_softmax, softmax
 
 N_BINS = 15
 # log T is searched in this range (T from 0.05 to 20): wide enough for any sane model, and bounded so the
@@ -37,10 +42,12 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS
     probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true)
     if probs.size == 0:
         return []
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
+    if y_true.ndim == 2:  # multi-label: each (text, label) probability, and whether that label is true
+        confidence, correct = probs.ravel(), y_true.ravel() > 0.5
+    else:
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # Bin i holds (edges[i], edges[i + 1]]; a confidence of exactly 0 cannot occur for a top-label probability.
+    # Bin i holds (edges[i], edges[i + 1]] (the first bin also 0, which only a multi-label probability can be).
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
     bins = []
     for i in range(n_bins):
@@ -59,7 +66,11 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS
 
 
 def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean cross-entropy of `logits / temperature` against the true label ids."""
+    """Mean cross-entropy of `logits / temperature` against the true label ids (multi-label: mean binary
+    cross-entropy over every label of every text)."""
+    if np.ndim(y_true) == 2:
+        scaled, y = np.asarray(logits, dtype=np.float64) / temperature, np.asarray(y_true) > 0.5
+        return float(-np.where(y, log_expit(scaled), log_expit(-scaled)).mean())
     log_probs = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
     return float(-log_probs[np.arange(len(y_true)), y_true].mean())
 
@@ -81,6 +92,8 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T), shape (n, num_labels)."""
+def calibrated_probabilities(logits: np.ndarray, temperature: float, multi_label: bool = False) -> np.ndarray:
+    """softmax(logits / T) (multi-label: sigmoid per label), shape (n, num_labels)."""
+    if multi_label:
+        return expit(np.asarray(logits, dtype=np.float64) / temperature)
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)

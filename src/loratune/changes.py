@@ -6,8 +6,12 @@ saves it as `artifacts.PREDICTIONS_FILE`; the report and `Run.changes()` read it
 The table has one row per eval-split example, in the split's order: `text` (and `text_pair` for pair tasks),
 `label` (the gold label's name), `pred_before`, `prob_before`, `pred_after`, `prob_after` (the predicted label and
 its probability), `prob_after_calibrated` (that probability after temperature scaling), and `probs_before` /
-`probs_after`, every label's probability as a list in the run's label order. A multi-label run will fill the same
-list columns with per-label probabilities.
+`probs_after`, every label's probability as a list in the run's label order.
+
+In a multi-label run `label`, `pred_before` and `pred_after` are label sets, the names joined with "|" in label
+order ("" for none): "before" decides at probability 0.5, "after" at the run's thresholds on calibrated
+probabilities, as `predict` does. An example is right when its whole set is; `prob_*` is its most probable label's
+probability.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
+from loratune import decisions
 from loratune.calibration import calibrated_probabilities
 from loratune.schema import Changes
 
@@ -33,8 +38,14 @@ def build_predictions_table(
     labels: list[str],
     temperature: float = 1.0,
     text_pairs: list[str] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The predictions table (see the module docstring) from (n, num_labels) logits in the split's order."""
+    """The predictions table (see the module docstring) from (n, num_labels) logits in the split's order;
+    `y_true` holds label ids, or multi-hot rows for a multi-label run (decided at `thresholds`)."""
+    if np.ndim(y_true) == 2:
+        return _multilabel_table(
+            texts, y_true, logits_before, logits_after, labels, temperature, thresholds, text_pairs
+        )
     names = np.asarray(labels, dtype=object)
     before = softmax(np.asarray(logits_before, dtype=np.float64), axis=1)
     after = softmax(np.asarray(logits_after, dtype=np.float64), axis=1)
@@ -51,6 +62,25 @@ def build_predictions_table(
         "pred_after": names[pred_after],
         "prob_after": after[rows, pred_after].astype(np.float32),
         "prob_after_calibrated": calibrated[rows, pred_after].astype(np.float32),
+        "probs_before": list(before.astype(np.float32)),
+        "probs_after": list(after.astype(np.float32)),
+    }
+    return pd.DataFrame(columns)
+
+
+def _multilabel_table(texts, y_true, logits_before, logits_after, labels, temperature, thresholds, text_pairs):
+    before, after = decisions.probabilities(logits_before), decisions.probabilities(logits_after)
+    calibrated = decisions.probabilities(logits_after, temperature)
+    columns: dict[str, Any] = {"text": list(texts)}
+    if text_pairs is not None:
+        columns["text_pair"] = list(text_pairs)
+    columns |= {
+        "label": decisions.label_sets(np.asarray(y_true) > 0.5, labels),
+        "pred_before": decisions.label_sets(decisions.decide(before), labels),
+        "prob_before": before.max(axis=1).astype(np.float32),
+        "pred_after": decisions.label_sets(decisions.decide(calibrated, thresholds), labels),
+        "prob_after": after.max(axis=1).astype(np.float32),
+        "prob_after_calibrated": calibrated.max(axis=1).astype(np.float32),
         "probs_before": list(before.astype(np.float32)),
         "probs_after": list(after.astype(np.float32)),
     }

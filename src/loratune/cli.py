@@ -101,7 +101,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.batching import build_eval_loader
     from loratune.data import load_eval_split, tokenize
-    from loratune.evaluate import evaluate
+    from loratune.evaluate import metrics_from_logits, predict_logits
     from loratune.predict import load_for_inference
 
     run_dir = artifacts.check_run(args.run)
@@ -109,18 +109,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_writable_file(args.output, "--output")  # before the model loads
     model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
     data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
-    ds, truncated = tokenize(load_eval_split(data_args, args.split, labels), tokenizer, cfg.data.max_length)
+    task = "multi" if cfg.data.task == "multi" else "single"
+    split = load_eval_split(data_args, args.split, labels, task=task)
+    ds, truncated = tokenize(split, tokenizer, cfg.data.max_length)
     device = next(model.parameters()).device.type
     loader = build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
-    metrics = evaluate(model, loader, labels)
+    logits, y_true = predict_logits(model, loader)
+    # the decisions the run saved (temperature; multi-label thresholds), as its "after" scores applied them
+    temperature, thresholds = artifacts.load_temperature(run_dir), artifacts.load_thresholds(run_dir, labels)
+    metrics = metrics_from_logits(logits, y_true, labels, temperature, thresholds)
     if args.output:
         artifacts.write_json(Path(args.output), {**to_dict(metrics), "truncated": truncated})
-    print(f"{args.split}: accuracy {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}  ({metrics.num_samples} texts)")
+    extra = f"  micro-f1 {metrics.micro_f1:.4f}" if metrics.multi_label else ""
+    accuracy = "subset accuracy" if metrics.multi_label else "accuracy"
+    print(
+        f"{args.split}: {accuracy} {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}{extra}  ({metrics.num_samples} texts)"
+    )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from loratune.predict import Predictor, read_texts, write_predictions
+    from loratune.predict import Predictor, format_prediction, read_texts, write_predictions
 
     texts = list(args.text or [])
     if args.input:
@@ -143,7 +152,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
     else:
         for text, p in zip(texts, predictions, strict=True):
-            print(f"{p['label']}\t{p['score']:.4f}\t{text}")
+            print(f"{format_prediction(p)}\t{text}")
     return 0
 
 
@@ -189,9 +198,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: RunSummary, run_dir: Path) -> None:
     print(f"run folder: {run_dir}")
-    print(f"{'metric':<10} {'before':>8} {'after':>8}")
-    for key in ("accuracy", "precision", "recall", "f1"):
-        print(f"{key:<10} {getattr(summary.before, key):>8.4f} {getattr(summary.after, key):>8.4f}")
+    print(f"{'metric':<17} {'before':>8} {'after':>8}")
+    keys = ("accuracy", "precision", "recall", "f1")
+    if summary.after.multi_label:
+        keys = (*keys, "micro_f1", "samples_f1", "hamming_loss")
+    elif summary.after.balanced_accuracy is not None:
+        keys = (*keys, "balanced_accuracy")
+    for key in keys:
+        name = "subset accuracy" if key == "accuracy" and summary.after.multi_label else key
+        before, after = getattr(summary.before, key), getattr(summary.after, key)
+        if before is not None and after is not None:
+            print(f"{name:<17} {before:>8.4f} {after:>8.4f}")
     if summary.after_fp32_accuracy is not None:
         print(
             f"after scored in {summary.after_precision}; in fp32 (as exported) accuracy "

@@ -42,6 +42,7 @@ class Splits:
     labels: list[str]
     has_test: bool = True
     dropped: dict[str, int] = field(default_factory=dict)  # rows lost on loading: empty text or missing label
+    task: str = "single"  # or "multi": `label` holds multi-hot rows of len(labels) floats
 
     @property
     def eval_name(self) -> str:
@@ -285,7 +286,7 @@ def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int
     return encoded.remove_columns("truncated"), truncated
 
 
-def load_eval_split(args: DataArgs, split: str, labels: list[str]) -> Dataset:
+def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "single") -> Dataset:
     """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate`).
 
     A folder gives its `split` file; a single file is used whole.

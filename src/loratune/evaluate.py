@@ -1,4 +1,5 @@
-"""Predictions -> metrics: accuracy, macro precision / recall / F1, per-class scores, confusion matrix."""
+"""Predictions -> metrics: accuracy, macro precision / recall / F1, per-class scores, confusion matrix; for
+multi-label tasks subset accuracy, micro / macro / samples averages and Hamming loss."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    hamming_loss,
+    precision_recall_fscore_support,
+)
 
+from loratune import decisions
 from loratune.integrity import check_finite_logits
 from loratune.precision import autocast
 from loratune.schema import ClassScores, Metrics
@@ -36,6 +44,47 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], l
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         num_samples=int(len(y_true)),
         loss=None if loss is None else float(loss),
+        # over the classes the split has (sklearn's definition): a class absent from it has no recall to average
+        balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+    )
+
+
+def compute_multilabel_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None
+) -> Metrics:
+    """Scores of predicted label sets against true ones, both (n, num_labels) 0/1 arrays.
+
+    Returns:
+        subset accuracy (`accuracy`: the whole set right), macro precision/recall/F1, per-label scores (support =
+        positives), micro and samples averages, Hamming loss (the share of wrong label decisions), no confusion
+        matrix.
+    """
+    y_true, y_pred = np.asarray(y_true) > 0.5, np.asarray(y_pred, dtype=bool)
+    scores = {
+        average: precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        for average in ("micro", "samples")
+    }
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    empty = len(y_true) == 0
+    return Metrics(
+        accuracy=0.0 if empty else float(accuracy_score(y_true, y_pred)),
+        precision=float(np.mean(precision)),
+        recall=float(np.mean(recall)),
+        f1=float(np.mean(f1)),
+        per_class={
+            name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+            for i, name in enumerate(labels)
+        },
+        confusion_matrix=[],
+        num_samples=int(len(y_true)),
+        loss=None if loss is None else float(loss),
+        micro_precision=float(scores["micro"][0]),
+        micro_recall=float(scores["micro"][1]),
+        micro_f1=float(scores["micro"][2]),
+        samples_precision=0.0 if empty else float(scores["samples"][0]),
+        samples_recall=0.0 if empty else float(scores["samples"][1]),
+        samples_f1=0.0 if empty else float(scores["samples"][2]),
+        hamming_loss=0.0 if empty else float(hamming_loss(y_true, y_pred)),
     )
 
 
@@ -69,12 +118,33 @@ def predict_logits(
 def evaluate(
     model: torch.nn.Module, loader: Any, labels: list[str], accelerator: Any = None, precision: str = "fp32"
 ) -> Metrics:
-    """Metrics (and mean cross-entropy loss) of `model` on every example of `loader`."""
+    """Metrics (and mean loss) of `model` on every example of `loader`; the validation score of each epoch.
+
+    Multi-label: each label's threshold is tuned on these very examples (as the run's final thresholds are on
+    validation), so an epoch is judged by the F1 its probabilities can reach, not by how near 0.5 they happen to be.
+    """
     logits, y_true = predict_logits(model, loader, accelerator, precision)
-    return metrics_from_logits(logits, y_true, labels)
+    thresholds = None
+    if y_true.ndim == 2:
+        thresholds = decisions.tune_thresholds(decisions.probabilities(logits), y_true)
+    return metrics_from_logits(logits, y_true, labels, thresholds=thresholds)
 
 
-def metrics_from_logits(logits: np.ndarray, y_true: np.ndarray, labels: list[str]) -> Metrics:
-    """Metrics, and mean cross-entropy loss, of (n, num_labels) logits against true label ids."""
+def metrics_from_logits(
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    labels: list[str],
+    temperature: float = 1.0,
+    thresholds: np.ndarray | list[float] | None = None,
+) -> Metrics:
+    """Metrics and mean loss (unweighted cross-entropy, or binary cross-entropy per label) of (n, num_labels)
+    logits against label ids, or against multi-hot rows for a multi-label task. Multi-label decisions are
+    sigmoid(logits / `temperature`) >= `thresholds` (0.5 when None); single-label ones the argmax."""
+    if y_true.ndim == 2:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits).float(), torch.from_numpy(y_true).float()
+        ).item()
+        predicted = decisions.decide(decisions.probabilities(logits, temperature), thresholds)
+        return compute_multilabel_metrics(y_true, predicted, labels, loss=loss)
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true)).item()
     return compute_metrics(y_true, logits.argmax(-1), labels, loss=loss)

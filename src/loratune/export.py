@@ -34,6 +34,21 @@ from transformers import pipeline
 classifier = pipeline("text-classification", model="{name}", top_k=None)
 classifier("some text", truncation=True)  # texts were cut to {max_length} tokens in training
 ```
+{multi}"""
+
+MULTI_LABEL_NOTE = """
+This is a multi-label classifier: a text can carry any number of labels. The pipeline gives each label's
+probability (a sigmoid per label, as `config.json`'s `problem_type` says; ask for all of them with `top_k=None`),
+and a label applies when its probability reaches its own threshold, chosen on the validation split to maximise
+that label's F1. The thresholds are in `{thresholds_file}` and in `config.json` (`label_thresholds`):
+
+```python
+import json
+
+thresholds = json.load(open("{name}/{thresholds_file}"))
+scores = classifier("some text", truncation=True)[0]
+labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]
+```
 """
 
 ADAPTER_README = """# {name}
@@ -58,7 +73,8 @@ base.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and Llama have none o
 model = PeftModel.from_pretrained(base, "{name}").eval()
 ```
 
-The probabilities `loratune predict` gives are `softmax(logits / T)`, with the temperature T fitted on the
+The probabilities `loratune predict` gives are `softmax(logits / T)` (multi-label runs: `sigmoid(logits / T)`,
+each label applying when it reaches its threshold in `{thresholds_file}`), with the temperature T fitted on the
 validation split (`temperature` in `{calibration_file}`, {temperature}); it changes no label, only the confidence.
 """
 
@@ -123,10 +139,15 @@ def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.num_labels = len(labels)
     config.pad_token_id = tokenizer.pad_token_id
-    config.problem_type = "single_label_classification"  # the pipeline then applies softmax, as predict does
+    thresholds = artifacts.load_thresholds(run_dir, labels)
+    # the pipeline then applies softmax (single-label) or a sigmoid per label (multi-label), as predict does
+    config.problem_type = "multi_label_classification" if thresholds else "single_label_classification"
+    if thresholds:
+        config.label_thresholds = dict(zip(labels, thresholds, strict=True))
     model.save_pretrained(folder, safe_serialization=True)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
     artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
+    _copy_thresholds(run_dir, folder)
     artifacts.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
 
 
@@ -161,7 +182,13 @@ def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
     artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
     if (run_dir / artifacts.CALIBRATION_FILE).is_file():
         shutil.copy2(run_dir / artifacts.CALIBRATION_FILE, folder / artifacts.CALIBRATION_FILE)
+    _copy_thresholds(run_dir, folder)
     artifacts.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
+
+
+def _copy_thresholds(run_dir: Path, folder: Path) -> None:
+    if (run_dir / artifacts.THRESHOLDS_FILE).is_file():
+        shutil.copy2(run_dir / artifacts.THRESHOLDS_FILE, folder / artifacts.THRESHOLDS_FILE)
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:
@@ -182,5 +209,9 @@ def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]
         max_length=cfg.data.max_length,
         labels_file=artifacts.LABELS_FILE,
         calibration_file=artifacts.CALIBRATION_FILE,
+        thresholds_file=artifacts.THRESHOLDS_FILE,
         temperature=f"{artifacts.load_temperature(run_dir):.4g}",
+        multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=artifacts.THRESHOLDS_FILE)
+        if (run_dir / artifacts.THRESHOLDS_FILE).is_file()
+        else "",
     )

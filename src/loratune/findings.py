@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from loratune import calibration, stats
+from loratune import calibration, decisions, stats
 from loratune.changes import build_predictions_table, count_changes
 from loratune.schema import Calibration, Changes, Significance
 
@@ -25,6 +25,19 @@ class Findings:
     reliability: dict[str, Any]  # the calibration file: temperature and reliability bins before / after
 
 
+def fit_decisions(val_logits: np.ndarray, val_true: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """The temperature fitted on validation and, for a multi-label run, each label's threshold chosen on the
+    calibrated validation probabilities (so `predict` applies T first, then the thresholds).
+
+    Returns:
+        (temperature, thresholds or None for a single-label run).
+    """
+    temperature = calibration.fit_temperature(val_logits, val_true)
+    if np.ndim(val_true) != 2:
+        return temperature, None
+    return temperature, decisions.tune_thresholds(decisions.probabilities(val_logits, temperature), val_true)
+
+
 def compute_findings(
     texts: list[str],
     text_pairs: list[str] | None,
@@ -34,29 +47,46 @@ def compute_findings(
     val_logits: np.ndarray,
     val_true: np.ndarray,
     labels: list[str],
+    temperature: float = 1.0,
+    thresholds: np.ndarray | None = None,
     fitted_on: str = "validation",
     seed: int = 0,
 ) -> Findings:
     """Everything the report adds to the scores, for (n, num_labels) eval-split logits before and after.
 
     Args:
-        val_logits, val_true: the trained model's logits on the split the temperature is fitted on (`fitted_on`).
+        y_true: label ids, or multi-hot rows for a multi-label run.
+        val_logits, val_true: the trained model's logits on the split the temperature was fitted on (`fitted_on`).
+        temperature, thresholds: as `fit_decisions` chose them.
     """
-    temperature = calibration.fit_temperature(val_logits, val_true)
-    table = build_predictions_table(texts, y_true, logits_before, logits_after, labels, temperature, text_pairs)
-    probs = {
-        "before": softmax(np.asarray(logits_before, dtype=np.float64), axis=1),
-        "after": softmax(np.asarray(logits_after, dtype=np.float64), axis=1),
-        "after_calibrated": calibration.calibrated_probabilities(logits_after, temperature),
-    }
+    multi = np.ndim(y_true) == 2
+    table = build_predictions_table(
+        texts, y_true, logits_before, logits_after, labels, temperature, text_pairs, thresholds
+    )
+    if multi:
+        probs = {
+            "before": decisions.probabilities(logits_before),
+            "after": decisions.probabilities(logits_after),
+            "after_calibrated": decisions.probabilities(logits_after, temperature),
+        }
+        pred_before = decisions.decide(probs["before"])
+        pred_after = decisions.decide(probs["after_calibrated"], thresholds)
+        right_before, right_after = (pred_before == (y_true > 0.5)).all(1), (pred_after == (y_true > 0.5)).all(1)
+    else:
+        probs = {
+            "before": softmax(np.asarray(logits_before, dtype=np.float64), axis=1),
+            "after": softmax(np.asarray(logits_after, dtype=np.float64), axis=1),
+            "after_calibrated": calibration.calibrated_probabilities(logits_after, temperature),
+        }
+        pred_before, pred_after = probs["before"].argmax(axis=1), probs["after"].argmax(axis=1)
+        right_before, right_after = pred_before == y_true, pred_after == y_true
     ece = {k: calibration.expected_calibration_error(p, y_true) for k, p in probs.items()}
-    pred_before, pred_after = probs["before"].argmax(axis=1), probs["after"].argmax(axis=1)
     n = len(labels)
 
     def interval(pred: np.ndarray, metric: str) -> list[float]:
         return list(stats.bootstrap_ci(y_true, pred, n, metric, seed=seed))
 
-    _, _, p_value = stats.mcnemar_exact(pred_before == y_true, pred_after == y_true)
+    _, _, p_value = stats.mcnemar_exact(right_before, right_after)
     return Findings(
         table=table,
         changes=count_changes(table),

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from loratune.config import ADAPTER_METHODS, LoraArgs, ModelArgs
@@ -283,12 +285,18 @@ def resolve_attention(attn_implementation: str, device: str) -> str:
 
 
 def build_model(
-    model_args: ModelArgs, lora_args: LoraArgs, labels: list[str], device: str = "cpu", run_dir: Path | None = None
+    model_args: ModelArgs,
+    lora_args: LoraArgs,
+    labels: list[str],
+    device: str = "cpu",
+    run_dir: Path | None = None,
+    label_prior: Sequence[float] | None = None,
 ) -> BuiltModel:
     """Load the base classifier and prepare it for `lora_args.method`.
 
     Only the adapter weights and the head modules can be trained (everything, for method 'full'). `run_dir` is
-    where a resumed run's relative model path points (see `resolve_model_name`).
+    where a resumed run's relative model path points (see `resolve_model_name`). `label_prior`, each label's share
+    of the training texts, makes a multi-label classifier (see `start_at_prior`).
     """
     name = resolve_model_name(model_args.name_or_path, run_dir)
     tokenizer = load_tokenizer(name, model_args.trust_remote_code)
@@ -298,6 +306,9 @@ def build_model(
     base_params = sum(p.numel() for p in model.parameters())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if label_prior is not None:
+        model.config.problem_type = "multi_label_classification"  # sigmoid per label, in transformers.pipeline too
+        start_at_prior(model, label_prior)
     # Without dropout a bf16 CPU step is about a quarter faster (random masks are costly there), and on SST-2
     # (4,000 sentences, 2 epochs) LoRA reached the same test accuracy, 0.847, with and without it.
     dropout = model_args.dropout if model_args.dropout is not None else (None if lora_args.method == "full" else 0.0)
@@ -320,6 +331,25 @@ def build_model(
     elif method == "none":
         model.requires_grad_(False)
     return built
+
+
+def start_at_prior(model: nn.Module, prior: Sequence[float]) -> None:
+    """Set the output bias of a multi-label head to the labels' log-odds, so that it starts out predicting each
+    label's base rate (Lin et al., 2017, "Focal loss", section 3.3).
+
+    Why: from a zero bias every label starts at probability 0.5, and on GoEmotions (28 labels, most under 5%) the
+    first steps' large gradients all push the head towards the base rates; with the BERT pooler trained at the
+    adapter's learning rate that saturated its tanh and the model collapsed to predicting base rates whatever the
+    text (test macro-F1 0.04). Started at the prior, the same LoRA run reached 0.48 validation macro-F1 in one
+    epoch on 8,000 texts.
+    """
+    p = torch.as_tensor(np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4))
+    outputs = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == len(p)]
+    if not outputs or outputs[-1].bias is None:
+        log.warning("The head has no output bias to start at the label prior; it starts at probability 0.5.")
+        return
+    with torch.no_grad():
+        outputs[-1].bias.copy_(torch.log(p / (1 - p)).to(outputs[-1].bias.dtype))
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

@@ -13,7 +13,7 @@ import torch
 from loratune import artifacts, precision, weights
 from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
-from loratune.errors import DataError
+from loratune.errors import DataError, RunError
 from loratune.integrity import check_finite_logits
 from loratune.quiet import peft_warnings_hidden
 
@@ -68,6 +68,7 @@ class Predictor:
         max_length: int,
         batch_size: int = 128,
         temperature: float = 1.0,
+        thresholds: list[float] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -77,6 +78,13 @@ class Predictor:
         # Fitted on validation after training (artifacts.CALIBRATION_FILE): logits / T give calibrated probabilities
         # with the same argmax, so labels never change.
         self.temperature = temperature
+        # A multi-label run's per-label thresholds (artifacts.THRESHOLDS_FILE), on the calibrated probabilities;
+        # None for a single-label run, which predicts the most probable label.
+        self.thresholds = thresholds
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
@@ -90,10 +98,15 @@ class Predictor:
         """
         model, tokenizer, labels, cfg = load_for_inference(run_dir, device, precision)
         temperature = artifacts.load_temperature(run_dir)
-        return cls(model, tokenizer, labels, cfg.data.max_length, cfg.train.eval_batch_size, temperature)
+        thresholds = artifacts.load_thresholds(run_dir, labels)
+        if cfg.data.task == "multi" and thresholds is None:
+            raise RunError(f"{run_dir} is a multi-label run without its {artifacts.THRESHOLDS_FILE}; rerun training.")
+        batch = cfg.train.eval_batch_size
+        return cls(model, tokenizer, labels, cfg.data.max_length, batch, temperature, thresholds)
 
     def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> torch.Tensor:
-        """Calibrated class probabilities (temperature applied), shape (len(texts), num_labels), in text order."""
+        """Calibrated class probabilities (temperature applied; a sigmoid per label for a multi-label run), shape
+        (len(texts), num_labels), in text order."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
         args = [texts] if text_pairs is None else [texts, text_pairs]
@@ -112,8 +125,18 @@ class Predictor:
                 logits = self.model(**batch).logits.float()
                 check_finite_logits(logits)
                 logits = logits / self.temperature
-                probs[idx] = torch.softmax(logits, dim=-1).cpu()
+                scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+                probs[idx] = scores.cpu()
         return probs
+
+    def _label_set(self, row: list[float]) -> dict[str, Any]:
+        chosen = [k for k in range(len(row)) if row[k] >= self.thresholds[k]]
+        chosen.sort(key=lambda k: -row[k])
+        return {
+            "labels": [self.labels[k] for k in chosen],
+            "scores": [row[k] for k in chosen],
+            "probabilities": dict(zip(self.labels, row, strict=True)),
+        }
 
     def count_truncated(self, texts: list[str], text_pairs: list[str] | None = None) -> int:
         """How many texts (pairs) are longer than `max_length` tokens, so that `predict` reads only their start."""
@@ -126,10 +149,16 @@ class Predictor:
         return over
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Label, its probability, and every class's probability for each text."""
+        """Label, its probability, and every class's probability for each text.
+
+        Multi-label runs give `labels` (every label whose probability reaches its threshold, most probable first;
+        possibly none) and their `scores` instead of one `label` and `score`.
+        """
         if isinstance(texts, str):
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs)
+        if self.multi_label:
+            return [self._label_set(row) for row in probs.tolist()]
         results = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
@@ -192,15 +221,24 @@ def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def format_prediction(prediction: dict[str, Any]) -> str:
+    """'label<TAB>score', or for a multi-label prediction 'label (score), label (score)' ('(none)' for no label)."""
+    if "labels" not in prediction:
+        return f"{prediction['label']}\t{prediction['score']:.4f}"
+    chosen = zip(prediction["labels"], prediction["scores"], strict=True)
+    return ", ".join(f"{label} ({score:.4f})" for label, score in chosen) or "(none)"
+
+
 def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:
-    """Write text, label, score and per-class probabilities as CSV or JSONL (by the file's extension)."""
+    """Write text, label, score and per-class probabilities as CSV or JSONL (by the file's extension).
+
+    Multi-label predictions give `labels` and `scores` instead: JSON lists in JSONL, and in CSV the names joined
+    with "|" (as the training data spells them) and their scores joined likewise.
+    """
     path = Path(path)
-    rows = [
-        {"text": t, "label": p["label"], "score": round(p["score"], 6)}
-        | {f"prob_{k}": round(v, 6) for k, v in p["probabilities"].items()}
-        for t, p in zip(texts, predictions, strict=True)
-    ]
-    if path.suffix.lower() in (".jsonl", ".json"):
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    rows = [_row(t, p, jsonl) for t, p in zip(texts, predictions, strict=True)]
+    if jsonl:
         artifacts.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     elif path.suffix.lower() == ".csv":
         import io
@@ -212,3 +250,13 @@ def write_predictions(path: str | Path, texts: list[str], predictions: list[dict
         artifacts.write_text(path, buffer.getvalue())
     else:
         raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")
+
+
+def _row(text: str, prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
+    probs = {f"prob_{k}": round(v, 6) for k, v in prediction["probabilities"].items()}
+    if "labels" not in prediction:
+        return {"text": text, "label": prediction["label"], "score": round(prediction["score"], 6)} | probs
+    scores = [round(s, 6) for s in prediction["scores"]]
+    if jsonl:
+        return {"text": text, "labels": prediction["labels"], "scores": scores} | probs
+    return {"text": text, "labels": "|".join(prediction["labels"]), "scores": "|".join(map(str, scores))} | probs

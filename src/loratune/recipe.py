@@ -23,8 +23,9 @@ from loratune.checkpoint import verify_checkpoint
 from loratune.config import Config
 from loratune.data import Splits, tokenize
 from loratune.evaluate import metrics_from_logits, predict_logits
-from loratune.findings import Findings, compute_findings
+from loratune.findings import Findings, compute_findings, fit_decisions
 from loratune.lock import run_lock
+from loratune.losses import build_loss, compute_class_weights
 from loratune.modeling import BuiltModel, build_model, display_name, portable_model_name
 from loratune.predict import Predictor, inference_model
 from loratune.quiet import quiet_libraries
@@ -96,12 +97,14 @@ def run(cfg: Config, resume: bool = False) -> Run:
         scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
         checks = _check_data(cfg, splits)
+        weights_ = _class_weights(cfg, splits)  # a bad weights file fails before the model loads
         accelerator = _start_accelerator(cfg, device, run_dir)
         scope.enter_context(run_lock(run_dir, enabled=accelerator.is_main_process))  # only the main one writes
         _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
         set_seed(cfg.train.seed)
-        built = build_model(cfg.model, cfg.lora, splits.labels, device, run_dir)
-        cfg = _resolve(cfg, built, run_dir, device, dtype)
+        prior = np.asarray(splits.train["label"]).mean(axis=0) if splits.task == "multi" else None
+        built = build_model(cfg.model, cfg.lora, splits.labels, device, run_dir, label_prior=prior)
+        cfg = _resolve(cfg, built, splits, run_dir, device, dtype)
         _start_tracking(cfg, accelerator, run_dir, splits.labels)
         tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
         _finish_checks(cfg, checks, truncated, run_dir, accelerator)
@@ -124,15 +127,29 @@ def run(cfg: Config, resume: bool = False) -> Run:
                 pad_id,
                 checkpoint_dir=run_dir,
                 on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+                loss_fn=build_loss(splits.task == "multi", weights_),
             )
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
-        after = _evaluate_after(run_dir, model, eval_loader, eval_ds, accelerator, dtype, state, before, logits_before)
+        val_loader = accelerator.prepare(
+            build_eval_loader(tokenised["validation"], cfg.train.eval_batch_size, pad_id, device)
+        )
+        after = _evaluate_after(
+            run_dir,
+            model,
+            (eval_loader, eval_ds),
+            (val_loader, tokenised["validation"]),
+            accelerator,
+            dtype,
+            state,
+            before,
+            logits_before,
+        )
         del model  # from here on the saved model is scored, as `loratune evaluate` and `predict` score it
-        findings = _examine(cfg, after, splits, tokenised, pad_id, logits_before, accelerator)
-        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings)
+        findings = _examine(cfg, after, splits, logits_before)
+        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings, weights_)
         _end_tracking(cfg, accelerator, after.metrics)
         if accelerator.is_main_process:
-            summary = _save(run_dir, cfg, summary, findings)
+            summary = _save(run_dir, cfg, summary, findings, after)
         accelerator.wait_for_everyone()
         return Run(run_dir, summary, cfg)
 
@@ -155,6 +172,10 @@ def _finish_checks(cfg: Config, checks: dict, truncated: dict, run_dir: Path, ac
         datachecks.check_strict(checks, str(run_dir / artifacts.DATA_CHECKS_FILE))
 
 
+def _class_weights(cfg: Config, splits: Splits) -> np.ndarray | None:
+    return compute_class_weights(cfg.train.class_weights, np.asarray(splits.train["label"]), splits.labels)
+
+
 def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
     # No mixed_precision here: Accelerate would fix it for the whole process; `precision.autocast` does it per run.
     accelerator = Accelerator(
@@ -175,10 +196,11 @@ def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Acc
     accelerator.wait_for_everyone()
 
 
-def _resolve(cfg: Config, built: BuiltModel, run_dir: Path, device: str, dtype: str) -> Config:
+def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, device: str, dtype: str) -> Config:
     """The config as run: every `auto` and default decided, so the saved config repeats this run exactly."""
     return dataclasses.replace(
         cfg,
+        data=dataclasses.replace(cfg.data, task=splits.task),
         model=dataclasses.replace(
             cfg.model, name_or_path=portable_model_name(built.name_or_path, run_dir), pooling=built.pooling
         ),
@@ -247,52 +269,60 @@ def _save_model(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, accel
 @dataclass
 class _After:
     """The "after" scores and what produced them: `scorer`, the model `predict` would load (adapter merged, held
-    in `dtype`), which also gives the validation logits the temperature is fitted on."""
+    in the run's precision), its validation logits, and the decisions fitted on them (temperature; multi-label
+    thresholds) that `predict` applies."""
 
     metrics: Metrics
     logits: np.ndarray
-    scorer: Any
-    dtype: str  # the autocast the scorer needs: none for a model held in its own dtype
+    val_logits: np.ndarray
+    temperature: float
+    thresholds: np.ndarray | None
     fp32_accuracy: float | None
     throughput: Throughput
 
 
-def _evaluate_after(run_dir, model, loader, ds, accelerator, dtype: str, state, before, logits_before) -> _After:
+def _evaluate_after(run_dir, model, eval_data, val_data, accelerator, dtype: str, state, before, logits_before):
     """The saved model, scored as `loratune evaluate` and `predict` run it by default (adapter merged, the whole
-    model in the run's precision, the same sorted batches), so `loratune evaluate` reproduces "after" exactly;
-    and its fp32 accuracy (what an export gives) when the run's precision is lower. Method none saved nothing:
-    its "after" is its "before"."""
-    if state is None:
-        return _After(before, logits_before, model, dtype, None, _throughput(None, 0, 0.0))
-    scorer, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
+    model in the run's precision, the same sorted batches, the temperature and thresholds fitted on validation), so
+    `loratune evaluate` reproduces "after" exactly; and its fp32 accuracy (what an export gives) when the run's
+    precision is lower. Method none saved nothing: its "after" is its "before", decided as it was.
+
+    Args:
+        eval_data, val_data: (loader, tokenised dataset) of the eval and validation splits.
+    """
     names = list(before.per_class)
-    fp32 = _score(scorer, loader, ds, accelerator, "fp32", names)[0].accuracy if dtype != "fp32" else None
+    if state is None:  # calibrated all the same, so the report shows how far the untrained model can be trusted
+        val_logits = _score(model, *val_data, accelerator, dtype, names)[1]
+        temperature, _ = fit_decisions(val_logits, np.asarray(val_data[1]["label"]))
+        return _After(before, logits_before, val_logits, temperature, None, None, _throughput(None, 0, 0.0))
+    scorer, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
+    fp32_logits = _score(scorer, *eval_data, accelerator, "fp32", names)[1] if dtype != "fp32" else None
     scorer = precision.prepare_for_inference(scorer, dtype)  # the same weights load_for_inference casts
     started = time.perf_counter()
-    metrics, logits = _score(scorer, loader, ds, accelerator, "fp32", names)  # no autocast: the model holds dtype
-    throughput = _throughput(state, len(ds), time.perf_counter() - started)
-    return _After(metrics, logits, scorer, "fp32", fp32, throughput)
+    _, logits = _score(scorer, *eval_data, accelerator, "fp32", names)  # no autocast: the model holds its dtype
+    throughput = _throughput(state, len(eval_data[1]), time.perf_counter() - started)
+    val_logits = logits if val_data[1] is eval_data[1] else _score(scorer, *val_data, accelerator, "fp32", names)[1]
+    temperature, thresholds = fit_decisions(val_logits, np.asarray(val_data[1]["label"]))
+    y_true = np.asarray(eval_data[1]["label"])
+    metrics = metrics_from_logits(logits, y_true, names, temperature, thresholds)
+    fp32 = None if fp32_logits is None else metrics_from_logits(fp32_logits, y_true, names, temperature, thresholds)
+    return _After(metrics, logits, val_logits, temperature, thresholds, fp32 and fp32.accuracy, throughput)
 
 
-def _examine(cfg, after: _After, splits, tokenised, pad_id, logits_before, accelerator) -> Findings:
-    """The predictions table, calibration and significance, from the eval logits; one extra pass over validation
-    (unless that is the eval split) gives the logits the temperature is fitted on."""
-    eval_ds, val_ds = splits.eval, tokenised["validation"]
-    if splits.eval_name == "validation":
-        val_logits = after.logits
-    else:
-        device = accelerator.device.type
-        loader = accelerator.prepare(build_eval_loader(val_ds, cfg.train.eval_batch_size, pad_id, device))
-        val_logits = _score(after.scorer, loader, val_ds, accelerator, after.dtype, splits.labels)[1]
+def _examine(cfg: Config, after: _After, splits: Splits, logits_before: np.ndarray) -> Findings:
+    """The predictions table, calibration and significance, from the logits the scoring already computed."""
+    eval_ds = splits.eval
     return compute_findings(
         list(eval_ds["text"]),
         list(eval_ds["text_pair"]) if splits.is_pair else None,
         np.asarray(eval_ds["label"]),
         logits_before,
         after.logits,
-        val_logits,
-        np.asarray(val_ds["label"]),
+        after.val_logits,
+        np.asarray(splits.validation["label"]),
         splits.labels,
+        temperature=after.temperature,
+        thresholds=after.thresholds,
         seed=cfg.train.seed,
     )
 
@@ -309,12 +339,16 @@ def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float)
     )
 
 
-def _summarise(cfg, built, splits, truncated, before, after: _After, state, accelerator, findings) -> RunSummary:
+def _summarise(
+    cfg, built, splits, truncated, before, after: _After, state, accelerator, findings, class_weights
+) -> RunSummary:
     return RunSummary(
         method=cfg.lora.method,
         labels=splits.labels,
         before=before,
         after=after.metrics,
+        task=splits.task,
+        class_weights=None if class_weights is None else _by_label(splits.labels, class_weights),
         history=state.history if state else [],
         best_epoch=state.best_epoch if state else 0,
         best_metric=f"val_{cfg.train.best_metric}",
@@ -352,9 +386,12 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
         accelerator.end_training()
 
 
-def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings) -> RunSummary:
-    """Predictions, temperature, the summary, the report, and the COMPLETE marker last (the weights are saved)."""
+def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings, after: _After) -> RunSummary:
+    """Predictions, temperature, thresholds, the summary, the report, and the COMPLETE marker last (the weights
+    are saved)."""
     artifacts.save_predictions(run_dir, findings.table)
+    if after.thresholds is not None:
+        artifacts.save_thresholds(run_dir, _by_label(summary.labels, after.thresholds))
     artifacts.save_calibration(run_dir, findings.reliability)
     size = weights.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)
@@ -362,6 +399,10 @@ def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings) -
     write_report(run_dir)
     artifacts.mark_complete(run_dir)
     return summary
+
+
+def _by_label(labels: list[str], values: Any) -> dict[str, float]:
+    return {label: float(v) for label, v in zip(labels, values, strict=True)}
 
 
 def _flat(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:

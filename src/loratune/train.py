@@ -22,6 +22,7 @@ from loratune.batching import build_eval_loader, build_train_loader
 from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.config import TrainArgs
 from loratune.evaluate import evaluate
+from loratune.losses import LossFunction, build_loss
 from loratune.schema import EpochRecord, from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def train(
     pad_token_id: int,
     checkpoint_dir: Path | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    loss_fn: LossFunction | None = None,
 ) -> LoopState:
     """Train `model` (already on its device) and leave it holding the best epoch's weights.
 
@@ -92,7 +94,10 @@ def train(
         checkpoint_dir: the run folder; a checkpoint is written there after every epoch, and training resumes
             from one found there.
         on_epoch_end: called with each epoch's record (for trackers).
+        loss_fn: loss(logits, labels) (see `losses.build_loss`); default unweighted, for the labels' task.
     """
+    if loss_fn is None:
+        loss_fn = build_loss(multi_label=len(train_ds) > 0 and isinstance(train_ds[0]["label"], list))
     # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
     # step, so the schedule spans the run whatever the number of processes.
     steps_per_epoch = math.ceil(len(train_ds) / args.batch_size / args.gradient_accumulation_steps)
@@ -113,7 +118,7 @@ def train(
         loader = accelerator.prepare(
             build_train_loader(train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length, device)
         )
-        stats = _train_epoch(model, loader, optimizer, scheduler, args, accelerator, epoch)
+        stats = _train_epoch(model, loader, optimizer, scheduler, loss_fn, args, accelerator, epoch)
         val = evaluate(model, val_loader, labels, accelerator, args.precision)
         record = EpochRecord.from_scores(
             epoch,
@@ -196,7 +201,14 @@ class _Progress:
             self.bar.close()
 
 
-def _train_epoch(model, loader, optimizer, scheduler, args: TrainArgs, accelerator, epoch: int) -> dict:
+def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Examples whose label (multi-label: whole label set, at probability 0.5) the logits get right."""
+    if targets.ndim == 2:
+        return ((logits > 0) == (targets > 0.5)).all(dim=-1).sum()
+    return (logits.argmax(-1) == targets).sum()
+
+
+def _train_epoch(model, loader, optimizer, scheduler, loss_fn, args: TrainArgs, accelerator, epoch: int) -> dict:
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     scaler = precision.grad_scaler(args.precision, accelerator.device.type)
@@ -211,9 +223,10 @@ def _train_epoch(model, loader, optimizer, scheduler, args: TrainArgs, accelerat
     progress = _Progress(len(loader), f"epoch {epoch}/{args.num_epochs}", enabled)
     for step, batch in enumerate(loader, start=1):
         with accelerator.accumulate(model):
+            targets = batch.pop("labels")
             with precision.autocast(args.precision, accelerator.device.type):
-                outputs = model(**batch)
-            loss = outputs.loss
+                logits = model(**batch).logits
+            loss = loss_fn(logits, targets)
             accelerator.backward(scaler.scale(loss))
             if accelerator.sync_gradients:
                 scaler.unscale_(optimizer)
@@ -223,9 +236,9 @@ def _train_epoch(model, loader, optimizer, scheduler, args: TrainArgs, accelerat
                 scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        n = batch["labels"].shape[0]
+        n = targets.shape[0]
         total_loss += loss.detach().float() * n
-        correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
+        correct += _correct(logits.detach(), targets)
         samples += n
         tokens += batch["attention_mask"].sum()
         padded += batch["input_ids"].numel()  # shapes are known on the host: no wait
