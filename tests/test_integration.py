@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import loratune
 from loratune.cli import main
 
 pytestmark = pytest.mark.slow
@@ -93,3 +95,26 @@ def test_lora_on_trec_learns_six_question_types(tmp_path):
     assert metrics["before"]["accuracy"] < 0.45  # six classes: chance is about 1/6, the largest class ~28%
     assert metrics["after"]["accuracy"] > metrics["before"]["accuracy"] + 0.1
     assert (tmp_path / "trec" / "per_class_f1.png").is_file()
+
+
+def test_go_emotions_subsample_learns_with_the_defaults(tmp_path):
+    """The real model on 3,000 GoEmotions comments, one epoch: a multi-label run that does not collapse to the base
+    rates (the recipe without the prior-initialised head stayed at macro-F1 0.04 on the full data)."""
+    data = dataset("go_emotions")
+    cfg = loratune.load_config(
+        None,
+        {
+            "data.path": str(data),
+            "data.max_train_samples": 3000,
+            "data.max_eval_samples": 1000,
+            "train.num_epochs": 1,
+            "train.progress": False,
+            "train.output_dir": str(tmp_path / "ge"),
+        },
+    )
+    run = loratune.run(cfg)
+    s = run.summary
+    assert s.task == "multi" and len(s.labels) == 28
+    assert s.before.f1 < 0.1 and s.after.f1 > 0.25 and s.after.micro_f1 > 0.4
+    probs = np.array([list(p["probabilities"].values()) for p in run.predict(["thank you so much!", "I hate this"])])
+    assert probs[0, s.labels.index("gratitude")] > probs[1, s.labels.index("gratitude")]

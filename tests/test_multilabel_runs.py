@@ -1,0 +1,136 @@
+"""Whole multi-label and class-weighted runs on a tiny model: training learns label sets, the run folder keeps the
+thresholds and weights, and predict, evaluate, the export and compare agree with what the run reported."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pipeline_probabilities, tiny_config, write_csv
+
+import loratune
+from loratune import artifacts
+from loratune.export import export_run
+from loratune.predict import Predictor
+
+# Each label is learnable from its keyword; a text carries any subset (the empty one included).
+TAGS = {"action": "explosion", "comedy": "joke", "romance": "kiss"}
+FILLER = ["the", "a", "movie", "film", "plot", "actor", "story", "music", "was", "is", "very", "scene"]
+
+
+def tagged_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tags = sorted(t for t in TAGS if rng.random() < 0.4)
+        words = rng.choices(FILLER, k=rng.randint(2, 6)) + [TAGS[t] for t in tags]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "labels": "|".join(tags) or "none"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tagged_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tagged")
+    for split, n, seed in (("train", 96, 0), ("validation", 32, 1), ("test", 32, 2)):
+        write_csv(folder / f"{split}.csv", tagged_rows(n, seed))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def multi_run(tiny_bert, tagged_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi") / "run"
+    cfg = tiny_config(tiny_bert, tagged_dir, out, train__num_epochs=4, train__learning_rate=2e-2, data__max_length=16)
+    return loratune.run(cfg)
+
+
+def test_a_multi_label_run_learns_label_sets_and_keeps_its_thresholds(multi_run):
+    s = multi_run.summary
+    assert s.task == "multi" and s.after.multi_label
+    assert s.labels == sorted([*TAGS, "none"])
+    assert s.after.f1 > s.before.f1 + 0.3 and s.after.micro_f1 > 0.8
+    thresholds = artifacts.load_thresholds(multi_run.run_dir, s.labels)
+    assert thresholds is not None and all(0 < t < 1 for t in thresholds)
+    assert artifacts.load_run_config(multi_run.run_dir).data.task == "multi"
+    table = artifacts.load_predictions(multi_run.run_dir)
+    right = (table["label"] == table["pred_after"]).mean()
+    assert right == pytest.approx(s.after.accuracy)  # the table decides as the "after" scores do
+
+
+def test_predict_gives_label_sets_over_their_thresholds(multi_run):
+    predictor = Predictor.from_run(multi_run.run_dir, precision="fp32")
+    both, neither = predictor.predict(["the explosion and the kiss", "the movie was a plot"])
+    assert set(both["labels"]) == {"action", "romance"}
+    assert both["scores"] == sorted(both["scores"], reverse=True)
+    assert set(both["probabilities"]) == set(multi_run.summary.labels)
+    assert "action" not in neither["labels"] and "romance" not in neither["labels"]
+
+
+def test_evaluate_reproduces_the_after_scores(multi_run, tagged_dir, tmp_path):
+    out = tmp_path / "scores.json"
+    command = [sys.executable, "-m", "loratune", "evaluate", str(multi_run.run_dir), "--data", str(tagged_dir)]
+    done = subprocess.run([*command, "--output", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(out.read_text())
+    assert scores["f1"] == pytest.approx(multi_run.after.f1) and scores["micro_f1"] == pytest.approx(
+        multi_run.after.micro_f1
+    )
+    assert "subset accuracy" in done.stdout
+
+
+def test_cli_predict_prints_and_writes_label_sets(multi_run, tmp_path):
+    command = [sys.executable, "-m", "loratune", "predict", str(multi_run.run_dir), "--precision", "fp32"]
+    done = subprocess.run([*command, "--text", "a joke and a kiss"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "comedy (" in done.stdout and "romance (" in done.stdout
+    for suffix in ("csv", "jsonl"):
+        out = tmp_path / f"p.{suffix}"
+        done = subprocess.run([*command, "--text", "a joke and a kiss", "--output", str(out)], capture_output=True)
+        assert done.returncode == 0
+    assert json.loads((tmp_path / "p.jsonl").read_text())["labels"] == ["comedy", "romance"]
+    assert "comedy|romance" in (tmp_path / "p.csv").read_text()
+
+
+def test_the_export_in_a_plain_pipeline_with_the_thresholds_gives_predicts_label_sets(multi_run, tmp_path):
+    folder = export_run(multi_run.run_dir, tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    thresholds = json.loads((folder / artifacts.THRESHOLDS_FILE).read_text())
+    assert thresholds == config["label_thresholds"]
+    texts = [" ".join(random.Random(i).choices([*TAGS.values(), *FILLER], k=6)) for i in range(40)]
+    labels = multi_run.summary.labels
+    probs = pipeline_probabilities(folder, labels, texts)
+    exported = [
+        sorted(lab for lab, p in zip(labels, row, strict=True) if p >= thresholds[lab]) for row in probs.tolist()
+    ]
+    predicted = Predictor.from_run(multi_run.run_dir, precision="fp32").predict(texts)
+    assert exported == [sorted(p["labels"]) for p in predicted]
+    assert torch.allclose(probs, torch.tensor([list(p["probabilities"].values()) for p in predicted]), atol=1e-4)
+
+
+def test_the_report_of_a_multi_label_run_has_no_confusion_matrix(multi_run):
+    text = (multi_run.run_dir / "report.md").read_text()
+    assert "Hamming" in text and "micro" in text.lower()
+    assert not (multi_run.run_dir / "confusion_matrix.png").exists()
+
+
+def test_balanced_class_weights_are_recorded_and_weigh_the_rare_class(tiny_bert, tmp_path):
+    rows = [
+        {"text": f"the movie {'awful' if i % 8 == 0 else 'great'} {i % 5}", "label": "bad" if i % 8 == 0 else "good"}
+        for i in range(120)
+    ]
+    for split, part in (("train", rows[:80]), ("validation", rows[80:100]), ("test", rows[100:])):
+        write_csv(tmp_path / "data" / f"{split}.csv", part)
+    cfg = tiny_config(tiny_bert, tmp_path / "data", tmp_path / "run", train__class_weights="balanced")
+    summary = loratune.run(cfg).summary
+    weights = summary.class_weights
+    assert weights is not None and weights["bad"] > 3 * weights["good"]
+    assert weights["bad"] == pytest.approx(80 / (2 * 10))
+    assert summary.after.balanced_accuracy is not None
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "balanced" in report.lower()
