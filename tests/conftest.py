@@ -561,3 +561,170 @@ FAKE_DATA_CHECKS = {
     "max_length": 128,
     "warnings": ["1 texts appear in both train and test (2 after normalising case and spaces)"],
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fake multi-label run folders (report, comparison and browser tests)
+
+GO_EMOTIONS = (
+    "admiration amusement anger annoyance approval caring confusion curiosity desire disappointment disapproval "
+    "disgust embarrassment excitement fear gratitude grief joy love nervousness optimism pride realization relief "
+    "remorse sadness surprise neutral"
+).split()
+FAKE_MULTI_CONFIG = (
+    "model:\n  name_or_path: sentence-transformers/all-MiniLM-L6-v2\ndata:\n  path: ../shared/data/go_emotions\n"
+    "  task: multi\n"
+)
+
+
+def fake_supports(labels: list[str]) -> dict[str, int]:
+    """Distinct positives per label, in no particular order, so sorting by support is visible."""
+    return {label: 10 + (i * 37) % 97 for i, label in enumerate(labels)}
+
+
+def fake_thresholds(labels: list[str]) -> dict[str, float]:
+    return {label: round(0.2 + 0.6 * ((i * 7) % 11) / 11, 3) for i, label in enumerate(labels)}
+
+
+def fake_multilabel_scores(labels: list[str], f1: float, subset_accuracy: float, hamming: float, n: int = 120):
+    """Multi-label `Metrics`: per-label scores (support = positives) and every average, no confusion matrix."""
+    from loratune.schema import ClassScores, Metrics
+
+    supports = fake_supports(labels)
+    per_class = {
+        label: ClassScores(precision=f1 + 0.05, recall=f1 - 0.05, f1=f1 - 0.01 * (i % 5), support=supports[label])
+        for i, label in enumerate(labels)
+    }
+    return Metrics(
+        accuracy=subset_accuracy,
+        precision=f1 + 0.03,
+        recall=f1 - 0.03,
+        f1=f1,
+        per_class=per_class,
+        confusion_matrix=[],
+        num_samples=n,
+        loss=0.3,
+        micro_precision=f1 + 0.08,
+        micro_recall=f1 + 0.02,
+        micro_f1=f1 + 0.05,
+        samples_precision=f1 + 0.06,
+        samples_recall=f1 + 0.01,
+        samples_f1=f1 + 0.04,
+        hamming_loss=hamming,
+    )
+
+
+def fake_multilabel_summary(labels: list[str], epochs: int = 3, method: str = "lora", after_f1: float = 0.55, **kw):
+    """`fake_summary` turned multi-label: before (f1 0.08) and after scores, task "multi"; `kw` replaces fields."""
+    import dataclasses
+
+    return dataclasses.replace(
+        fake_summary(labels, epochs, method=method),
+        task="multi",
+        before=fake_multilabel_scores(labels, 0.08, 0.02, 0.31),
+        after=fake_multilabel_scores(labels, after_f1, after_f1 / 2, 0.04),
+        **kw,
+    )
+
+
+def write_fake_multilabel_run(
+    run_dir: Path, labels: list[str], quality: float = 0.8, seed: int = 0, n: int = 120, **kw
+) -> Path:
+    """A multi-label run folder with everything a real one has: metrics.json (`fake_multilabel_summary(**kw)`),
+    labels.json, config.yaml, thresholds.json, and the predictions table, calibration file and data checks, with
+    changes, calibration and significance in metrics.json computed from them.
+
+    The gold label sets depend only on `n`, so several fake runs pair up example by example; `quality` (0 to 1) is
+    how closely the "after" probabilities follow the gold sets. The subset accuracies in metrics.json are the ones
+    the predictions table gives.
+    """
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from loratune import artifacts, stats
+    from loratune.changes import count_changes
+    from loratune.schema import Calibration, Significance
+
+    summary = fake_multilabel_summary(labels, **kw)
+    save_run_folder(run_dir, summary, config=FAKE_MULTI_CONFIG)
+    thresholds = fake_thresholds(labels)
+    artifacts.save_thresholds(run_dir, thresholds)
+    cut = np.array([thresholds[label] for label in labels])
+
+    gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
+    rates = np.array([fake_supports(labels)[label] / 300 for label in labels])
+    gold = gold_rng.random((n, len(labels))) < rates
+    gold[: n // 10] = False  # some texts carry no label at all
+
+    def probabilities(q: float) -> np.ndarray:
+        # With probability q a (text, label) probability is sure and right, else it is a coin toss.
+        informed = np.where(gold, rng.uniform(0.85, 1.0, gold.shape), rng.uniform(0.0, 0.15, gold.shape))
+        return np.where(rng.random(gold.shape) < q, informed, rng.random(gold.shape))
+
+    def names(rows: np.ndarray) -> list[str]:
+        return ["|".join(label for label, on in zip(labels, row, strict=True) if on) for row in rows]
+
+    before, after = probabilities(0.05), probabilities(quality)
+    table = pd.DataFrame(
+        {
+            "text": [f"fake text number {i}, with *markdown*" for i in range(n)],
+            "label": names(gold),
+            "pred_before": names(before > cut),
+            "prob_before": before.max(axis=1).astype(np.float32),
+            "pred_after": names(after > cut),
+            "prob_after": after.max(axis=1).astype(np.float32),
+            "prob_after_calibrated": after.max(axis=1).astype(np.float32),
+            "probs_before": list(before.astype(np.float32)),
+            "probs_after": list(after.astype(np.float32)),
+        }
+    )
+    right_before, right_after = table["pred_before"] == table["label"], table["pred_after"] == table["label"]
+
+    def bins(probs: np.ndarray) -> list[dict[str, float]]:
+        # Over every (example, label) probability: the mean probability and the fraction of true labels per bin.
+        flat, truth = probs.ravel(), gold.ravel()
+        index = np.minimum((flat * 15).astype(int), 14)
+        return [
+            {
+                "low": i / 15,
+                "high": (i + 1) / 15,
+                "count": int((index == i).sum()),
+                "confidence": float(flat[index == i].mean()),
+                "accuracy": float(truth[index == i].mean()),
+            }
+            for i in range(15)
+            if (index == i).any()
+        ]
+
+    def ece(found: list[dict[str, float]]) -> float:
+        return sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in found) / gold.size
+
+    reliability = {"before": bins(before), "after": bins(after), "after_calibrated": bins(after)}
+    _, _, p_value = stats.mcnemar_exact(right_before.to_numpy(), right_after.to_numpy())
+    summary = dataclasses.replace(
+        summary,
+        before=dataclasses.replace(summary.before, accuracy=float(right_before.mean())),
+        after=dataclasses.replace(summary.after, accuracy=float(right_after.mean())),
+        changes=count_changes(table),
+        calibration=Calibration(
+            temperature=1.3,
+            ece_before=ece(reliability["before"]),
+            ece_after=ece(reliability["after"]),
+            ece_after_calibrated=ece(reliability["after"]),
+        ),
+        significance=Significance(
+            n_resamples=1000,
+            accuracy_before=[0.0, 0.05],
+            accuracy_after=[0.3, 0.5],
+            f1_before=[0.05, 0.1],
+            f1_after=[0.5, 0.6],
+            mcnemar_p=p_value,
+        ),
+    )
+    artifacts.save_summary(run_dir, summary)
+    artifacts.save_predictions(run_dir, table)
+    artifacts.save_calibration(run_dir, {"temperature": 1.3, "fitted_on": "validation", "bins": reliability})
+    artifacts.save_data_checks(run_dir, FAKE_DATA_CHECKS)
+    return run_dir

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_CONFIG, PNG_MAGIC, SIX, write_fake_findings, write_fake_run
+from conftest import (
+    FAKE_CONFIG,
+    GO_EMOTIONS,
+    PNG_MAGIC,
+    SIX,
+    write_fake_findings,
+    write_fake_multilabel_run,
+    write_fake_run,
+)
 
 from loratune.compare import write_comparison
 from loratune.report import write_report
@@ -147,7 +155,8 @@ def browser(tmp_path_factory):
 
 @pytest.fixture
 def pages(tmp_path) -> dict[str, Path]:
-    """A run report with every section, and a comparison of three methods over two seeds each."""
+    """A run report with every section, a comparison of three methods over two seeds each, and the report of a
+    multi-label run with GoEmotions' 28 labels and class weights."""
     settings = {"base": (0, 0.5), "head": (2, 0.71), "lora": (3, 0.86)}
     runs = {}
     for method, (epochs, accuracy) in settings.items():
@@ -156,7 +165,13 @@ def pages(tmp_path) -> dict[str, Path]:
             config = FAKE_CONFIG + f"train:\n  seed: {seed}\n"
             write_fake_run(folder, SIX, epochs=epochs, config=config, method=method, after_acc=accuracy)
             runs.setdefault(method, []).append(write_fake_findings(folder, SIX, accuracy, seed=seed))
-    return {"report": write_report(runs["lora"][0]), "comparison": write_comparison(tmp_path / "compare", runs)}
+    weights = {label: 1.0 + i / 10 for i, label in enumerate(GO_EMOTIONS)}
+    multi = write_fake_multilabel_run(tmp_path / "runs" / "multi", GO_EMOTIONS, class_weights=weights)
+    return {
+        "report": write_report(runs["lora"][0]),
+        "comparison": write_comparison(tmp_path / "compare", runs),
+        "multilabel": write_report(multi),
+    }
 
 
 def keep_screenshot(shot: Path) -> None:
@@ -170,7 +185,11 @@ def keep_screenshot(shot: Path) -> None:
 # report: 4 plots and the reliability diagram; tables: results, significance, changes (counts, fixed, broken, still
 # wrong, confused pairs), training, data (2), data checks (per split, shared, conflicts), per class, history.
 # comparison: 2 plots; tables: results and the significance of LoRA against each other method.
-@pytest.mark.parametrize(("page", "images", "tables"), [("report", 5, 15), ("comparison", 2, 2)])
+# multilabel: the two curves, per-label F1 and the reliability diagram; tables: results, significance, changes
+# (counts, fixed, still wrong), training, class weights, data (2), data checks (3), per label, history.
+@pytest.mark.parametrize(
+    ("page", "images", "tables"), [("report", 5, 15), ("comparison", 2, 2), ("multilabel", 4, 14)]
+)
 @pytest.mark.parametrize("device", ["phone", "desktop"])
 def test_page_renders_every_image_and_table_and_fits_the_screen(
     browser, pages, tmp_path, page, images, tables, device

@@ -95,3 +95,44 @@ def test_seeds_give_mean_and_std_and_a_paired_verdict_against_lora(tmp_path):
     page = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| head |" in page.split("Is the difference from LoRA real?")[1]
     assert "not significant" in page and "| significant |" in page
+
+
+def test_multilabel_runs_compare_by_macro_f1_micro_f1_and_subset_accuracy(tmp_path):
+    from conftest import GO_EMOTIONS, write_fake_multilabel_run
+
+    from loratune import artifacts
+    from loratune.compare import write_comparison
+    from loratune.formatting import percent
+
+    labels = GO_EMOTIONS[:6]
+    settings = {"head": (0.3, 0.3), "lora": (0.95, 0.6), "full": (0.95, 0.62)}  # (quality, macro F1)
+    runs = {
+        method: write_fake_multilabel_run(
+            tmp_path / method, labels, quality=quality, seed=i, n=200, method=method, after_f1=f1
+        )
+        for i, (method, (quality, f1)) in enumerate(settings.items())
+    }
+    write_comparison(tmp_path / "cmp", runs)
+
+    rows = {row["method"]: row for row in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
+    for method, folder in runs.items():
+        after = artifacts.load_summary(folder).after
+        assert (rows[method]["f1"], rows[method]["accuracy"]) == (after.f1, after.accuracy)
+        assert (rows[method]["micro_f1"], rows[method]["hamming_loss"]) == (after.micro_f1, after.hamming_loss)
+    page = (tmp_path / "cmp" / "comparison.md").read_text()
+    table = markdown_table(page, first_header="method")
+    assert list(table[0])[:4] == ["method", "macro F1", "micro F1", "subset accuracy"]
+    assert "accuracy" not in table[0] and "precision" not in table[0]
+    for cells, row in zip(table, rows.values(), strict=True):
+        assert cells["macro F1"] == percent(row["f1"]) and cells["micro F1"] == percent(row["micro_f1"])
+        assert cells["subset accuracy"] == percent(row["accuracy"])
+    assert f"Best macro F1: full, {percent(rows['full']['f1'])}" in page
+    for name in ("comparison_val_f1.png", "comparison_f1_vs_time.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0 and f"({name})" in page
+    assert not (tmp_path / "cmp" / "comparison_val_accuracy.png").exists()
+    # The paired test reads the predictions files: a text is right only when its whole label set is.
+    lora, head = artifacts.load_predictions(runs["lora"]), artifacts.load_predictions(runs["head"])
+    exact = (head["pred_after"] == head["label"]).mean() - (lora["pred_after"] == lora["label"]).mean()
+    assert rows["head"]["vs_lora"]["accuracy_difference"] == pytest.approx(exact)
+    assert rows["head"]["vs_lora"]["significant"] is True and rows["full"]["vs_lora"]["significant"] is False
+    assert "| method | subset accuracy vs LoRA |" in page.split("Is the difference from LoRA real?")[1]

@@ -24,6 +24,7 @@ from loratune.errors import ConfigError
 from loratune.formatting import METRICS, change, count, finite, megabytes, percent, seconds, share, size
 from loratune.render import Block, Figure, Figures, Heading, Table, Text, render_html, render_markdown
 from loratune.report import RunFolder, read_run_folder
+from loratune.report_labels import is_multi_label
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     test against LoRA), `comparison_val_accuracy.png`, `comparison_accuracy_vs_time.png`, `comparison.md` and a
     self-contained `comparison.html`.
 
+    Multi-label runs are compared by macro F1, micro F1 and subset accuracy (`accuracy`): their rows add micro_f1,
+    samples_f1 and hamming_loss (with `_std` over seeds), the plots are `comparison_val_f1.png` and
+    `comparison_f1_vs_time.png`, and the paired test counts a text right only when its whole label set is.
+
     Args:
         output_dir: Folder to write into; created if needed.
         runs: Method name ("base", "head", "lora", "full", ...) to its run folder, or to one run folder per seed,
@@ -123,7 +128,9 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
         for method, paths in runs.items()
     }
     total = _shared_total(loaded)
-    rows = [_comparison_row(method, folders, output_dir, total) for method, folders in loaded.items()]
+    multi = _multi_label(loaded)
+    keys = [key for key, _ in METRICS] + (list(MULTI_LABEL_KEYS) if multi else [])
+    rows = [_comparison_row(method, folders, output_dir, total, keys) for method, folders in loaded.items()]
     if REFERENCE in loaded:
         for row in rows:
             if row["method"] != REFERENCE:
@@ -139,21 +146,23 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     artifacts.write_json(output_dir / "comparison.json", rows)
 
     summaries = {method: folders[0].summary for method, folders in loaded.items()}  # curves: the first seed's
-    plots.plot_comparison_curves(summaries, output_dir / "comparison_val_accuracy.png")
-    plots.plot_accuracy_vs_time(summaries, output_dir / "comparison_accuracy_vs_time.png")
+    # A multi-label run's accuracy is subset accuracy, which stays near zero with many labels: plot macro F1.
+    key, name = ("f1", "macro F1") if multi else ("accuracy", "accuracy")
+    plots.plot_comparison_curves(summaries, output_dir / f"comparison_val_{key}.png", key)
+    plots.plot_score_vs_time(summaries, output_dir / f"comparison_{key}_vs_time.png", key)
     first_seed = " (first seed)" if any(len(f) > 1 for f in loaded.values()) else ""
     figures = [
         Figure(
-            "comparison_val_accuracy.png",
-            f"Validation accuracy per epoch{first_seed}; epoch 0 is each run's untrained score",
+            f"comparison_val_{key}.png",
+            f"Validation {name} per epoch{first_seed}; epoch 0 is each run's untrained score",
         ),
         Figure(
-            "comparison_accuracy_vs_time.png",
-            f"Accuracy after training against training time, one point per method{first_seed}",
+            f"comparison_{key}_vs_time.png",
+            f"{name[:1].upper()}{name[1:]} after training against training time, one point per method{first_seed}",
         ),
     ]
     title = "Method comparison"
-    blocks = _comparison_blocks(loaded, rows, figures)
+    blocks = _comparison_blocks(loaded, rows, figures, multi)
     artifacts.write_text(output_dir / "comparison.md", render_markdown(title, blocks))
     html_path = output_dir / "comparison.html"
     page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
@@ -163,6 +172,16 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
 
 REFERENCE = "lora"
 ALPHA = 0.05
+MULTI_LABEL_KEYS = ("micro_f1", "samples_f1", "hamming_loss")  # beside accuracy (subset) and the macro averages
+
+
+def _multi_label(runs: dict[str, list[RunFolder]]) -> bool:
+    """Whether every run is multi-label; runs of both tasks are compared on the single-label columns, with a warning
+    (their scores do not measure the same thing)."""
+    tasks = {is_multi_label(run.summary) for folders in runs.values() for run in folders}
+    if len(tasks) > 1:
+        log.warning("The comparison mixes single- and multi-label runs; their scores are not comparable.")
+    return tasks == {True}
 
 
 def _seed(run: RunFolder) -> Any:
@@ -172,6 +191,9 @@ def _seed(run: RunFolder) -> Any:
 
 def _paired_test(reference: list[RunFolder], other: list[RunFolder]) -> dict[str, Any]:
     """McNemar's exact test of LoRA against another method, once per seed, on the same test examples.
+
+    An example is right when `pred_after` equals `label`; in a multi-label run both are label sets written the same
+    way (names joined in label order), so it is right only when its whole label set is.
 
     Per seed rather than pooled: runs with the same seed share the data subsample and the test examples, so each
     seed is a proper paired comparison; pooling seeds would count each test example several times as if it were
@@ -215,7 +237,9 @@ def _single_class(s: Any, labels: list[str]) -> str | None:
     return labels[predicted[0]] if s.trained and len(predicted) == 1 and len(labels) > 1 else None
 
 
-def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path, total: int) -> dict[str, Any]:
+def _comparison_row(
+    method: str, runs: list[RunFolder], output_dir: Path, total: int, keys: list[str]
+) -> dict[str, Any]:
     def mean(values: list[Any]) -> Any:
         numbers = [finite(v) for v in values]
         if None in numbers:
@@ -227,7 +251,7 @@ def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path, total:
 
     row = {
         "method": method,
-        **{key: each(lambda s, k=key: getattr(s.after, k)) for key, _ in METRICS},
+        **{key: each(lambda s, k=key: getattr(s.after, k)) for key in keys},
         "train_seconds": each(lambda s: s.train_seconds),
         "seconds_per_epoch": each(lambda s: s.seconds_per_epoch),
         "trainable_params": runs[0].summary.trainable_params,
@@ -242,8 +266,9 @@ def _comparison_row(method: str, runs: list[RunFolder], output_dir: Path, total:
     if len(runs) > 1:
         row["seeds"] = [_seed(run) for run in runs]
         row["run_dirs"] = [_relative(run.dir, output_dir) for run in runs]
-        for key, _ in METRICS:
-            row[f"{key}_std"] = float(np.std([getattr(run.summary.after, key) for run in runs], ddof=1))
+        for key in keys:
+            scores = [finite(getattr(run.summary.after, key)) for run in runs]
+            row[f"{key}_std"] = None if None in scores else float(np.std(scores, ddof=1))
     return row
 
 
@@ -258,7 +283,7 @@ def _score(row: dict[str, Any], key: str) -> str:
 
 
 def _comparison_blocks(
-    runs: dict[str, list[RunFolder]], rows: list[dict[str, Any]], figures: list[Figure]
+    runs: dict[str, list[RunFolder]], rows: list[dict[str, Any]], figures: list[Figure], multi: bool
 ) -> list[Block]:
     every = [run for folders in runs.values() for run in folders]
     models = {run.model_name for run in every}
@@ -266,10 +291,19 @@ def _comparison_blocks(
     task = [f"model: {', '.join(sorted(models))}"] + ([f"data: {', '.join(sorted(datasets))}"] if datasets else [])
     splits = {run.summary.eval_split for run in every}
     seeds = max(len(folders) for folders in runs.values())
-    scored = [r for r in rows if finite(r["accuracy"]) is not None]
+    headline = "f1" if multi else "accuracy"
+    scored = [r for r in rows if finite(r[headline]) is not None]
     seed_note = f"; {seeds} seeds per method, scores are mean ± standard deviation (points)" if seeds > 1 else ""
     blocks: list[Block] = [Text("; ".join(task) + f"; scores on the {', '.join(sorted(splits))} split{seed_note}.")]
-    if scored:
+    if scored and multi:
+        best = max(scored, key=lambda r: r["f1"])
+        blocks.append(
+            Text(
+                f"Best macro F1: {best['method']}, {percent(best['f1'])} (micro F1 {percent(best['micro_f1'])}, "
+                f"subset accuracy {percent(best['accuracy'])}) in {seconds(best['train_seconds'])}."
+            )
+        )
+    elif scored:
         best = max(scored, key=lambda r: r["accuracy"])
         blocks.append(
             Text(f"Most accurate: {best['method']}, {percent(best['accuracy'])} in {seconds(best['train_seconds'])}.")
@@ -282,9 +316,18 @@ def _comparison_blocks(
                     "learn at this budget (more data or epochs, or a higher --learning-rate, may help)."
                 )
             )
+    if multi:
+        scores = {"macro F1": "f1", "micro F1": "micro_f1", "subset accuracy": "accuracy"}
+        note = (
+            "Macro F1 weighs every label the same, micro F1 pools every (text, label) decision, and subset accuracy "
+            "counts a text right only when its whole label set is; trainable params show their share of the total."
+        )
+    else:
+        scores = {name.split(" ")[0]: key for key, name in METRICS}
+        note = "Precision, recall and F1 are macro averages; trainable params show their share of the total."
     columns = {
         "method": lambda r: str(r["method"]) + (" ⚠ one class" if r.get("single_class") is not None else ""),
-        **{name.split(" ")[0]: lambda r, k=key: _score(r, k) for key, name in METRICS},
+        **{name: lambda r, k=key: _score(r, k) for name, key in scores.items()},
         "train time": lambda r: seconds(r["train_seconds"]),
         "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),
         "trainable params": lambda r: share(r["trainable_params"], r["total_params"]),
@@ -298,15 +341,15 @@ def _comparison_blocks(
     return [
         *blocks,
         Heading("Results"),
-        Table(list(columns), table_rows, align="l" + "r" * 11 + "l"),
-        Text("Precision, recall and F1 are macro averages; trainable params show their share of the total.", True),
-        *_significance_blocks(rows),
+        Table(list(columns), table_rows, align="l" + "r" * (len(columns) - 2) + "l"),
+        Text(note, muted=True),
+        *_significance_blocks(rows, multi),
         Heading("Plots"),
         *[Figures([f]) for f in figures],
     ]
 
 
-def _significance_blocks(rows: list[dict[str, Any]]) -> list[Block]:
+def _significance_blocks(rows: list[dict[str, Any]], multi: bool) -> list[Block]:
     tested = [r for r in rows if "vs_lora" in r]
     if not tested:
         return []
@@ -328,15 +371,20 @@ def _significance_blocks(rows: list[dict[str, Any]]) -> list[Block]:
     return [
         Heading("Is the difference from LoRA real?"),
         Table(
-            ["method", "accuracy vs LoRA", "McNemar p (per seed)", "verdict (5%, every seed)"],
+            [
+                "method",
+                f"{'subset accuracy' if multi else 'accuracy'} vs LoRA",
+                "McNemar p (per seed)",
+                "verdict (5%, every seed)",
+            ],
             table_rows,
             align="lrrl",
             signed=(1,),
         ),
         Text(
             "McNemar's exact test pairs each method's run with LoRA's run of the same seed on the same test "
-            "examples; a difference counts as significant only when it is so at 5% in every seed, so one that "
-            "seed noise can flip does not.",
+            f"examples{' (each right only when its whole label set is)' if multi else ''}; a difference counts as "
+            "significant only when it is so at 5% in every seed, so one that seed noise can flip does not.",
             muted=True,
         ),
     ]

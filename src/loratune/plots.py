@@ -20,21 +20,24 @@ from loratune.schema import RunSummary
 
 __all__ = [
     "DPI",
-    "plot_accuracy_vs_time",
     "plot_comparison_curves",
     "plot_confusion",
     "plot_curves",
     "plot_per_class_f1",
+    "plot_per_label_f1",
     "plot_reliability",
+    "plot_score_vs_time",
 ]
 
 DPI = 130
 _COLORS = {"train": "#f08c00", "validation": "#3b5bdb", "before": "#495057", "after": "#2f9e44", "best": "#adb5bd"}
 _PALETTE = ["#3b5bdb", "#f08c00", "#2f9e44", "#e03131", "#9c36b5", "#1098ad", "#5c940d", "#d6336c"]
+# What the comparison plots call a score (`Metrics` field, also `EpochRecord.val_<key>`).
+_SCORE_NAMES = {"accuracy": "accuracy", "f1": "macro F1"}
 
 
-def plot_curves(summary: RunSummary, key: str, path: Path) -> None:
-    """Train and validation `key` ("accuracy" or "loss") per epoch.
+def plot_curves(summary: RunSummary, key: str, path: Path, name: str | None = None) -> None:
+    """Train and validation `key` ("accuracy" or "loss") per epoch, titled `name` (default: the key).
 
     The untrained score sits at epoch 0, and the best epoch is marked with the score after training.
     """
@@ -71,9 +74,10 @@ def plot_curves(summary: RunSummary, key: str, path: Path) -> None:
     last = max([0.0, *epochs])
     ax.set_xlim(-0.4, last + 0.4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    name = name or key
     ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
-    ax.set_title(f"{key.capitalize()} per epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name[:1].upper()}{name[1:]} per epoch")
     _style_axes(ax, as_percent=key == "accuracy")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, framealpha=0.9)
@@ -137,8 +141,37 @@ def plot_per_class_f1(summary: RunSummary, labels: Sequence[str], path: Path) ->
     _save(figure, path)
 
 
-def plot_comparison_curves(runs: dict[str, RunSummary], path: Path) -> None:
-    """Validation accuracy per epoch, one line per method; untrained runs (no history) are dashed horizontals."""
+def plot_per_label_f1(summary: RunSummary, labels: Sequence[str], path: Path) -> None:
+    """F1 of each label before and after training as horizontal bars, the first label on top.
+
+    Horizontal, so that dozens of labels (GoEmotions has 28) stay readable; each tick names the label's support.
+    """
+    n = len(labels)
+    figure = _new_figure(7.0, min(max(2.4, 0.32 * n + 1.3), 14.0))
+    ax = figure.add_subplot()
+    positions = list(range(n))
+    for offset, state, color in ((-0.2, "before", _COLORS["best"]), (0.2, "after", _COLORS["validation"])):
+        per_class = getattr(summary, state).per_class
+        scores = [_class_f1(per_class, label) or 0.0 for label in labels]  # a missing score draws as no bar
+        ax.barh([p + offset for p in positions], scores, 0.4, color=color, label=state)
+    names = []
+    for label in labels:
+        support = getattr(summary.after.per_class.get(label), "support", None)
+        names.append(_mpl(_short(label)) + ("" if support is None else f" ({support:,})"))
+    ax.set_yticks(positions, names, fontsize=9 if n <= 12 else 8)
+    ax.set_ylim(n - 0.5, -0.5)  # the first label (the most frequent) on top
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("F1")
+    ax.set_title(f"Per-label F1 ({summary.eval_split} split; support in brackets)")
+    _style_axes(ax, as_percent=False)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.legend(fontsize=8, framealpha=0.9, loc="lower right")
+    _save(figure, path)
+
+
+def plot_comparison_curves(runs: dict[str, RunSummary], path: Path, key: str = "accuracy") -> None:
+    """Validation `key` ("accuracy" or "f1") per epoch, one line per method; untrained runs (no history) are dashed
+    horizontals."""
     figure = _new_figure(6.0, 3.8)
     ax = figure.add_subplot()
     last_epoch = 1.0
@@ -146,43 +179,43 @@ def plot_comparison_curves(runs: dict[str, RunSummary], path: Path) -> None:
     colors = _method_colors(runs)
     for method, summary in runs.items():
         if not summary.history:
-            accuracy = finite(summary.after.accuracy)
-            if accuracy is not None:
-                flat.append((method, accuracy))
+            score = finite(getattr(summary.after, key))
+            if score is not None:
+                flat.append((method, score))
             continue
         epochs = [0.0] + [h.epoch for h in summary.history]
-        scores = [summary.before.accuracy] + [h.val_accuracy for h in summary.history]
+        scores = [getattr(summary.before, key)] + [getattr(h, f"val_{key}") for h in summary.history]
         xs, ys = _points(epochs, scores)
         last_epoch = max([last_epoch, *xs])
         if xs:
             ax.plot(xs, ys, marker="o", color=colors[method], label=_mpl(method))
-    for method, accuracy in flat:
-        ax.axhline(accuracy, linestyle="--", color=colors[method], label=_mpl(f"{method} ({percent(accuracy)})"))
+    for method, score in flat:
+        ax.axhline(score, linestyle="--", color=colors[method], label=_mpl(f"{method} ({percent(score)})"))
     ax.set_xlim(-0.3, last_epoch + 0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = before training)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Validation accuracy per epoch")
+    ax.set_ylabel(f"validation {_SCORE_NAMES[key]}")
+    ax.set_title(f"Validation {_SCORE_NAMES[key]} per epoch")
     _style_axes(ax, as_percent=True)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, framealpha=0.9)
     _save(figure, path)
 
 
-def plot_accuracy_vs_time(runs: dict[str, RunSummary], path: Path) -> None:
-    """Accuracy after training against training time, one labelled point per method."""
+def plot_score_vs_time(runs: dict[str, RunSummary], path: Path, key: str = "accuracy") -> None:
+    """`key` ("accuracy" or "f1") after training against training time, one labelled point per method."""
     figure = _new_figure(6.0, 3.8)
     ax = figure.add_subplot()
     colors = _method_colors(runs)
     for method, summary in runs.items():
-        x, y = finite(summary.train_seconds), finite(summary.after.accuracy)
+        x, y = finite(summary.train_seconds), finite(getattr(summary.after, key))
         if x is None or y is None:
             continue
         ax.scatter([x], [y], s=60, color=colors[method], zorder=3)
         ax.annotate(_mpl(method), (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
     ax.set_xlabel("training time (s)")
-    ax.set_ylabel("accuracy after training")
-    ax.set_title("Accuracy vs training time")
+    ax.set_ylabel(f"{_SCORE_NAMES[key]} after training")
+    ax.set_title(f"{_SCORE_NAMES[key][:1].upper()}{_SCORE_NAMES[key][1:]} vs training time")
     ax.margins(x=0.15, y=0.15)
     _style_axes(ax, as_percent=True)
     _save(figure, path)
@@ -238,9 +271,13 @@ def _slanted(slant: bool) -> dict[str, Any]:
     return {"rotation": 45, "ha": "right"} if slant else {"rotation": 0, "ha": "center"}
 
 
-def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path, multi_label: bool = False) -> None:
     """Reliability diagram: accuracy against mean confidence per confidence bin, one line per model state
-    ("before", "after", "after_calibrated"), with the diagonal a perfectly calibrated model would follow."""
+    ("before", "after", "after_calibrated"), with the diagonal a perfectly calibrated model would follow.
+
+    For a multi-label run the bins hold every (example, label) probability, so the axes read "predicted
+    probability" and "fraction true" instead.
+    """
     figure = _new_figure(5.2, 3.8)
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle=":", color=_COLORS["best"], label="perfectly calibrated")
@@ -256,8 +293,8 @@ def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path) -> Non
             ax.plot(*zip(*points, strict=True), marker="o", markersize=4, color=color, label=name)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence (top-label probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("predicted probability (every label)" if multi_label else "confidence (top-label probability)")
+    ax.set_ylabel("fraction true" if multi_label else "accuracy")
     ax.set_title("Reliability")
     _style_axes(ax, as_percent=True)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))

@@ -51,6 +51,7 @@ class Table:
     align: str = ""  # one 'l' or 'r' per column; default: first column left, the rest right
     signed: tuple[int, ...] = ()  # columns whose '+'/'-' values are coloured in HTML
     key_value: bool = False
+    lower_is_better: tuple[int, ...] = ()  # rows (an error rate) whose signed values are coloured the other way
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.header) - 1)
@@ -176,17 +177,20 @@ def _html_figure(figure: Figure, base_dir: Path, dpi: float) -> str:
 
 
 def _html_table(table: Table) -> str:
-    def cell(tag: str, text: str, column: int) -> str:
+    def cell(tag: str, text: str, column: int, row: int = -1) -> str:
         classes = []
         if table.alignment()[column] == "r":
             classes.append("r")
         if tag == "td" and column in table.signed and text[:1] in "+-" and not re.match(r"^[+-]0\.0 ", text):
-            classes.append("up" if text.startswith("+") else "down")
+            good = text.startswith("+") != (row in table.lower_is_better)
+            classes.append("up" if good else "down")
         attr = f' class="{" ".join(classes)}"' if classes else ""
         return f"<{tag}{attr}>{html.escape(text)}</{tag}>"
 
     head = "".join(cell("th", h, i) for i, h in enumerate(table.header))
-    body = "\n".join("<tr>" + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    body = "\n".join(
+        "<tr>" + "".join(cell("td", c, i, r) for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(table.rows)
+    )
     kind = ' class="kv"' if table.key_value else ""
     table = f"<table{kind}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
     return f'<div class="table-wrap">{table}</div>'

@@ -4,7 +4,8 @@ Everything here is rendered from the files a run leaves on disk (see docs/run-fo
 `loratune.artifacts`, so a report can be rebuilt, moved or tested without a model. This module decides what a
 report says, as one list of blocks; `loratune.render` turns that list into both the Markdown and the HTML, which
 keeps the two outputs in step. The plots are drawn by `loratune.plots`, numbers are written by
-`loratune.formatting`, and the side-by-side comparison of several runs lives in `loratune.compare`.
+`loratune.formatting`, what is said about the labels (which depends on the task: single- or multi-label) by
+`loratune.report_labels`, and the side-by-side comparison of several runs lives in `loratune.compare`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any
 
 import yaml
 
-from loratune import artifacts, plots, report_findings
+from loratune import artifacts, plots, report_findings, report_labels
 from loratune.formatting import (
     DASH,
-    METRICS,
     change,
     count,
     fixed,
@@ -33,20 +33,23 @@ from loratune.formatting import (
     size,
 )
 from loratune.render import Block, Code, Figure, Figures, Heading, Table, Text, render_html, render_markdown
+from loratune.report_labels import is_multi_label
 from loratune.schema import DataSummary, RunSummary
 
 __all__ = ["RunFolder", "read_run_folder", "write_report"]
 
 _SPLITS = ("train", "validation", "test")
+PER_LABEL_PLOT = "per_label_f1.png"
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Render plots, `report.md` and a self-contained `report.html` into a run folder.
 
     Reads the run's summary, labels and, when present, config (through `artifacts`). Writes
-    `accuracy.png`, `loss.png`, `confusion_matrix.png`, `per_class_f1.png` (only for more than two classes),
-    `reliability.png` (when the folder has a calibration file),
-    `report.md` and `report.html`. Optional values the run did not record show as "—".
+    `accuracy.png`, `loss.png`, then for a single-label run `confusion_matrix.png` and `per_class_f1.png` (only for
+    more than two classes), or for a multi-label run `per_label_f1.png` (a multi-label run has no confusion matrix);
+    `reliability.png` (when the folder has a calibration file), `report.md` and `report.html`. Optional values the
+    run did not record show as "—".
 
     Args:
         run_dir: A run folder written by `loratune train`.
@@ -85,6 +88,7 @@ class RunFolder:
         predictions: The predictions table (`artifacts.PREDICTIONS_FILE`), None in an older folder.
         calibration: The calibration file (temperature, reliability bins), None in an older folder.
         data_checks: The data checks file, None in an older folder.
+        thresholds: A multi-label run's decision thresholds in label order; None for a single-label run.
     """
 
     dir: Path
@@ -95,6 +99,7 @@ class RunFolder:
     predictions: Any = None
     calibration: dict[str, Any] | None = None
     data_checks: dict[str, Any] | None = None
+    thresholds: list[float] | None = None
 
     @property
     def model_name(self) -> str:
@@ -139,6 +144,7 @@ def read_run_folder(run_dir: Path) -> RunFolder:
         predictions=artifacts.load_predictions(run_dir),
         calibration=artifacts.load_calibration(run_dir),
         data_checks=artifacts.load_data_checks(run_dir),
+        thresholds=artifacts.load_thresholds(run_dir, labels),
     )
 
 
@@ -158,12 +164,20 @@ def _title(run: RunFolder) -> str:
 def _write_plots(run: RunFolder) -> list[list[Figure]]:
     """Write the run's PNGs; returns them in rows as the report shows them (the two curves side by side)."""
     summary, split = run.summary, run.summary.eval_split
+    multi = is_multi_label(summary)
     curves = []
     for key in ("accuracy", "loss"):
-        plots.plot_curves(summary, key, run.dir / f"{key}.png")
-        caption = f"{key.capitalize()}: train and validation per epoch; epoch 0 is the untrained model"
+        name = "subset accuracy" if multi and key == "accuracy" else key
+        plots.plot_curves(summary, key, run.dir / f"{key}.png", name)
+        caption = f"{name[:1].upper()}{name[1:]}: train and validation per epoch; epoch 0 is the untrained model"
         curves.append(Figure(f"{key}.png", caption))
     figures = [curves]
+    if multi:
+        # Sorted as the per-label table is, so the chart and the table read together.
+        plots.plot_per_label_f1(summary, report_labels.by_support(summary, run.labels), run.dir / PER_LABEL_PLOT)
+        caption = f"Per-label F1 before and after training ({split} split), the most frequent labels first"
+        figures.append([Figure(PER_LABEL_PLOT, caption, wide=len(run.labels) > 8)])
+        return figures
     if summary.after.confusion_matrix:
         plots.plot_confusion(summary.after.confusion_matrix, run.labels, run.dir / "confusion_matrix.png")
         figures.append([Figure("confusion_matrix.png", f"Confusion matrix after training ({split} split)", wide=True)])
@@ -177,35 +191,24 @@ def _write_plots(run: RunFolder) -> list[list[Figure]]:
 def _write_reliability(run: RunFolder) -> list[Block]:
     if not run.calibration or not isinstance(run.calibration.get("bins"), dict):
         return []
-    plots.plot_reliability(run.calibration["bins"], run.dir / "reliability.png")
-    caption = f"Reliability on the {run.summary.eval_split} split: accuracy against confidence, per bin"
+    multi = is_multi_label(run.summary)
+    plots.plot_reliability(run.calibration["bins"], run.dir / "reliability.png", multi_label=multi)
+    if multi:
+        what = "fraction true against predicted probability, per bin, over every (text, label) pair"
+    else:
+        what = "accuracy against confidence, per bin"
+    caption = f"Reliability on the {run.summary.eval_split} split: {what}"
     return [Figures([Figure("reliability.png", caption)])]
 
 
 def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: list[Block]) -> list[Block]:
     s = run.summary
-    before, after, split = s.before, s.after, s.eval_split
+    multi = is_multi_label(s)
     blocks: list[Block] = [
-        Text(
-            f"Accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
-            f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → "
-            f"{percent(after.f1)} ({change(after.f1, before.f1)}) on the {split} split "
-            f"({count(after.num_samples)} examples), trained in {seconds(s.train_seconds)}."
-        ),
+        Text(_headline(s, len(run.labels))),
         Heading("Results"),
-        Table(
-            ["metric", "before", "after", "change"],
-            [
-                [
-                    name,
-                    percent(getattr(before, k)),
-                    percent(getattr(after, k)),
-                    change(getattr(after, k), getattr(before, k)),
-                ]
-                for k, name in METRICS
-            ],
-            signed=(3,),
-        ),
+        report_labels.results_table(s, run.labels),
+        report_labels.results_note(s, run.labels),
         Text(_before_and_after(s), muted=True),
         Heading("Significance"),
         *report_findings.significance_blocks(s),
@@ -218,12 +221,16 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: lis
         *[Figures(row) for row in figures],
         Heading("Training"),
         _training_table(s),
+        *report_labels.class_weight_blocks(s, run.labels),
         Heading("Data"),
-        *_data_blocks(s.data, run.labels),
+        *_data_blocks(s.data, run.labels, multi),
         Heading("Data checks"),
         *report_findings.data_check_blocks(run.data_checks),
-        Heading("Per class"),
-        _per_class_table(s, run.labels),
+        *(
+            [Heading("Per label"), *report_labels.per_label_blocks(s, run.labels, run.thresholds)]
+            if multi
+            else [Heading("Per class"), report_labels.per_class_table(s, run.labels)]
+        ),
         Heading("History"),
         _history_block(s),
     ]
@@ -231,6 +238,26 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: lis
         blocks += [Heading("Configuration"), Text(f"{artifacts.CONFIG_FILE}, as resolved for this run:", muted=True)]
         blocks.append(Code(run.config_text.rstrip("\n")))
     return blocks
+
+
+def _headline(s: RunSummary, num_labels: int) -> str:
+    """The one-sentence summary above the tables."""
+    before, after = s.before, s.after
+    where = f"on the {s.eval_split} split ({count(after.num_samples)} examples"
+    trained = f"trained in {seconds(s.train_seconds)}."
+    if is_multi_label(s):
+        return (
+            f"Subset accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
+            f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → {percent(after.f1)} "
+            f"({change(after.f1, before.f1)}), micro F1 {percent(before.micro_f1)} → {percent(after.micro_f1)} "
+            f"({change(after.micro_f1, before.micro_f1)}) {where}, {count(num_labels)} labels, any number per "
+            f"text), {trained}"
+        )
+    return (
+        f"Accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
+        f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → "
+        f"{percent(after.f1)} ({change(after.f1, before.f1)}) {where}), {trained}"
+    )
 
 
 def _before_and_after(s: RunSummary) -> str:
@@ -275,11 +302,12 @@ def _training_table(s: RunSummary) -> Table:
         ["train throughput (tokens)", fixed(t.train_tokens_per_s, digits=1, unit="tokens/s")],
         ["eval throughput", fixed(t.eval_samples_per_s, digits=1, unit="samples/s")],
         ["padding ratio", fixed(t.padding_ratio, digits=2)],
+        ["class weights", "see below" if s.class_weights else "none"],
     ]
     return Table(["training", "value"], rows, align="ll", key_value=True)
 
 
-def _data_blocks(data: DataSummary, labels: list[str]) -> list[Block]:
+def _data_blocks(data: DataSummary, labels: list[str], multi: bool) -> list[Block]:
     if data == DataSummary():
         # A summary written before runs recorded their data loads with every field at its default.
         return [Text(f"{DASH} ({artifacts.METRICS_FILE} has no data summary)", muted=True)]
@@ -296,23 +324,14 @@ def _data_blocks(data: DataSummary, labels: list[str]) -> list[Block]:
     return [
         Text(f"Examples per split; truncated counts texts longer than {max_length} tokens.", True),
         sizes,
-        Text("Label distribution per split:", muted=True),
+        Text(
+            "Texts carrying each label, per split (a text can carry several):"
+            if multi
+            else "Label distribution per split:",
+            muted=True,
+        ),
         Table(["label", *_SPLITS], label_rows),
     ]
-
-
-def _per_class_table(s: RunSummary, labels: list[str]) -> Table:
-    rows = []
-    for label in labels:
-        after, before = s.after.per_class.get(label), s.before.per_class.get(label)
-        before_f1 = before.f1 if before else None
-        if after is None:
-            scores = [DASH] * 4
-        else:
-            scores = [percent(after.precision), percent(after.recall), percent(after.f1), count(after.support)]
-        rows.append([label, *scores, percent(before_f1), change(after.f1 if after else None, before_f1)])
-    header = ["label", "precision", "recall", "F1", "support", "F1 before", "F1 change"]
-    return Table(header, rows, signed=(6,))
 
 
 def _history_block(s: RunSummary) -> Block:
@@ -324,5 +343,6 @@ def _history_block(s: RunSummary) -> Block:
         losses = [fixed(h.train_loss), percent(h.train_accuracy), fixed(h.val_loss)]
         scores = [percent(h.val_accuracy), percent(h.val_precision), percent(h.val_recall), percent(h.val_f1)]
         rows.append([f"{h.epoch}{marker}", *losses, *scores, sci(h.learning_rate), seconds(h.epoch_seconds)])
-    header = ["epoch", "train loss", "train acc", "val loss", "val acc", "val prec", "val recall", "val F1", "LR"]
+    val_accuracy = "val subset acc" if is_multi_label(s) else "val acc"
+    header = ["epoch", "train loss", "train acc", "val loss", val_accuracy, "val prec", "val recall", "val F1", "LR"]
     return Table([*header, "time"], rows)

@@ -2,7 +2,8 @@
 
 Built from the run folder's files alone (the predictions table, the calibration file, the data checks and the
 summary), as blocks for `loratune.render`; `loratune.report` places them. A folder written before these files
-existed shows a one-line note instead of each section.
+existed shows a one-line note instead of each section. In a multi-label run an example is right only when its whole
+label set is, and the predictions file holds each set as its label names joined with "|" (in label order).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from loratune import artifacts
 from loratune.changes import confused_pairs, examples
 from loratune.formatting import DASH, count, fixed, percent, share_of_count
 from loratune.render import Block, Table, Text
+from loratune.report_labels import is_multi_label
 from loratune.schema import RunSummary
 
 EXAMPLES = 5
@@ -26,6 +28,11 @@ def _clip(text: Any) -> str:
     return text if len(text) <= _TEXT_CHARS else text[: _TEXT_CHARS - 1] + "…"
 
 
+def _label_set(value: Any) -> str:
+    """A multi-label prediction as the report shows it: "anger, joy", or "(none)" for the empty set."""
+    return ", ".join(str(value).split("|")) if str(value) else "(none)"
+
+
 def _missing(what: str) -> Text:
     return Text(f"{DASH} (this run folder has no {what}; an older loratune wrote it)", muted=True)
 
@@ -34,12 +41,13 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
     """Fixed / broken / still-wrong counts and examples, and the most-confused label pairs after training."""
     if table is None or s.changes is None:
         return [_missing(artifacts.PREDICTIONS_FILE)]
-    c, n = s.changes, len(table)
+    c, n, multi = s.changes, len(table), is_multi_label(s)
+    right = " An example counts as right only when its whole label set is." if multi else ""
     blocks: list[Block] = [
         Text(
             f"Of {count(n)} {s.eval_split} examples, training fixed {count(c.fixed)} (wrong before, right after), "
             f"broke {count(c.broken)} (right before, wrong after), left {count(c.still_wrong)} wrong and "
-            f"{count(c.still_right)} right. Every example, with both predictions and probabilities, is in "
+            f"{count(c.still_right)} right.{right} Every example, with both predictions and probabilities, is in "
             f"{artifacts.PREDICTIONS_FILE}."
         ),
         Table(
@@ -57,6 +65,7 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
         "broken": "Broken, most confident first:",
         "still_wrong": "Still wrong, most confident first (a confident mistake is often a label error):",
     }
+    shown = _label_set if multi else str
     for kind, title in titles.items():
         rows = examples(table, kind, EXAMPLES)
         if rows.empty:
@@ -64,14 +73,24 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
         blocks += [
             Text(title, muted=True),
             Table(
-                ["text", "gold", "before", "after", "p after"],
+                ["text", "gold", "before", "after", "top p after" if multi else "p after"],
                 [
-                    [_clip(r.text), str(r.label), str(r.pred_before), str(r.pred_after), percent(r.prob_after)]
+                    [_clip(r.text), shown(r.label), shown(r.pred_before), shown(r.pred_after), percent(r.prob_after)]
                     for r in rows.itertuples()
                 ],
                 align="llllr",
             ),
         ]
+    if multi:
+        # A wrong label set is not one label mistaken for another; the per-label table shows what is missed.
+        blocks.append(
+            Text(
+                "Most-confused label pairs are a single-label view and are left out; the per-label precision and "
+                "recall below show which labels are missed or over-predicted.",
+                muted=True,
+            )
+        )
+        return blocks
     pairs = confused_pairs(table, EXAMPLES)
     if pairs:
         blocks += [
@@ -95,6 +114,22 @@ def confidence_blocks(s: RunSummary, calibration: dict[str, Any] | None) -> list
         if s.eval_split == "validation"
         else ""
     )
+    if is_multi_label(s):
+        return [
+            Text(
+                f"Expected calibration error (ECE: the gap between predicted probability and the fraction of true "
+                f"labels, over {cal.n_bins} probability bins of every (text, label) pair) on the {s.eval_split} "
+                f"split: {percent(cal.ece_before)} before, {percent(cal.ece_after)} after training, "
+                f"{percent(cal.ece_after_calibrated)} after temperature scaling "
+                f"(T = {fixed(cal.temperature, digits=2)}, fitted on the {cal.fitted_on} split{overlap})."
+            ),
+            Text(
+                f"The temperature divides the logits before the sigmoid, and each label's decision threshold "
+                f"({artifacts.THRESHOLDS_FILE}) applies to the probability so scaled. loratune predict and loratune "
+                f"export apply both; the temperature is kept in {artifacts.CALIBRATION_FILE}.",
+                muted=True,
+            ),
+        ]
     return [
         Text(
             f"Expected calibration error (ECE: the gap between confidence and accuracy, over {cal.n_bins} "
@@ -122,12 +157,13 @@ def significance_blocks(s: RunSummary) -> list[Block]:
 
     p = sig.mcnemar_p
     verdict = DASH if p is None else ("significant" if p < 0.05 else "not significant") + " at 5%"
+    multi = is_multi_label(s)
     return [
         Table(
             ["metric", "before", f"{sig.confidence:.0%} CI before", "after", f"{sig.confidence:.0%} CI after"],
             [
                 [
-                    "accuracy",
+                    "subset accuracy" if multi else "accuracy",
                     percent(s.before.accuracy),
                     interval(sig.accuracy_before),
                     percent(s.after.accuracy),
@@ -144,8 +180,8 @@ def significance_blocks(s: RunSummary) -> list[Block]:
         ),
         Text(
             f"Intervals: percentile bootstrap over the {s.eval_split} examples ({count(sig.n_resamples)} "
-            f"resamples). McNemar's exact test of before against after (fixed vs broken examples): "
-            f"p {_p(p)}, {verdict}.",
+            f"resamples). McNemar's exact test of before against after (fixed vs broken examples"
+            f"{', each right only with its whole label set' if multi else ''}): p {_p(p)}, {verdict}.",
             muted=True,
         ),
     ]

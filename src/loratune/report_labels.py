@@ -1,0 +1,156 @@
+"""What a report says about the labels, for either task: the before/after results table, the per-class or per-label
+table, and the class weights the loss used.
+
+A single-label run picks one label per text. A multi-label run picks a set, and is scored per label (with that
+label's decision threshold), averaged three ways (micro: over every (text, label) decision; macro: the mean over
+labels; samples: the mean over texts), and per text (subset accuracy: the whole set right; Hamming loss: the share
+of (text, label) decisions that are wrong). `loratune.report` places these blocks; `loratune.render` draws them.
+"""
+
+from __future__ import annotations
+
+from loratune import artifacts
+from loratune.formatting import DASH, METRICS, change, count, fixed, percent, share_of_count
+from loratune.render import Block, Table, Text
+from loratune.schema import Metrics, RunSummary
+
+SINGLE_LABEL_RESULTS = (*METRICS, ("balanced_accuracy", "balanced accuracy"))
+MULTI_LABEL_RESULTS = (
+    ("accuracy", "subset accuracy"),
+    ("micro_precision", "precision (micro)"),
+    ("micro_recall", "recall (micro)"),
+    ("micro_f1", "F1 (micro)"),
+    ("precision", "precision (macro)"),
+    ("recall", "recall (macro)"),
+    ("f1", "F1 (macro)"),
+    ("samples_precision", "precision (samples)"),
+    ("samples_recall", "recall (samples)"),
+    ("samples_f1", "F1 (samples)"),
+    ("hamming_loss", "Hamming loss (lower is better)"),
+)
+# Past this many classes the first table leaves per-class recall to the per-class table, or it would bury the rest.
+RECALL_ROWS = 10
+
+
+def is_multi_label(s: RunSummary) -> bool:
+    """Whether the run predicts a set of labels per text."""
+    return s.task == "multi" or s.after.multi_label
+
+
+def by_support(s: RunSummary, labels: list[str]) -> list[str]:
+    """The labels, those with the most eval-split examples first (ties keep the label order)."""
+    scores = s.after.per_class
+    return sorted(labels, key=lambda label: -scores[label].support if label in scores else 0)
+
+
+def _row(name: str, before: float | None, after: float | None) -> list[str]:
+    return [name, percent(before), percent(after), change(after, before)]
+
+
+def results_table(s: RunSummary, labels: list[str]) -> Table:
+    """The first table: every headline score before and after training, with the change.
+
+    Single-label: accuracy, macro precision / recall / F1, balanced accuracy, and each class's recall (up to
+    RECALL_ROWS classes), which show what accuracy hides on imbalanced data. Multi-label: subset accuracy, the micro,
+    macro and samples averages, and Hamming loss.
+    """
+    before, after = s.before, s.after
+    if is_multi_label(s):
+        rows = [_row(name, getattr(before, key), getattr(after, key)) for key, name in MULTI_LABEL_RESULTS]
+        # Hamming loss is an error rate: its fall is the good news, so its change is coloured the other way.
+        return Table(["metric", "before", "after", "change"], rows, signed=(3,), lower_is_better=(len(rows) - 1,))
+    rows = [_row(name, getattr(before, key), getattr(after, key)) for key, name in SINGLE_LABEL_RESULTS]
+    if len(labels) <= RECALL_ROWS:
+        rows += [_row(f"recall: {label}", _recall(before, label), _recall(after, label)) for label in labels]
+    return Table(["metric", "before", "after", "change"], rows, signed=(3,))
+
+
+def _recall(metrics: Metrics, label: str) -> float | None:
+    scores = metrics.per_class.get(label)
+    return None if scores is None else scores.recall
+
+
+def results_note(s: RunSummary, labels: list[str]) -> Text:
+    """What the first table's less familiar rows mean."""
+    if is_multi_label(s):
+        return Text(
+            "Subset accuracy counts a text right only when its whole label set is. Micro averages pool every "
+            "(text, label) decision, so frequent labels dominate; macro averages weigh every label the same; samples "
+            "averages score each text's label set, then average over texts. Hamming loss is the share of "
+            "(text, label) decisions that are wrong.",
+            muted=True,
+        )
+    recall = "" if len(labels) <= RECALL_ROWS else " Each class's recall is in the per-class table below."
+    return Text(
+        "Balanced accuracy is the mean of the classes' recall: unlike accuracy, a majority class cannot carry it, so "
+        f"on imbalanced data it shows whether the small classes are found.{recall}",
+        muted=True,
+    )
+
+
+def per_class_table(s: RunSummary, labels: list[str]) -> Table:
+    """Single-label: each class's scores after training, and its F1 before with the change."""
+    rows = []
+    for label in labels:
+        after, before = s.after.per_class.get(label), s.before.per_class.get(label)
+        before_f1 = before.f1 if before else None
+        if after is None:
+            scores = [DASH] * 4
+        else:
+            scores = [percent(after.precision), percent(after.recall), percent(after.f1), count(after.support)]
+        rows.append([label, *scores, percent(before_f1), change(after.f1 if after else None, before_f1)])
+    header = ["label", "precision", "recall", "F1", "support", "F1 before", "F1 change"]
+    return Table(header, rows, signed=(6,))
+
+
+def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
+    """Multi-label: each label's support, scores after training, F1 before with the change, and its threshold;
+    the most frequent labels first."""
+    threshold_of = dict(zip(labels, thresholds, strict=True)) if thresholds else {}
+    n = s.after.num_samples
+    rows = []
+    for label in by_support(s, labels):
+        after, before = s.after.per_class.get(label), s.before.per_class.get(label)
+        before_f1 = before.f1 if before else None
+        if after is None:
+            scores = [DASH] * 4
+        else:
+            scores = [share_of_count(after.support, n), percent(after.precision), percent(after.recall)]
+            scores.append(percent(after.f1))
+        after_f1 = after.f1 if after else None
+        threshold = fixed(threshold_of.get(label), digits=2)
+        rows.append([label, *scores, percent(before_f1), change(after_f1, before_f1), threshold])
+    header = ["label", "support", "precision", "recall", "F1", "F1 before", "F1 change", "threshold"]
+    if thresholds:
+        where = f"each label's decision threshold ({artifacts.THRESHOLDS_FILE}, chosen on the validation split)"
+    else:
+        where = f"the default threshold ({artifacts.THRESHOLDS_FILE} is missing from this run folder)"
+    return [
+        Text(
+            f"Sorted by support: the {s.eval_split} texts that carry the label, with their share. Precision, "
+            f"recall and F1 after training use {where}.",
+            muted=True,
+        ),
+        Table(header, rows, signed=(6,)),
+    ]
+
+
+def class_weight_blocks(s: RunSummary, labels: list[str]) -> list[Block]:
+    """The loss weights the model was trained with, when the run used any."""
+    weights = s.class_weights
+    if not weights:
+        return []
+    multi = is_multi_label(s)
+    order = by_support(s, labels) if multi else list(labels)
+    order += [label for label in weights if label not in order]  # a weight for a label the run lacks still shows
+    if multi:
+        text = "Trained with weighted positives: each label's positive examples weigh this much in the loss."
+    else:
+        text = "Trained with class weights: each class's examples weigh this much in the loss."
+    return [
+        Text(text, muted=True),
+        Table(
+            ["label", "weight of positives" if multi else "class weight"],
+            [[label, fixed(weights.get(label), digits=2)] for label in order],
+        ),
+    ]
