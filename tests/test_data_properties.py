@@ -103,8 +103,12 @@ def _check_loaded(splits) -> None:
         assert len(split) > 0
         assert {"text", "label"} <= set(split.column_names)
         assert all(isinstance(t, str) and t.strip() for t in split["text"])
-        assert all(0 <= i < len(names) for i in split["label"])
-    assert len(set(splits.train["label"])) >= 2
+        if splits.task == "multi":  # a random label such as "5F|x" holds the separator: a set of two names
+            assert all(len(v) == len(names) and set(v) <= {0.0, 1.0} for v in split["label"])
+        else:
+            assert all(0 <= i < len(names) for i in split["label"])
+    if splits.task == "single":
+        assert len(set(splits.train["label"])) >= 2
 
 
 def _load_or_data_error(path: Path) -> None:

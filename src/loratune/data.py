@@ -15,8 +15,10 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
+from loratune import multilabel
 from loratune.config import DataArgs
 from loratune.errors import DataError
+from loratune.multilabel import label_name as _label_name
 from loratune.sources import LABEL_COLUMNS, load_raw, read_file, split_files
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ PAIR_COLUMNS = (
 
 @dataclass
 class Splits:
-    """Train / validation / test datasets with columns `text`, optional `text_pair`, and integer `label`."""
+    """Train / validation / test datasets with columns `text`, optional `text_pair`, and `label`: an integer for a
+    single-label task, a float32 multi-hot list of `len(labels)` for a multi-label one (`task` "multi")."""
 
     train: Dataset
     validation: Dataset
@@ -42,7 +45,7 @@ class Splits:
     labels: list[str]
     has_test: bool = True
     dropped: dict[str, int] = field(default_factory=dict)  # rows lost on loading: empty text or missing label
-    task: str = "single"  # or "multi": `label` holds multi-hot rows of len(labels) floats
+    task: str = "single"  # "single" or "multi", as resolved from data.task and the data
 
     @property
     def eval_name(self) -> str:
@@ -58,9 +61,13 @@ class Splits:
         return "text_pair" in self.train.column_names
 
     def label_counts(self) -> dict[str, dict[str, int]]:
-        """{split: {label name: rows}}, for the report."""
+        """{split: {label name: rows}} (for multi-label, the rows carrying each label), for the report."""
         counts = {}
         for name in ("train", "validation", "test"):
+            if self.task == "multi":
+                totals = multilabel.multi_hot(getattr(self, name), len(self.labels)).sum(axis=0)
+                counts[name] = {label: int(n) for label, n in zip(self.labels, totals, strict=True)}
+                continue
             ids = getattr(self, name)["label"]
             counts[name] = {label: 0 for label in self.labels}
             for i in ids:
@@ -71,15 +78,22 @@ class Splits:
 def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     """Load, check, label-encode and subsample the dataset named by `args.path`.
 
+    Multi-label data (see `load_texts`) is encoded as multi-hot vectors over the sorted label names of train.
+
     Raises:
         DataError: for a missing path, an empty file, a missing or ambiguous column, a single-class train split,
-            or a label in validation/test that train lacks.
+            a label in validation/test that train lacks, or a malformed label set.
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
     raw, dropped = load_texts(args)
-    labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
-    raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
+    task = "multi" if multilabel.is_list(raw["train"].features["label"]) else "single"
+    if task == "multi":
+        labels = multilabel.label_names(raw["train"])
+        raw = DatasetDict({name: multilabel.encode(ds, name, labels) for name, ds in raw.items()})
+    else:
+        labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
+        raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
 
     has_test = "test" in raw
     if "test" not in raw:
@@ -88,34 +102,57 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     if "validation" not in raw:
         raw["train"], raw["validation"] = _carve(raw["train"], args.validation_ratio, seed, "validation")
     train = _subsample(raw["train"], args.max_train_samples, seed)
-    if len(set(train.unique("label"))) < 2:
+    if task == "multi":
+        totals = multilabel.multi_hot(train, len(labels)).sum(axis=0)
+        present = [n for n, c in zip(labels, totals, strict=True) if c]
+        if len(present) < 2:
+            raise DataError(
+                f"The train split's label sets hold {len(present)} label name(s) {present}; a classifier needs at "
+                "least two. Check data.label_column, data.label_columns or the data file."
+            )
+    elif len(set(train.unique("label"))) < 2:
         raise DataError(
             f"The train split has a single class ({labels[train[0]['label']]!r}); a classifier needs at least two. "
             "Check data.label_column or the data file."
         )
     validation = _subsample(raw["validation"], args.max_eval_samples, seed)
     test = _subsample(raw["test"], args.max_eval_samples, seed)
-    return Splits(train=train, validation=validation, test=test, labels=labels, has_test=has_test, dropped=dropped)
+    return Splits(
+        train=train, validation=validation, test=test, labels=labels, has_test=has_test, dropped=dropped, task=task
+    )
 
 
 def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
     """The splits found, with columns text, optional text_pair, and label as read (not yet encoded), and how many
     rows each lost for an empty text or a missing label; `loratune check-data` checks these.
 
+    For multi-label data (`data.task`, resolved as in `multilabel.resolve_task`, or `data.label_columns`) each
+    label is a sorted list of names (`multilabel.NAMES`); an empty list is a text with no label.
+
     Raises:
-        DataError: for a missing path, an empty file, or a missing or ambiguous column.
+        DataError: for a missing path, an empty file, a missing or ambiguous column, or a malformed label set.
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
     raw = load_raw(args)
     text_col, pair_col, label_col = _detect_columns(raw["train"], args)
     sizes = {name: len(ds) for name, ds in raw.items()}
-    raw = DatasetDict({name: _standardise(ds, name, text_col, pair_col, label_col) for name, ds in raw.items()})
+    raw = {name: _standardise(ds, name, text_col, pair_col, label_col, args) for name, ds in raw.items()}
+    task = multilabel.resolve_task(raw["train"], args.task, args.label_separator)
+    raw = DatasetDict({name: _read_labels(ds, name, task, args.label_separator) for name, ds in raw.items()})
     return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}
 
 
-def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str]:
+def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str | None]:
+    """The text, text pair and label columns; the label column is None for `data.label_columns`."""
     columns = ds.column_names
+    if args.label_columns:
+        missing = [c for c in args.label_columns if c not in columns]
+        if missing:
+            raise DataError(
+                f"data.label_columns names {missing}, which the train split lacks; its columns are {columns}. "
+                "Fix --label-columns."
+            )
     lowered = {c.lower(): c for c in columns}
     for role, given in (
         ("text", args.text_column),
@@ -125,7 +162,11 @@ def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str]:
         if given is not None and given not in columns:
             key = {"text": "text_column", "text pair": "text_pair_column", "label": "label_column"}[role]
             raise DataError(f"data.{key}={given!r} is not in the train split; its columns are {columns}.")
-    label = args.label_column or _pick(lowered, LABEL_COLUMNS, "label", columns, "label_column")
+    if args.label_columns:
+        label, exclude = None, set(args.label_columns)
+    else:
+        label = args.label_column or _pick(lowered, LABEL_COLUMNS, "label", columns, "label_column")
+        exclude = {label}
     text, pair = args.text_column, args.text_pair_column
     if text is None:
         for first, second in PAIR_COLUMNS:
@@ -133,7 +174,7 @@ def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str]:
                 text, pair = lowered[first], pair or lowered[second]
                 break
     if text is None:
-        text = _pick(lowered, TEXT_COLUMNS, "text", columns, "text_column", exclude={label})
+        text = _pick(lowered, TEXT_COLUMNS, "text", columns, "text_column", exclude=exclude)
     if text == label:
         raise DataError(f"The text and label columns are both {text!r}; set data.text_column or data.label_column.")
     return text, pair, label
@@ -151,12 +192,16 @@ def _pick(lowered: dict[str, str], candidates: tuple[str, ...], role: str, colum
     return found[0]
 
 
-def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: str) -> Dataset:
-    wanted = [text, label] + ([pair] if pair else [])
+def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: str | None, args: DataArgs) -> Dataset:
+    """The split with columns text, optional text_pair and label, less rows with an empty text or no label."""
+    label_columns = [label] if label else list(args.label_columns)
+    wanted = [text, *label_columns] + ([pair] if pair else [])
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         raise DataError(f"The {split} split lacks column(s) {missing}; its columns are {ds.column_names}.")
     ds = ds.select_columns(wanted)
+    if label is None:
+        ds, label = multilabel.from_columns(ds, split, label_columns), "label"
     mapping = {text: "text", label: "label"} | ({pair: "text_pair"} if pair else {})
     ds = ds.rename_columns({old: new for old, new in mapping.items() if old != new})
     texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
@@ -169,6 +214,15 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
         log.warning("Dropped %d of %d %s rows with an empty text or a missing label.", before - len(ds), before, split)
     if len(ds) == 0:
         raise DataError(f"The {split} split has no row with both a text and a label; check its columns and values.")
+    return ds
+
+
+def _read_labels(ds: Dataset, split: str, task: str, separator: str) -> Dataset:
+    """A multi-label split's labels as lists of names; a single-label split's as one value each."""
+    if task == "multi":
+        return multilabel.to_name_sets(ds, split, separator)
+    if multilabel.is_list(ds.features["label"]):
+        raise multilabel.single_task_refusal(ds, split)
     if not isinstance(ds.features["label"], (ClassLabel, Value)):
         # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
         features = ds.features.copy()
@@ -208,11 +262,6 @@ def _label_names(train: Dataset, label_col_feature: Any) -> list[str]:
     return sorted({_label_name(v) for v in values})
 
 
-def _label_name(value: Any) -> str:
-    # One spelling per label whatever the reader made of it: 1, 1.0 and " 1" are all "1".
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
-
-
 def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool = False) -> Dataset:
     if isinstance(ds.features["label"], ClassLabel) and list(ds.features["label"].names) == labels:
         return ds
@@ -221,16 +270,8 @@ def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         names = [_label_name(v) for v in batch["label"]]
         unknown = sorted({n for n in names if n not in index})
-        if unknown and run_labels:
-            raise DataError(
-                f"The {split} split has label(s) {unknown} that the run was not trained on; the run's labels: "
-                f"{labels}. Evaluate on data labelled with those names."
-            )
         if unknown:
-            raise DataError(
-                f"The {split} split has label(s) {unknown} that train lacks; known labels: {labels}. "
-                "Fix the labels or add train examples of them."
-            )
+            raise multilabel.unknown_labels_error(split, unknown, labels, run_labels)
         return {"label": [index[n] for n in names]}
 
     features = ds.features.copy()
@@ -239,14 +280,23 @@ def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool 
 
 
 def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Dataset]:
+    """Split a share `ratio` off `ds`, stratified by label; multi-label rows by their rarest label (the one with
+    the fewest rows among the row's labels; an empty set is a stratum of its own), so a rare label lands on both
+    sides. A stratum too small to split makes the split random, with a warning."""
     size = max(1, round(len(ds) * ratio))
     if len(ds) - size < 2:
         raise DataError(f"Too few rows ({len(ds)}) to carve a {name} split out of train; add rows or a {name} file.")
+    by = "label"
+    if multilabel.is_list(ds.features["label"]):
+        by, stratum = "_stratum", multilabel.strata(multilabel.multi_hot(ds, len(ds[0]["label"])))
+        ds = ds.add_column(by, stratum.tolist(), feature=ClassLabel(num_classes=int(stratum.max()) + 1))
     try:
-        parts = ds.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
+        parts = ds.train_test_split(test_size=size, stratify_by_column=by, seed=seed)
     except ValueError:  # a class with a single example cannot be stratified
         log.warning("A class is too small to stratify the %s split; splitting at random.", name)
         parts = ds.train_test_split(test_size=size, seed=seed)
+    if by != "label":
+        return parts["train"].remove_columns(by), parts["test"].remove_columns(by)
     return parts["train"], parts["test"]
 
 
@@ -289,7 +339,8 @@ def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int
 def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "single") -> Dataset:
     """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate`).
 
-    A folder gives its `split` file; a single file is used whole.
+    A folder gives its `split` file; a single file is used whole. `task` is the run's ("single" or "multi"): a
+    multi-label run's data is read as label sets and encoded as multi-hot vectors over `labels`.
 
     Raises:
         DataError: as `load_splits`, and when the split is missing or has a label the run never saw.
@@ -316,5 +367,7 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "
             raise DataError(f"{args.path} has no {split} split (it has {list(loaded)}); choose one with --split.")
         raw = {split: loaded[split]}
     text_col, pair_col, label_col = _detect_columns(raw[split], args)
-    ds = _standardise(raw[split], split, text_col, pair_col, label_col)
-    return _subsample(_encode_labels(ds, split, labels, run_labels=True), args.max_eval_samples, seed=0)
+    ds = _standardise(raw[split], split, text_col, pair_col, label_col, args)
+    ds = _read_labels(ds, split, task, args.label_separator)
+    encode = multilabel.encode if task == "multi" else _encode_labels
+    return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed=0)

@@ -2,8 +2,9 @@
 label balance, very short texts, and truncation. They warn and never stop a run, unless `data.strict` is set.
 
 The checks compare texts only (exact, and normalised: case-folded with whitespace collapsed), never what labels
-mean, so a multi-label dataset loaded as one class per label set is checked the same way. They run on the splits
-as the run uses them (after subsampling). No torch here; the result is plain JSON (`artifacts.DATA_CHECKS_FILE`).
+mean. A multi-label text's label is its set of names, so texts conflict when their label sets differ, and the label
+counts are how many train texts carry each label. They run on the splits as the run uses them (after subsampling).
+No torch here; the result is plain JSON (`artifacts.DATA_CHECKS_FILE`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ SHORT_WORDS = 2  # a text of at most this many words is "very short"
 IMBALANCE_WARN = 10.0  # warn when the largest train class has this many times the rows of the smallest
 TRUNCATED_WARN = 0.01  # warn when more than this share of a split is cut to max_length
 EXAMPLES = 5
+SET_SEPARATOR = "|"  # how a label set is shown: "anger|joy"
+EMPTY_SET = "(none)"  # a multi-label text that carries no label
 
 
 def normalise(text: str) -> str:
@@ -31,6 +34,21 @@ def _keys(ds: Any) -> list[str]:
     if "text_pair" in ds.column_names:  # a pair is one text for these checks
         return [f"{a}\n{b}" for a, b in zip(texts, ds["text_pair"], strict=True)]
     return list(texts)
+
+
+def _label_sets(ds: Any, label_names: list[str] | None) -> list[list[str]]:
+    """Each row's label names: from a multi-hot vector over `label_names`, or a list of names as read."""
+    out = []
+    for value in ds["label"]:
+        if label_names and value and not isinstance(value[0], str):
+            out.append([label_names[j] for j, on in enumerate(value) if on > 0.5])
+        else:
+            out.append([str(v) for v in value])
+    return out
+
+
+def _is_multi(ds: Any) -> bool:
+    return len(ds) > 0 and isinstance(ds[0]["label"], list)
 
 
 def _conflicts(keys: list[str], labels: list[str]) -> dict[str, set[str]]:
@@ -46,21 +64,28 @@ def compute_data_checks(
     """Check the splits of a dataset.
 
     Args:
-        splits: split name -> `datasets.Dataset` with columns text, optional text_pair, and label (ids named by
-            `label_names`, or label values as read when it is None).
+        splits: split name -> `datasets.Dataset` with columns text, optional text_pair, and label: ids (or, for
+            multi-label data, multi-hot vectors) over `label_names`, or labels as read (a value, or a list of names)
+            when it is None.
         dropped: rows each split lost on loading for an empty text or a missing label.
         label_names: the names of label ids.
 
     Returns:
         JSON-ready dict: `splits` (per split: rows, duplicate texts, conflicting texts, short texts, dropped rows),
         `shared` (per pair of splits: texts in both, exact and normalised, with examples), `conflict_examples`,
-        `label_counts` and `imbalance_ratio` of train, and `warnings` (one line each).
+        `label_counts` and `imbalance_ratio` of train, `task` ("single" or "multi"), and `warnings` (one line each).
     """
     keys = {s: _keys(ds) for s, ds in splits.items()}
-    labels = {
-        s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]
-        for s, ds in splits.items()
-    }
+    multi = _is_multi(splits["train"])
+    if multi:
+        sets = {s: _label_sets(ds, label_names) for s, ds in splits.items()}
+        # a set is compared (and shown) as its sorted names joined: "anger|joy"
+        labels = {s: [SET_SEPARATOR.join(sorted(names)) or EMPTY_SET for names in rows] for s, rows in sets.items()}
+    else:
+        labels = {
+            s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]
+            for s, ds in splits.items()
+        }
     per_split, conflict_examples = {}, []
     for split in splits:
         exact, normal = keys[split], [normalise(k) for k in keys[split]]
@@ -82,16 +107,23 @@ def compute_data_checks(
         both = set(keys[a]) & set(keys[b])
         both_normal = {normalise(k) for k in keys[a]} & {normalise(k) for k in keys[b]}
         shared[f"{a}/{b}"] = {"texts": len(both), "texts_normalised": len(both_normal), "examples": sorted(both)[:3]}
-    counts = {name: 0 for name in label_names or sorted(set(labels["train"]))}
-    for label in labels["train"]:
-        counts[label] += 1
-    smallest = min(counts.values())
+    if multi:  # how many train texts carry each label
+        counts = {name: 0 for name in label_names or sorted({n for names in sets["train"] for n in names})}
+        for names in sets["train"]:
+            for name in names:
+                counts[name] += 1
+    else:
+        counts = {name: 0 for name in label_names or sorted(set(labels["train"]))}
+        for label in labels["train"]:
+            counts[label] += 1
+    smallest = min(counts.values(), default=0)
     checks = {
+        "task": "multi" if multi else "single",
         "splits": per_split,
         "shared": shared,
         "conflict_examples": conflict_examples,
         "label_counts": counts,
-        "imbalance_ratio": max(counts.values()) / smallest if smallest else None,
+        "imbalance_ratio": max(counts.values()) / smallest if smallest else None,  # most / least frequent label
     }
     checks["warnings"] = _warnings(checks)
     return checks
@@ -117,8 +149,9 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
             )
     for split, found in checks["splits"].items():
         if found["conflicting_texts_normalised"]:
+            what = "differing label sets" if checks.get("task") == "multi" else "more than one label"
             out.append(
-                f"{found['conflicting_texts']} {split} texts carry more than one label "
+                f"{found['conflicting_texts']} {split} texts carry {what} "
                 f"({found['conflicting_texts_normalised']} after normalising)"
             )
         if found["dropped_rows"]:
@@ -128,7 +161,8 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
     ratio = checks["imbalance_ratio"]
     if ratio is None or ratio >= IMBALANCE_WARN:
         shown = "∞" if ratio is None else f"{ratio:.1f}"
-        out.append(f"train labels are imbalanced (largest / smallest class: {shown})")
+        what = "label" if checks.get("task") == "multi" else "class"
+        out.append(f"train labels are imbalanced (largest / smallest {what}: {shown})")
     return out
 
 
