@@ -107,7 +107,11 @@ def _save_bert_tokenizer(folder: Path, cls_name: str = "BertTokenizer") -> int:
 
     vocab = BERT_SPECIALS + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    getattr(transformers, cls_name)(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # from_pretrained finds vocab.txt under whatever keyword this transformers calls it (5.x renamed vocab_file
+    # to vocab and silently ignores the old name, which left every word [UNK])
+    tokenizer = getattr(transformers, cls_name).from_pretrained(folder)
+    assert tokenizer.convert_tokens_to_ids(WORDS[0]) == len(BERT_SPECIALS), "the tiny vocabulary did not load"
+    tokenizer.save_pretrained(folder)
     return len(vocab)
 
 
