@@ -29,24 +29,28 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], l
         columns = predicted), the number of samples, and the loss when given.
     """
     ids = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=ids, average=None, zero_division=0
-    )
     return Metrics(
         accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
-        precision=float(np.mean(precision)),
-        recall=float(np.mean(recall)),
-        f1=float(np.mean(f1)),
-        per_class={
-            name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-            for i, name in enumerate(labels)
-        },
+        **_by_class(
+            labels, precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+        ),
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         num_samples=int(len(y_true)),
         loss=None if loss is None else float(loss),
         # over the classes the split has (sklearn's definition): a class absent from it has no recall to average
         balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
     )
+
+
+def _by_class(labels: list[str], scores: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """Macro precision / recall / F1 and the per-class scores, from sklearn's per-class arrays."""
+    precision, recall, f1, support = scores
+    per_class = {
+        name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+        for i, name in enumerate(labels)
+    }
+    means = {"precision": np.mean(precision), "recall": np.mean(recall), "f1": np.mean(f1)}
+    return {k: float(v) for k, v in means.items()} | {"per_class": per_class}
 
 
 def compute_multilabel_metrics(
@@ -64,17 +68,10 @@ def compute_multilabel_metrics(
         average: precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
         for average in ("micro", "samples")
     }
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     empty = len(y_true) == 0
     return Metrics(
         accuracy=0.0 if empty else float(accuracy_score(y_true, y_pred)),
-        precision=float(np.mean(precision)),
-        recall=float(np.mean(recall)),
-        f1=float(np.mean(f1)),
-        per_class={
-            name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-            for i, name in enumerate(labels)
-        },
+        **_by_class(labels, precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)),
         confusion_matrix=[],
         num_samples=int(len(y_true)),
         loss=None if loss is None else float(loss),
