@@ -295,6 +295,20 @@ def test_the_docs_list_every_metrics_key_of_the_schema():
     assert documented == [f.name for f in dataclasses.fields(RunSummary)]
 
 
+def test_the_api_hands_out_what_training_changed(bert_run):
+    import loratune
+
+    reopened = loratune.load_run(bert_run.run_dir)
+    table = reopened.changes()
+    c = reopened.summary.changes
+    assert table["change"].value_counts().to_dict() == {k: v for k, v in dataclasses.asdict(c).items() if v}
+    wrong = reopened.changes("still_wrong")
+    assert len(wrong) == c.still_wrong and set(wrong["change"]) <= {"still_wrong"}
+    assert list(wrong["prob_after"]) == sorted(wrong["prob_after"], reverse=True)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        reopened.changes("improved")
+
+
 def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_run):
     from loratune import artifacts
 

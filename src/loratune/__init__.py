@@ -21,10 +21,14 @@ __all__ = [
 
 def __getattr__(name: str):
     # torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
-    if name in ("run", "Run", "load_run"):
-        from loratune import recipe
+    if name == "run":
+        from loratune.recipe import run
 
-        return getattr(recipe, name)
+        return run
+    if name in ("Run", "load_run"):
+        from loratune import runs
+
+        return getattr(runs, name)
     if name == "Predictor":
         from loratune.predict import Predictor
 

@@ -27,54 +27,14 @@ from loratune.findings import Findings, compute_findings, fit_decisions
 from loratune.lock import run_lock
 from loratune.losses import build_loss, compute_class_weights
 from loratune.modeling import BuiltModel, build_model, display_name, portable_model_name
-from loratune.predict import Predictor, inference_model
+from loratune.predict import inference_model
 from loratune.quiet import quiet_libraries
 from loratune.report import write_report
+from loratune.runs import Run, load_run  # noqa: F401  (load_run: re-exported, the older import path)
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
 from loratune.train import LoopState, train
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(repr=False)
-class Run:
-    """A finished run: its folder, summary (`schema.RunSummary`) and config; a predictor loaded on first use."""
-
-    run_dir: Path
-    summary: RunSummary
-    config: Config
-    _predictor: Predictor | None = None
-
-    @property
-    def before(self) -> Metrics:
-        return self.summary.before
-
-    @property
-    def after(self) -> Metrics:
-        return self.summary.after
-
-    def __repr__(self) -> str:
-        s = self.summary
-        return (
-            f"Run({str(self.run_dir)!r}: {s.method}, {s.eval_split} accuracy {s.before.accuracy:.4f} -> "
-            f"{s.after.accuracy:.4f}, f1 {s.before.f1:.4f} -> {s.after.f1:.4f})"
-        )
-
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Label and probabilities for each text (see `Predictor.predict`)."""
-        if self._predictor is None:
-            self._predictor = Predictor.from_run(self.run_dir)
-        return self._predictor.predict(texts, text_pairs)
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Open a finished run folder.
-
-    Raises:
-        RunError: when the folder is missing, unfinished or damaged.
-    """
-    run_dir = artifacts.check_run(run_dir)
-    return Run(run_dir, artifacts.load_summary(run_dir), artifacts.load_run_config(run_dir))
 
 
 def run(cfg: Config, resume: bool = False) -> Run:
