@@ -30,16 +30,24 @@ def label_name(value: Any) -> str:
 
 
 def unknown_labels_error(split: str, unknown: list[str], labels: list[str], run_labels: bool) -> DataError:
-    """The error for labels in `split` that train (or the run being evaluated) lacks."""
+    """The error for labels in `split` that train (or the run being evaluated) lacks; long lists are cut short,
+    so the line stays readable when there are hundreds of labels (label sets read as single labels)."""
+    shown_unknown, shown_labels = _few(unknown, 5), _few(labels, 10)
     if run_labels:
         return DataError(
-            f"The {split} split has label(s) {unknown} that the run was not trained on; the run's labels: "
-            f"{labels}. Evaluate on data labelled with those names."
+            f"The {split} split has label(s) {shown_unknown} that the run was not trained on; the run's labels: "
+            f"{shown_labels}. Evaluate on data labelled with those names."
         )
     return DataError(
-        f"The {split} split has label(s) {unknown} that train lacks; known labels: {labels}. "
+        f"The {split} split has label(s) {shown_unknown} that train lacks; known labels: {shown_labels}. "
         "Fix the labels or add train examples of them."
     )
+
+
+def _few(names: list[str], limit: int) -> str:
+    if len(names) <= limit:
+        return str(names)
+    return f"{str(names[:limit])[:-1]}, ... ({len(names)} in all)]"
 
 
 def is_list(feature: Any) -> bool:
