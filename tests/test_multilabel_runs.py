@@ -135,3 +135,15 @@ def test_balanced_class_weights_are_recorded_and_weigh_the_rare_class(tiny_bert,
     assert summary.after.balanced_accuracy is not None
     report = (tmp_path / "run" / "report.md").read_text()
     assert "balanced" in report.lower()
+
+
+def test_a_multi_label_head_starts_at_the_label_prior(tiny_bert):
+    from loratune.config import LoraArgs, ModelArgs
+    from loratune.modeling import build_model
+
+    prior = [0.1, 0.5, 0.02]
+    built = build_model(ModelArgs(name_or_path=str(tiny_bert)), LoraArgs(), list(TAGS), label_prior=prior)
+    assert built.model.config.problem_type == "multi_label_classification"
+    heads = [m for n, m in built.model.named_modules() if n.endswith("classifier.modules_to_save.default")]
+    expected = torch.logit(torch.tensor(prior))
+    assert torch.allclose(heads[0].bias.detach(), expected, atol=1e-5)
