@@ -57,7 +57,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
         scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
         checks = _check_data(cfg, splits)
-        weights_ = _class_weights(cfg, splits)  # a bad weights file fails before the model loads
+        class_weights = _class_weights(cfg, splits)  # a bad weights file fails before the model loads
         accelerator = _start_accelerator(cfg, device, run_dir)
         scope.enter_context(run_lock(run_dir, enabled=accelerator.is_main_process))  # only the main one writes
         _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
@@ -87,7 +87,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
                 pad_id,
                 checkpoint_dir=run_dir,
                 on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
-                loss_fn=build_loss(splits.task == "multi", weights_),
+                loss_fn=build_loss(splits.task == "multi", class_weights),
             )
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
         val_loader = accelerator.prepare(
@@ -106,7 +106,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
         )
         del model  # from here on the saved model is scored, as `loratune evaluate` and `predict` score it
         findings = _examine(cfg, after, splits, logits_before)
-        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings, weights_)
+        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings, class_weights)
         _end_tracking(cfg, accelerator, after.metrics)
         if accelerator.is_main_process:
             summary = _save(run_dir, cfg, summary, findings, after)
@@ -228,9 +228,9 @@ def _save_model(run_dir: Path, model: Any, cfg: Config, built: BuiltModel, accel
 
 @dataclass
 class _After:
-    """The "after" scores and what produced them: `scorer`, the model `predict` would load (adapter merged, held
-    in the run's precision), its validation logits, and the decisions fitted on them (temperature; multi-label
-    thresholds) that `predict` applies."""
+    """The "after" scores of the model `predict` would load (adapter merged, held in the run's precision), its
+    eval and validation logits, and the decisions fitted on validation (temperature; multi-label thresholds) that
+    `predict` applies."""
 
     metrics: Metrics
     logits: np.ndarray
