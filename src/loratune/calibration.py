@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_expit, log_softmax, softmax
+from scipy.special import log_expit, log_softmax, softmax
 
 N_BINS = 15
 # log T is searched in this range (T from 0.05 to 20): wide enough for any sane model, and bounded so the
@@ -92,8 +92,6 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def calibrated_probabilities(logits: np.ndarray, temperature: float, multi_label: bool = False) -> np.ndarray:
-    """softmax(logits / T) (multi-label: sigmoid per label), shape (n, num_labels)."""
-    if multi_label:
-        return expit(np.asarray(logits, dtype=np.float64) / temperature)
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T), shape (n, num_labels); for multi-label runs see `decisions.probabilities`."""
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from loratune import artifacts, precision, weights
+from loratune import artifacts, decisions, precision, weights
 from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError, RunError
@@ -129,9 +130,8 @@ class Predictor:
                 probs[idx] = scores.cpu()
         return probs
 
-    def _label_set(self, row: list[float]) -> dict[str, Any]:
-        chosen = [k for k in range(len(row)) if row[k] >= self.thresholds[k]]
-        chosen.sort(key=lambda k: -row[k])
+    def _label_set(self, row: list[float], decided: Any) -> dict[str, Any]:
+        chosen = sorted(np.flatnonzero(decided), key=lambda k: -row[k])
         return {
             "labels": [self.labels[k] for k in chosen],
             "scores": [row[k] for k in chosen],
@@ -158,7 +158,8 @@ class Predictor:
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs)
         if self.multi_label:
-            return [self._label_set(row) for row in probs.tolist()]
+            decided = decisions.decide(probs.numpy(), self.thresholds)
+            return [self._label_set(row, chosen) for row, chosen in zip(probs.tolist(), decided, strict=True)]
         results = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)

@@ -23,6 +23,7 @@ from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.config import TrainArgs
 from loratune.evaluate import evaluate
 from loratune.losses import LossFunction, build_loss
+from loratune.multilabel import is_list
 from loratune.schema import EpochRecord, from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def train(
         loss_fn: loss(logits, labels) (see `losses.build_loss`); default unweighted, for the labels' task.
     """
     if loss_fn is None:
-        loss_fn = build_loss(multi_label=len(train_ds) > 0 and isinstance(train_ds[0]["label"], list))
+        loss_fn = build_loss(multi_label=is_list(train_ds.features["label"]))
     # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
     # step, so the schedule spans the run whatever the number of processes.
     steps_per_epoch = math.ceil(len(train_ds) / args.batch_size / args.gradient_accumulation_steps)
