@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loratune import Config, ConfigError, load_config
-from loratune.config import DEFAULT_LEARNING_RATES, all_keys
+from loratune.config import DEFAULT_LEARNING_RATES, FULL_HEAD_LEARNING_RATE, all_keys
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.y*ml"))
 
@@ -34,6 +34,15 @@ def test_default_learning_rate_depends_on_the_method():
     assert train.resolved_learning_rate("lora") == DEFAULT_LEARNING_RATES["lora"]
     assert train.resolved_learning_rate("full") < train.resolved_learning_rate("lora")
     assert load_config(None, ["train.learning_rate=0.1"]).train.resolved_learning_rate("full") == 0.1
+
+
+def test_the_head_takes_the_learning_rate_except_in_full_fine_tuning():
+    train = load_config(None).train
+    assert train.resolved_head_learning_rate("lora") == train.resolved_learning_rate("lora")
+    assert train.resolved_head_learning_rate("full") == FULL_HEAD_LEARNING_RATE > train.resolved_learning_rate("full")
+    assert load_config(None, ["train.head_learning_rate=0.1"]).train.resolved_head_learning_rate("full") == 0.1
+    with pytest.raises(ConfigError, match="train.head_learning_rate must be positive, got 0.0"):
+        load_config(None, ["train.head_learning_rate=0"])
 
 
 def test_yaml_values_override_defaults(tmp_path):

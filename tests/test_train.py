@@ -10,12 +10,12 @@ from conftest import make_rows, tiny_config, write_csv
 
 from loratune import artifacts, weights
 from loratune.batching import build_eval_loader
-from loratune.config import Config
+from loratune.config import DEFAULT_LEARNING_RATES, FULL_HEAD_LEARNING_RATE, Config
 from loratune.data import load_splits, tokenize
 from loratune.evaluate import evaluate
 from loratune.modeling import build_model
 from loratune.recipe import run
-from loratune.train import train
+from loratune.train import build_optimizer, train
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 
@@ -70,6 +70,28 @@ def test_learning_rate_warms_up_then_decays_to_zero(tiny_bert, eight_examples):
     assert rates[0] == pytest.approx(1e-2)  # one step per epoch: the first step ends the warmup
     assert rates == sorted(rates, reverse=True)
     assert rates[-1] == pytest.approx(0.0)
+
+
+def test_the_head_trains_at_its_own_learning_rate(tiny_bert, data_dir):
+    cfg = tiny_config(tiny_bert, data_dir, lora__method="full")
+    built, *_ = prepare(cfg)
+    args = dataclasses.replace(cfg.train, learning_rate=1e-4, head_learning_rate=3e-3)
+    optimizer = build_optimizer(built.model, args, built.head_modules)
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = dict(built.model.named_parameters())
+    assert rate[id(names["classifier.weight"])] == rate[id(names["classifier.bias"])] == 3e-3
+    assert rate[id(names["bert.pooler.dense.weight"])] == 3e-3
+    assert rate[id(names["bert.encoder.layer.0.attention.self.query.weight"])] == 1e-4
+    assert len(rate) == sum(p.numel() > 0 for p in built.model.parameters())  # every weight trains, once
+    assert optimizer.param_groups[0]["lr"] == 1e-4  # the body's rate is the one the history records
+
+
+def test_full_fine_tuning_records_the_heads_default_rate(tiny_bert, data_dir, tmp_path):
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "full", lora__method="full", train__num_epochs=1)
+    result = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=None)))
+    assert result.config.train.learning_rate == DEFAULT_LEARNING_RATES["full"]
+    assert result.config.train.head_learning_rate == FULL_HEAD_LEARNING_RATE
+    assert artifacts.load_run_config(result.run_dir).train.head_learning_rate == FULL_HEAD_LEARNING_RATE
 
 
 def test_model_holds_the_best_epochs_weights(tiny_bert, data_dir):

@@ -256,7 +256,7 @@ def choose_target_modules(model: nn.Module, head_modules: list[str]) -> list[str
     model_type = getattr(model.config, "model_type", "")
     if model_type in ATTENTION_TARGETS:
         return list(ATTENTION_TARGETS[model_type])
-    linear_names = [n for n, m in model.named_modules() if _is_linear(m) and not _in_head(n, head_modules)]
+    linear_names = [n for n, m in model.named_modules() if _is_linear(m) and not in_head(n, head_modules)]
     suffixes = {n.rsplit(".", 1)[-1] for n in linear_names}
     if set(LLAMA_LIKE_TARGETS) <= suffixes:
         return list(LLAMA_LIKE_TARGETS)
@@ -273,7 +273,8 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def _in_head(name: str, head_modules: list[str]) -> bool:
+def in_head(name: str, head_modules: Sequence[str]) -> bool:
+    """Whether a module or parameter name lies in one of the head modules (matched by name part)."""
     return any(part in head_modules for part in name.split("."))
 
 
@@ -327,7 +328,7 @@ def build_model(
         built.model = wrap_peft(model, lora_args, built.target_modules, head)
     elif method == "head":
         for param_name, param in model.named_parameters():
-            param.requires_grad = _in_head(param_name, head)
+            param.requires_grad = in_head(param_name, head)
     elif method == "none":
         model.requires_grad_(False)
     return built

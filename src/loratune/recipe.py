@@ -88,6 +88,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
                 checkpoint_dir=run_dir,
                 on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
                 loss_fn=build_loss(splits.task == "multi", class_weights),
+                head_modules=built.head_modules,
             )
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
         val_loader = accelerator.prepare(
@@ -171,6 +172,7 @@ def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, devi
             cfg.train,
             output_dir=str(run_dir),
             learning_rate=cfg.train.resolved_learning_rate(cfg.lora.method),
+            head_learning_rate=cfg.train.resolved_head_learning_rate(cfg.lora.method),
             precision=dtype,
             device=device,
         ),

@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.config import TrainArgs
 from loratune.evaluate import evaluate
 from loratune.losses import LossFunction, build_loss
+from loratune.modeling import in_head
 from loratune.multilabel import is_list
 from loratune.schema import EpochRecord, from_dict, to_dict
 
@@ -49,17 +50,28 @@ class LoopState:
     padded_tokens: int = 0
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; biases and norm weights get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(model: torch.nn.Module, args: TrainArgs, head_modules: Sequence[str] = ()) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and norm weights get no weight decay, and the parameters of
+    `head_modules` train at `args.head_learning_rate` (the others at `args.learning_rate`)."""
+    head_lr = args.head_learning_rate if args.head_learning_rate is not None else args.learning_rate
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            no_decay = param.ndim < 2 or "norm" in name.lower()
+            groups.setdefault((in_head(name, head_modules), no_decay), []).append(param)
+    params = [p for group in groups.values() for p in group]
+    param_groups = [
+        {
+            "params": groups[key],
+            "weight_decay": 0.0 if key[1] else args.weight_decay,
+            "lr": head_lr if key[0] else args.learning_rate,
+        }
+        for key in sorted(groups)  # the body first: its rate is the one the history records
+    ]
     # Fused: one kernel for the whole update instead of several per tensor, which matters where each launch
     # costs more than the work (a GPU and a small adapter). On CPU the foreach default is kept.
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate, fused=fused or None)
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(param_groups, lr=args.learning_rate, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
@@ -82,6 +94,7 @@ def train(
     checkpoint_dir: Path | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     loss_fn: LossFunction | None = None,
+    head_modules: Sequence[str] = (),
 ) -> LoopState:
     """Train `model` (already on its device) and leave it holding the best epoch's weights.
 
@@ -96,13 +109,14 @@ def train(
             from one found there.
         on_epoch_end: called with each epoch's record (for trackers).
         loss_fn: loss(logits, labels) (see `losses.build_loss`); default unweighted, for the labels' task.
+        head_modules: the modules that train at `args.head_learning_rate` (the classifier, maybe the pooler).
     """
     if loss_fn is None:
         loss_fn = build_loss(multi_label=is_list(train_ds.features["label"]))
     # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
     # step, so the schedule spans the run whatever the number of processes.
     steps_per_epoch = math.ceil(len(train_ds) / args.batch_size / args.gradient_accumulation_steps)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, head_modules)
     scheduler = build_scheduler(optimizer, steps_per_epoch * args.num_epochs, args.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device.type
