@@ -127,14 +127,17 @@ def test_only_trainable_weights_change(tiny_bert, data_dir):
     assert any(not torch.equal(before[n], p) for n, p in built.model.named_parameters() if "lora_B" in n)
 
 
-def test_saved_model_reloads_to_identical_logits(tiny_bert, data_dir, tmp_path):
-    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1)
+@pytest.mark.parametrize(("method", "pooling"), [("lora", "model"), ("full", "mean"), ("lora", "mean")])
+def test_saved_model_reloads_to_identical_logits(method, pooling, tiny_bert, data_dir, tmp_path):
+    # Mean pooling has no weights: a full model's folder cannot hold it, the run's config must bring it back.
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1, model__pooling=pooling)
+    cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, method=method))
     built, train_ds, val_ds, labels = prepare(cfg)
     train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
     run_dir = tmp_path / "run"
     artifacts.prepare_run_dir(run_dir, overwrite=False)
     artifacts.save_start(run_dir, cfg, labels)
-    weights.save_model(run_dir, built.model, "lora", built.tokenizer)
+    weights.save_model(run_dir, built.model, method, built.tokenizer)
     artifacts.mark_complete(run_dir)
 
     model, tokenizer, loaded_labels, _ = weights.load_model(run_dir)

@@ -155,23 +155,21 @@ def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) 
     attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
     try:
         tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
-        if method == "full":
-            model, _ = load_classifier(str(run_dir / FULL_MODEL_DIR), labels, trust, attention)
-        else:
-            model, _ = load_classifier(base, labels, trust, attention)
-            model.config.pad_token_id = tokenizer.pad_token_id
-            if cfg.model.pooling == "mean":
-                use_mean_pooling(model)
-            if method in ADAPTER_METHODS:
-                from peft import PeftModel
+        source = str(run_dir / FULL_MODEL_DIR) if method == "full" else base
+        model, _ = load_classifier(source, labels, trust, attention)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if cfg.model.pooling == "mean":  # full models too: the mean has no weights, so their folder cannot say it
+            use_mean_pooling(model)
+        if method in ADAPTER_METHODS:
+            from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))
-            elif method == "head":
-                from safetensors.torch import load_file
+            model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))
+        elif method == "head":
+            from safetensors.torch import load_file
 
-                missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
-                if missing:
-                    raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
+            missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
+            if missing:
+                raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
     except (RunError, ModelError):
         raise
     except Exception as error:
