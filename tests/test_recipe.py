@@ -213,6 +213,27 @@ def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_sc
         load_run(tmp_path / "run")
 
 
+def test_a_model_that_changes_when_saved_and_reloaded_is_reported(tmp_path, tiny_bert, data_dir, monkeypatch, caplog):
+    import loratune.recipe
+
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "kept", lora__method="full", train__learning_rate=1e-3)
+    with caplog.at_level("WARNING", logger="loratune.recipe"):
+        run(cfg)
+    assert "saved and reloaded" not in caplog.text  # the model training kept is the one saved
+    loaded = loratune.recipe.inference_model
+
+    def lose_the_head(*args, **kwargs):  # a reload that misses a part, as mean pooling once went missing
+        model, *rest = loaded(*args, **kwargs)
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.tensor([4.0, -4.0]))
+        return (model, *rest)
+
+    monkeypatch.setattr(loratune.recipe, "inference_model", lose_the_head)
+    with caplog.at_level("WARNING", logger="loratune.recipe"):
+        run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "lost"))))
+    assert re.search(r"The saved model scores validation loss \d\.\d+, but training scored \d\.\d+", caplog.text)
+
+
 def test_bad_data_fails_before_a_run_folder_is_made(tmp_path, tiny_bert):
     write_csv(tmp_path / "data" / "train.csv", [{"text": r["text"], "label": "good"} for r in make_rows(20, seed=1)])
     with pytest.raises(loratune.DataError, match=r"single class"):

@@ -17,7 +17,7 @@ import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loratune import artifacts, datachecks, precision, preflight, weights
+from loratune import artifacts, datachecks, integrity, precision, preflight, weights
 from loratune.batching import SortedSampler, build_eval_loader
 from loratune.checkpoint import verify_checkpoint
 from loratune.config import Config
@@ -264,11 +264,19 @@ def _evaluate_after(run_dir, model, eval_data, val_data, accelerator, dtype: str
     _, logits = _score(scorer, *eval_data, accelerator, "fp32", names)  # no autocast: the model holds its dtype
     throughput = _throughput(state, len(eval_data[1]), time.perf_counter() - started)
     val_logits = logits if val_data[1] is eval_data[1] else _score(scorer, *val_data, accelerator, "fp32", names)[1]
-    temperature, thresholds = fit_decisions(val_logits, np.asarray(val_data[1]["label"]))
+    y_val = np.asarray(val_data[1]["label"])
+    _check_reload(state, metrics_from_logits(val_logits, y_val, names).loss)
+    temperature, thresholds = fit_decisions(val_logits, y_val)
     y_true = np.asarray(eval_data[1]["label"])
     metrics = metrics_from_logits(logits, y_true, names, temperature, thresholds)
     fp32 = None if fp32_logits is None else metrics_from_logits(fp32_logits, y_true, names, temperature, thresholds)
     return _After(metrics, logits, val_logits, temperature, thresholds, fp32 and fp32.accuracy, throughput)
+
+
+def _check_reload(state: LoopState, saved_val_loss: float) -> None:
+    kept = next((r for r in state.history if r.epoch == state.best_epoch), None)
+    if kept is not None and (problem := integrity.reload_mismatch(saved_val_loss, kept.val_loss, kept.epoch)):
+        log.warning(problem)
 
 
 def _examine(cfg: Config, after: _After, splits: Splits, logits_before: np.ndarray) -> Findings:

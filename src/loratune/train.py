@@ -50,15 +50,18 @@ class LoopState:
     padded_tokens: int = 0
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainArgs, head_modules: Sequence[str] = ()) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, args: TrainArgs, head_modules: Sequence[str] = ()
+) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and norm weights get no weight decay, and the parameters of
     `head_modules` train at `args.head_learning_rate` (the others at `args.learning_rate`)."""
     head_lr = args.head_learning_rate if args.head_learning_rate is not None else args.learning_rate
+    apart = head_lr != args.learning_rate  # else two groups, as in checkpoints written before the head had its own
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             no_decay = param.ndim < 2 or "norm" in name.lower()
-            groups.setdefault((in_head(name, head_modules), no_decay), []).append(param)
+            groups.setdefault((apart and in_head(name, head_modules), no_decay), []).append(param)
     params = [p for group in groups.values() for p in group]
     param_groups = [
         {
