@@ -68,6 +68,23 @@ def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(tmp_path
         assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-5)
 
 
+def test_a_full_run_from_before_the_heads_own_rate_resumes_once_told_its_rate(tmp_path, tiny_bert, data_dir, capsys):
+    run_dir = tmp_path / "old"
+    cfg = tiny_config(tiny_bert, data_dir, run_dir, lora__method="full", train__head_learning_rate=5e-3)
+    cfg_yaml = tmp_path / "cfg.yaml"
+    cfg_yaml.write_text(cfg.to_yaml())
+    assert _kill_after_first_checkpoint(cfg_yaml) == -9
+    saved = run_dir / "config.yaml"  # as an older loratune wrote it: one learning rate for every weight
+    lines = saved.read_text().splitlines(keepends=True)
+    saved.write_text("".join(line for line in lines if "head_learning_rate" not in line))
+
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the data checks' summary line
+    assert "groups the optimizer's weights differently" in error and "train.head_learning_rate" in error
+    assert main(["train", "--resume", str(run_dir), "train.head_learning_rate=5e-3"]) == 0
+    assert (run_dir / "COMPLETE").exists()
+
+
 def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_bert, data_dir, capsys):
     from loratune.recipe import run
 

@@ -16,7 +16,7 @@ import torch
 
 from loratune import weights
 from loratune.artifacts import CHECKPOINT_DIR
-from loratune.errors import RunError
+from loratune.errors import RunError, first_line
 from loratune.integrity import check_finite_tensors
 
 
@@ -107,7 +107,13 @@ def load_checkpoint(
         if key.startswith("optim."):
             _, index, slot = key.split(".", 2)
             optim_state["state"].setdefault(int(index), {})[slot] = value
-    optimizer.load_state_dict(optim_state)
+    try:
+        optimizer.load_state_dict(optim_state)
+    except ValueError as error:  # another grouping: a full run started before its head had its own learning rate
+        raise RunError(
+            f"The checkpoint in {folder} groups the optimizer's weights differently ({first_line(error)}); resume "
+            "with train.head_learning_rate equal to train.learning_rate, or start over."
+        ) from None
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     random.setstate(_tuples(meta["rng_python"]))
