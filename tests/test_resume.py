@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from loratune.artifacts import load_summary
+from loratune.artifacts import CONFIG_FILE, load_summary
 from loratune.cli import main
 
 SCORES = ("accuracy", "precision", "recall", "f1")
@@ -74,7 +74,7 @@ def test_a_full_run_from_before_the_heads_own_rate_resumes_once_told_its_rate(tm
     cfg_yaml = tmp_path / "cfg.yaml"
     cfg_yaml.write_text(cfg.to_yaml())
     assert _kill_after_first_checkpoint(cfg_yaml) == -9
-    saved = run_dir / "config.yaml"  # as an older loratune wrote it: one learning rate for every weight
+    saved = run_dir / CONFIG_FILE  # as an older loratune wrote it: one learning rate for every weight
     lines = saved.read_text().splitlines(keepends=True)
     saved.write_text("".join(line for line in lines if "head_learning_rate" not in line))
 

@@ -106,5 +106,5 @@ def reload_mismatch(saved_loss: float, trained_loss: float, epoch: int) -> str |
     return (
         f"The saved model scores validation loss {saved_loss:.4f}, but training scored {trained_loss:.4f} at epoch "
         f"{epoch}, the epoch it kept: the model changed when it was saved and reloaded, so the after scores, "
-        "predict and export do not show what training reached (please report it, with the run's config.yaml)."
+        "predict and export do not show what training reached (please report it, with the run's saved config)."
     )
