@@ -14,14 +14,14 @@ from itertools import combinations
 from typing import Any
 
 from loratune.errors import DataError
+from loratune.formatting import NO_LABELS
+from loratune.schema import SET_SEPARATOR
 
 SPLITS = ("train", "validation", "test")
 SHORT_WORDS = 2  # a text of at most this many words is "very short"
 IMBALANCE_WARN = 10.0  # warn when the largest train class has this many times the rows of the smallest
 TRUNCATED_WARN = 0.01  # warn when more than this share of a split is cut to max_length
 EXAMPLES = 5
-SET_SEPARATOR = "|"  # how a label set is shown: "anger|joy"
-EMPTY_SET = "(none)"  # a multi-label text that carries no label
 
 
 def normalise(text: str) -> str:
@@ -80,7 +80,7 @@ def compute_data_checks(
     if multi:
         sets = {s: _label_sets(ds, label_names) for s, ds in splits.items()}
         # a set is compared (and shown) as its sorted names joined: "anger|joy"
-        labels = {s: [SET_SEPARATOR.join(sorted(names)) or EMPTY_SET for names in rows] for s, rows in sets.items()}
+        labels = {s: [SET_SEPARATOR.join(sorted(names)) or NO_LABELS for names in rows] for s, rows in sets.items()}
     else:
         labels = {
             s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]

@@ -11,6 +11,8 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import precision_recall_curve
 
+from loratune.schema import SET_SEPARATOR
+
 DEFAULT_THRESHOLD = 0.5
 # Kept inside (0, 1) so that a threshold is always a probability the model can reach or miss.
 _BOUNDS = (1e-4, 1 - 1e-4)
@@ -49,6 +51,6 @@ def decide(probs: np.ndarray, thresholds: np.ndarray | list[float] | None = None
     return np.asarray(probs, dtype=np.float64) >= cut
 
 
-def label_sets(decisions: np.ndarray, labels: list[str], separator: str = "|") -> list[str]:
-    """Each row's labels as names joined by `separator`, in label order ("" for none)."""
-    return [separator.join(labels[k] for k in np.flatnonzero(row)) for row in np.asarray(decisions, dtype=bool)]
+def label_sets(decisions: np.ndarray, labels: list[str]) -> list[str]:
+    """Each row's labels as names joined by `schema.SET_SEPARATOR`, in label order ("" for none)."""
+    return [SET_SEPARATOR.join(labels[k] for k in np.flatnonzero(row)) for row in np.asarray(decisions, dtype=bool)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DASH = "—"
+NO_LABELS = "(none)"  # how an empty label set reads
 METRICS = (
     ("accuracy", "accuracy"),
     ("precision", "precision (macro)"),

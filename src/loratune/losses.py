@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from loratune.errors import ConfigError
+from loratune.errors import ConfigError, first_line
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,7 +58,7 @@ def _weights_from_file(path: Path, labels: list[str]) -> np.ndarray:
         text = path.read_text(encoding="utf-8")
         given = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"Could not read class weights from {path}: {str(error).splitlines()[0]}.") from None
+        raise ConfigError(f"Could not read class weights from {path}: {first_line(error)}.") from None
     if not isinstance(given, dict):
         raise ConfigError(f'{path} must map label names to weights, e.g. {{"spam": 5.0, "ham": 1.0}}.')
     unknown = sorted(str(k) for k in given if str(k) not in labels)

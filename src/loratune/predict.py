@@ -15,8 +15,10 @@ from loratune import artifacts, decisions, precision, weights
 from loratune.batching import MODEL_INPUTS, Collator
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError, RunError
+from loratune.formatting import NO_LABELS
 from loratune.integrity import check_finite_logits
 from loratune.quiet import peft_warnings_hidden
+from loratune.schema import SET_SEPARATOR
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:
@@ -227,7 +229,7 @@ def format_prediction(prediction: dict[str, Any]) -> str:
     if "labels" not in prediction:
         return f"{prediction['label']}\t{prediction['score']:.4f}"
     chosen = zip(prediction["labels"], prediction["scores"], strict=True)
-    return ", ".join(f"{label} ({score:.4f})" for label, score in chosen) or "(none)"
+    return ", ".join(f"{label} ({score:.4f})" for label, score in chosen) or NO_LABELS
 
 
 def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:
@@ -260,4 +262,5 @@ def _row(text: str, prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
     scores = [round(s, 6) for s in prediction["scores"]]
     if jsonl:
         return {"text": text, "labels": prediction["labels"], "scores": scores} | probs
-    return {"text": text, "labels": "|".join(prediction["labels"]), "scores": "|".join(map(str, scores))} | probs
+    joined = {"labels": SET_SEPARATOR.join(prediction["labels"]), "scores": SET_SEPARATOR.join(map(str, scores))}
+    return {"text": text} | joined | probs

@@ -19,6 +19,7 @@ from accelerate.utils import set_seed
 
 from loratune import artifacts, datachecks, integrity, precision, preflight, weights
 from loratune.batching import SortedSampler, build_eval_loader
+from loratune.calibration import negative_log_likelihood
 from loratune.checkpoint import verify_checkpoint
 from loratune.config import Config
 from loratune.data import Splits, tokenize
@@ -265,7 +266,7 @@ def _evaluate_after(run_dir, model, eval_data, val_data, accelerator, dtype: str
     throughput = _throughput(state, len(eval_data[1]), time.perf_counter() - started)
     val_logits = logits if val_data[1] is eval_data[1] else _score(scorer, *val_data, accelerator, "fp32", names)[1]
     y_val = np.asarray(val_data[1]["label"])
-    _check_reload(state, metrics_from_logits(val_logits, y_val, names).loss)
+    _check_reload(state, negative_log_likelihood(val_logits, y_val))  # the loss alone, as the loop measured it
     temperature, thresholds = fit_decisions(val_logits, y_val)
     y_true = np.asarray(eval_data[1]["label"])
     metrics = metrics_from_logits(logits, y_true, names, temperature, thresholds)

@@ -14,10 +14,10 @@ import pandas as pd
 
 from loratune import artifacts
 from loratune.changes import confused_pairs, examples
-from loratune.formatting import DASH, count, fixed, percent, share_of_count
+from loratune.formatting import DASH, NO_LABELS, count, fixed, percent, share_of_count
 from loratune.render import Block, Table, Text
 from loratune.report_labels import is_multi_label
-from loratune.schema import RunSummary
+from loratune.schema import SET_SEPARATOR, RunSummary
 
 EXAMPLES = 5
 _TEXT_CHARS = 90
@@ -30,7 +30,7 @@ def _clip(text: Any) -> str:
 
 def _label_set(value: Any) -> str:
     """A multi-label prediction as the report shows it: "anger, joy", or "(none)" for the empty set."""
-    return ", ".join(str(value).split("|")) if str(value) else "(none)"
+    return ", ".join(str(value).split(SET_SEPARATOR)) if str(value) else NO_LABELS
 
 
 def _missing(what: str) -> Text:

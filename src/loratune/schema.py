@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 FORMAT_VERSION = 1
+# How a label set is written as one string (the predictions file, predict's CSV, the data checks): "anger|joy".
+SET_SEPARATOR = "|"
 T = TypeVar("T")
 
 
