@@ -12,7 +12,7 @@ from __future__ import annotations
 from loratune import artifacts
 from loratune.formatting import DASH, METRICS, change, count, fixed, percent, share_of_count
 from loratune.render import Block, Table, Text
-from loratune.schema import Metrics, RunSummary
+from loratune.schema import ClassScores, Metrics, RunSummary
 
 SINGLE_LABEL_RESULTS = (*METRICS, ("balanced_accuracy", "balanced accuracy"))
 MULTI_LABEL_RESULTS = (
@@ -88,17 +88,23 @@ def results_note(s: RunSummary, labels: list[str]) -> Text:
     )
 
 
+def _f1_change(s: RunSummary, label: str) -> tuple[ClassScores | None, list[str]]:
+    """A label's scores after training, and its "F1 before" and "F1 change" cells."""
+    after, before = s.after.per_class.get(label), s.before.per_class.get(label)
+    before_f1 = before.f1 if before else None
+    return after, [percent(before_f1), change(after.f1 if after else None, before_f1)]
+
+
 def per_class_table(s: RunSummary, labels: list[str]) -> Table:
     """Single-label: each class's scores after training, and its F1 before with the change."""
     rows = []
     for label in labels:
-        after, before = s.after.per_class.get(label), s.before.per_class.get(label)
-        before_f1 = before.f1 if before else None
+        after, f1_change = _f1_change(s, label)
         if after is None:
             scores = [DASH] * 4
         else:
             scores = [percent(after.precision), percent(after.recall), percent(after.f1), count(after.support)]
-        rows.append([label, *scores, percent(before_f1), change(after.f1 if after else None, before_f1)])
+        rows.append([label, *scores, *f1_change])
     header = ["label", "precision", "recall", "F1", "support", "F1 before", "F1 change"]
     return Table(header, rows, signed=(6,))
 
@@ -110,16 +116,13 @@ def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] |
     n = s.after.num_samples
     rows = []
     for label in by_support(s, labels):
-        after, before = s.after.per_class.get(label), s.before.per_class.get(label)
-        before_f1 = before.f1 if before else None
+        after, f1_change = _f1_change(s, label)
         if after is None:
             scores = [DASH] * 4
         else:
             scores = [share_of_count(after.support, n), percent(after.precision), percent(after.recall)]
             scores.append(percent(after.f1))
-        after_f1 = after.f1 if after else None
-        threshold = fixed(threshold_of.get(label), digits=2)
-        rows.append([label, *scores, percent(before_f1), change(after_f1, before_f1), threshold])
+        rows.append([label, *scores, *f1_change, fixed(threshold_of.get(label), digits=2)])
     header = ["label", "support", "precision", "recall", "F1", "F1 before", "F1 change", "threshold"]
     if thresholds:
         where = f"each label's decision threshold ({artifacts.THRESHOLDS_FILE}, chosen on the validation split)"
