@@ -8,7 +8,9 @@ rate, it runs each variant one after the other, each in its own process:
 - `anchor_bf16`: the same with `bf16=True`;
 - `loratune`: `python -m loratune train` with its defaults for everything the benchmark does not fix (precision,
   batching, head, pooling);
-- `loratune_fp32`: the same with `--precision fp32`, to show the bf16 default costs no accuracy.
+- `loratune_fp32`: the same with `--precision fp32`, to show the bf16 default costs no accuracy;
+- `loratune_compile`, `loratune_cudagraphs` (only when named in `--variants`): the same with `--compile on` or
+  `--compile cudagraphs`; their compile time (the first step) is printed apart from the other steps' throughput.
 
 For each it prints train samples/s, real (non-pad) tokens/s, evaluation samples/s, peak RSS and validation accuracy,
 and loratune's ratios against both anchors. It also times this machine's bf16 matmul peak and prints the fraction
@@ -21,7 +23,7 @@ show time grows linearly with the data while peak memory stays flat.
 `--device cuda` runs every row on the GPU (peak memory is then GPU memory allocated).
 
 Usage:
-    python benchmarks/bench_train.py                      # n=2000, all four variants
+    python benchmarks/bench_train.py                      # n=2000, the first four variants
     python benchmarks/bench_train.py --quick              # n=256, anchors only: a smoke test
     python benchmarks/bench_train.py --variants loratune --scale 2000,8000,32000 --json bench.json
     python benchmarks/bench_train.py --model tiny --peak-seconds 0          # per-step overhead on the CPU
@@ -48,7 +50,15 @@ from _models import MODELS, model_dir
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DATA_DIR = REPO_DIR.parent / "shared" / "data" / "sst2"
-VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32")
+VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32", "loratune_compile", "loratune_cudagraphs")
+DEFAULT_VARIANTS = VARIANTS[:4]
+# The loratune flags that make each loratune variant.
+VARIANT_FLAGS = {
+    "loratune": [],
+    "loratune_fp32": ["--precision", "fp32"],
+    "loratune_compile": ["--compile", "on"],
+    "loratune_cudagraphs": ["--compile", "cudagraphs"],
+}
 MAX_LENGTH = 128
 SEED = 42
 # The PEFT docs' LoRA layers, which `_anchor.py` uses too.
@@ -243,7 +253,7 @@ def _ms_per_step(row: Row, args: argparse.Namespace) -> float | None:
     return 1000 * row.n_train * args.epochs / row.train_samples_per_s / steps
 
 
-def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precision: str | None) -> list[str]:
+def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, flags: list[str] = ()) -> list[str]:
     """The `loratune train` command: the anchors' LoRA layers, epochs, batch size and learning rate; everything
     else loratune's default.
 
@@ -268,18 +278,15 @@ def loratune_argv(data: Path, output_dir: Path, args: argparse.Namespace, precis
         args.device,
     ]
     argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(MAX_LENGTH)]
-    argv += ["--learning-rate", str(args.learning_rate), *LORA_ARGS]
-    if precision:
-        argv += ["--precision", precision]
+    argv += ["--learning-rate", str(args.learning_rate), *LORA_ARGS, *flags]
     return argv
 
 
 def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespace, work: Path) -> Row:
     """Run `loratune train` in its own process and read its row from the run folder's summary."""
     output_dir = work / f"run-{variant}-{n_train}"
-    precision = "fp32" if variant == "loratune_fp32" else None
     log = work / f"{variant}-{n_train}.log"
-    child = run_child(loratune_argv(data, output_dir, args, precision), log)
+    child = run_child(loratune_argv(data, output_dir, args, VARIANT_FLAGS[variant]), log)
     row = _row_from_child(variant, n_train, child)
     if child.code != 0:
         row.error = f"exit {child.code}: {_tail(log)}"
@@ -303,7 +310,14 @@ def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespac
         "self_peak_rss_mb": summary.peak_memory_mb,
         "padding_ratio": summary.throughput.padding_ratio,
         "peak_gpu_mb": summary.peak_memory_mb if summary.device == "cuda" else None,
+        "compile_seconds": summary.throughput.compile_seconds,
     }
+    if summary.throughput.compile_seconds:
+        # Throughput once compiled: the training steps' time without the first step, which compiled.
+        step_seconds = row.n_train * args.epochs / row.train_samples_per_s
+        row.extra["compiled_train_samples_per_s"] = (
+            row.n_train * args.epochs / max(step_seconds - summary.throughput.compile_seconds, 1e-9)
+        )
     row.ms_per_step = _ms_per_step(row, args)
     return row
 
@@ -443,7 +457,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.n_train = 256
     if args.variants is None:
-        args.variants = "anchor_fp32,anchor_bf16" if args.quick else ",".join(VARIANTS)
+        args.variants = "anchor_fp32,anchor_bf16" if args.quick else ",".join(DEFAULT_VARIANTS)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -494,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{', and the matmul peak' if (peak.get('others_cores') or 0.0) > NOISY_CORES else ''}); "
             "those timings understate this machine. Rerun on a quiet machine."
         )
+    for row in rows:
+        if row.extra.get("compile_seconds"):
+            print(
+                f"\n{row.variant}: first step (compilation) {row.extra['compile_seconds']:.1f} s; the other steps "
+                f"{row.extra['compiled_train_samples_per_s']:.1f} train samples/s"
+            )
     if scale_rows:
         print("\nloratune at several train sizes (same settings):\n")
         print(format_scale(scale_rows, args.epochs))

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from loratune.batching import Collator, LengthGroupedBatchSampler, SortedSampler, bucket_length
+from loratune.batching import EvalBatchSampler, LengthGroupedBatchSampler, PackedTokens, bucket_length, longest_first
 
 
 def _padding_ratio(batches: list[list[int]], lengths: list[int]) -> float:
@@ -34,19 +34,40 @@ def test_batch_order_depends_on_the_seed_only():
     assert first != list(LengthGroupedBatchSampler(lengths, batch_size=8, seed=2, group_batches=4))
 
 
-def test_sorted_sampler_puts_the_longest_first():
-    assert list(SortedSampler([2, 9, 5])) == [1, 2, 0]
+def test_evaluation_runs_longest_first():
+    assert longest_first([2, 9, 5, 9]) == [1, 3, 2, 0]
+    assert list(EvalBatchSampler([2, 9, 5, 9], batch_size=3)) == [[1, 3, 2], [0]]
 
 
-def test_collator_pads_to_the_longest_row_and_masks_the_padding():
+def _packed(rows: list[dict], bucket: bool = False) -> PackedTokens:
+    from datasets import Dataset
+
+    return PackedTokens.from_dataset(Dataset.from_list(rows), pad_token_id=0, bucket=bucket)
+
+
+def test_packed_batches_pad_to_the_longest_row_and_mask_the_padding():
     rows = [
         {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "label": 1},
         {"input_ids": [5], "attention_mask": [1], "label": 0},
+        {"input_ids": [8, 9], "attention_mask": [1, 1], "label": 1},
     ]
-    batch = Collator(pad_token_id=0)(rows)
+    batch = _packed(rows).__getitems__([0, 1])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert torch.equal(batch["labels"], torch.tensor([1, 0]))
+    batch = _packed(rows).__getitems__([2, 1])  # any rows, in the order asked
+    assert batch["input_ids"].tolist() == [[8, 9], [5, 0]] and batch["input_ids"].dtype == torch.long
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_packed_batches_follow_a_selected_dataset_and_the_tokenizer_output():
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{"input_ids": [i] * (i + 1), "label": i} for i in range(5)]).select([4, 0, 2])
+    batch = PackedTokens.from_dataset(ds, pad_token_id=7).__getitems__([0, 1])
+    assert batch["input_ids"].tolist() == [[4] * 5, [0, 7, 7, 7, 7]] and batch["labels"].tolist() == [4, 0]
+    packed = PackedTokens.from_encoded({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}, 0)
+    assert len(packed) == 2 and packed.__getitems__([1, 0])["attention_mask"].tolist() == [[1, 0], [1, 1]]
 
 
 def test_bucket_lengths_are_few_and_pad_little():
@@ -57,18 +78,16 @@ def test_bucket_lengths_are_few_and_pad_little():
     assert len(set(buckets)) < 64  # 512 lengths, few shapes for oneDNN to build kernels for
 
 
-def test_bucketing_collator_pads_to_the_bucket_and_masks_it():
+def test_bucketing_pads_to_the_bucket_and_masks_it():
     rows = [{"input_ids": list(range(1, 18)), "attention_mask": [1] * 17}]
-    batch = Collator(pad_token_id=0, bucket=True)(rows)
+    batch = _packed(rows, bucket=True).__getitems__([0])
     assert batch["input_ids"].shape == (1, 18)
     assert batch["attention_mask"][0].tolist() == [1] * 17 + [0]
 
 
 def test_token_budget_batches_keep_each_batch_within_budget_and_cover_every_text():
-    from loratune.batching import TokenBudgetBatchSampler
-
     lengths = [5, 100, 7, 30, 30, 2, 64, 9, 1, 50] * 7
-    batches = list(TokenBudgetBatchSampler(lengths, max_tokens=200))
+    batches = list(EvalBatchSampler(lengths, batch_size=8, max_tokens=200))
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 200 or len(batch) == 1

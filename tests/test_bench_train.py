@@ -20,7 +20,7 @@ def test_loratune_runs_with_the_anchor_settings(tmp_path):
     bench = _bench()
     args = bench.parse_args(["--learning-rate", "3e-4", "--batch-size", "16", "--device", "cuda"])
     args.model_path = tmp_path / "model"
-    argv = bench.loratune_argv(tmp_path / "data", tmp_path / "run", args, precision=None)
+    argv = bench.loratune_argv(tmp_path / "data", tmp_path / "run", args)
     flags = dict(zip(argv, argv[1:], strict=False))
     assert flags["--learning-rate"] == "0.0003"
     assert flags["--batch-size"] == "16"

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import f1_score, hamming_loss
 
 from loratune import calibration, decisions, stats
-from loratune.batching import Collator
+from loratune.batching import PackedTokens
 from loratune.changes import build_predictions_table, count_changes
 from loratune.errors import ConfigError
 from loratune.evaluate import compute_multilabel_metrics, metrics_from_logits
@@ -112,9 +112,11 @@ def test_weighted_losses_match_torch():
     assert build_loss(True, weights)(logits, multi).item() == pytest.approx(expected.item())
 
 
-def test_collator_gives_float_rows_for_multi_label():
+def test_batches_give_float_rows_for_multi_label():
+    from datasets import Dataset
+
     rows = [{"input_ids": [1, 2], "label": [1.0, 0.0, 1.0]}, {"input_ids": [1], "label": [0.0, 0.0, 0.0]}]
-    batch = Collator(pad_token_id=0)(rows)
+    batch = PackedTokens.from_dataset(Dataset.from_list(rows), pad_token_id=0).__getitems__([0, 1])
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (2, 3)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
 
+import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
@@ -28,37 +29,94 @@ def bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
-class Collator:
-    """Pads a list of tokenised rows to the longest one (rounded up by `bucket_length` when `bucket` is set).
+class PackedTokens(torch.utils.data.Dataset):
+    """A tokenised split held as one flat tensor per model input plus row offsets; `__getitems__` gathers a whole
+    padded batch (padded to its longest row, rounded up by `bucket_length` when `bucket` is set) in a few tensor
+    operations, whatever the batch size.
 
-    Hand-written rather than `DataCollatorWithPadding`, whose `tokenizer.pad` walks Python lists per key and shows
-    up in profiles of a bf16 training step on CPU; this is one tensor fill per key.
+    Hand-written rather than `DataCollatorWithPadding` (whose `tokenizer.pad` walks Python lists per key) or a
+    collator that fills a tensor row by row from Arrow rows: the host must keep ahead of a GPU step of a few
+    milliseconds, and those cost a Python loop per text and key on every batch.
     """
 
-    def __init__(self, pad_token_id: int, bucket: bool = False) -> None:
-        self.pad_token_id = pad_token_id
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        lengths: np.ndarray,
+        labels: np.ndarray | None,
+        pad_token_id: int,
+        bucket: bool = False,
+    ) -> None:
+        self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.end = int(self.lengths.sum())  # padding gathers from here: one fill value appended to each input
+        self.inputs = {
+            key: torch.from_numpy(np.append(flat, self._fill(key, pad_token_id)).astype(np.int64))
+            for key, flat in inputs.items()
+        }
+        # label ids, or multi-hot rows (float, as binary cross-entropy takes them) for a multi-label task
+        self.labels = None
+        if labels is not None:
+            self.labels = torch.tensor(labels, dtype=torch.float32 if labels.ndim == 2 else torch.long)
         self.bucket = bucket
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(row["input_ids"]) for row in rows)
+    @staticmethod
+    def _fill(key: str, pad_token_id: int) -> int:
+        return pad_token_id if key == "input_ids" else 0
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, pad_token_id: int, bucket: bool = False) -> PackedTokens:
+        """From a tokenised `datasets.Dataset` (see `data.tokenize`), read as Arrow columns without a Python row."""
+        table = ds.with_format("arrow")[:]  # follows an indices mapping (select, shuffle) where one is set
+        inputs, lengths = {}, None
+        for key in MODEL_INPUTS:
+            if key in table.column_names:
+                column = table.column(key).combine_chunks()
+                inputs[key] = column.flatten().to_numpy(zero_copy_only=False)
+                lengths = np.diff(column.offsets.to_numpy())
+        labels = None
+        if "label" in table.column_names:
+            column = table.column("label").combine_chunks()
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):  # multi-hot rows
+                labels = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+            else:
+                labels = column.to_numpy(zero_copy_only=False)
+        return cls(inputs, lengths, labels, pad_token_id, bucket)
+
+    @classmethod
+    def from_encoded(cls, encoded: dict[str, list[list[int]]], pad_token_id: int) -> PackedTokens:
+        """From a tokenizer's output (lists of token ids per text), without labels."""
+        inputs = {
+            key: np.fromiter((t for row in encoded[key] for t in row), dtype=np.int64)
+            for key in MODEL_INPUTS
+            if key in encoded
+        }
+        lengths = np.array([len(row) for row in encoded["input_ids"]], dtype=np.int64)
+        return cls(inputs, lengths, None, pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[idx]
+        longest = int(lengths.max()) if len(idx) else 0
         if self.bucket:
             longest = bucket_length(longest)
-        batch: dict[str, torch.Tensor] = {}
-        for key in MODEL_INPUTS:
-            if key not in rows[0]:
-                continue
-            fill = self.pad_token_id if key == "input_ids" else 0
-            tensor = torch.full((len(rows), longest), fill, dtype=torch.long)
-            for i, row in enumerate(rows):
-                tensor[i, : len(row[key])] = torch.as_tensor(row[key], dtype=torch.long)
-            batch[key] = tensor
-        if "label" in rows[0]:
-            # label ids, or multi-hot rows (float, as binary cross-entropy takes them) for a multi-label task
-            multi = isinstance(rows[0]["label"], (list, tuple))
-            batch["labels"] = torch.tensor(
-                [row["label"] for row in rows], dtype=torch.float32 if multi else torch.long
-            )
+        positions = torch.arange(longest)
+        at = torch.where(positions < lengths[:, None], self.offsets[idx, None] + positions, self.end)
+        batch = {key: flat[at] for key, flat in self.inputs.items()}
+        if self.labels is not None:
+            batch["labels"] = self.labels[idx]
         return batch
+
+
+def _whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DataLoader's collate_fn: `PackedTokens.__getitems__` already returns the padded batch."""
+    return batch
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -96,35 +154,30 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         )
 
 
-class SortedSampler(Sampler[int]):
-    """Indices from longest to shortest: evaluation order does not matter, and the longest batch comes first so
-    a batch too large for memory fails at once rather than at the end."""
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices from longest to shortest (ties in index order): the order every evaluation and prediction runs in.
 
-    def __init__(self, lengths: list[int]) -> None:
-        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
+    Evaluation order does not matter, and the longest batch comes first, so a batch too large for memory fails at
+    once rather than at the end."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def _columns(ds: Dataset) -> list[str]:
-    return [c for c in (*MODEL_INPUTS, "label") if c in ds.column_names]
+class EvalBatchSampler(Sampler[list[int]]):
+    """Batches in `longest_first` order: `batch_size` texts each, or, with `max_tokens`, each as large as fits that
+    many padded tokens (batch size times its longest text, at most `max_batch` texts): long texts in small batches,
+    short ones in large batches, so a GPU gets the same amount of work per launch whatever the lengths."""
 
-
-class TokenBudgetBatchSampler(Sampler[list[int]]):
-    """Batches of indices from longest to shortest, each as large as fits `max_tokens` padded tokens (batch size
-    times its longest text), at most `max_batch` texts: long texts in small batches, short ones in large batches,
-    so a GPU gets the same amount of work per launch whatever the lengths."""
-
-    def __init__(self, lengths: list[int], max_tokens: int, max_batch: int = 4096) -> None:
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, max_batch: int = 4096
+    ) -> None:
+        order = longest_first(lengths)
+        if not max_tokens:
+            self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            return
         self.batches: list[list[int]] = []
         for i in order:
             batch = self.batches[-1] if self.batches else None
-            # sorted longest first, so the batch's first text sets its padded length
+            # longest first, so the batch's first text sets its padded length
             if batch is None or len(batch) >= max_batch or (len(batch) + 1) * lengths[batch[0]] > max_tokens:
                 self.batches.append([i])
             else:
@@ -135,6 +188,12 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int, device: str) -> EvalBatchSampler:
+    """The evaluation batches for `device`: fixed-size on a CPU, by a token budget where the device wants one
+    (`precision.eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these."""
+    return EvalBatchSampler(lengths, batch_size, precision.eval_batch_tokens(device))
 
 
 def build_train_loader(
@@ -155,24 +214,16 @@ def build_train_loader(
     """
     pin_memory = precision.pin_memory(device)
     epoch_seed = seed * 1000 + epoch
-    columns = ds.select_columns(_columns(ds))
-    collate = Collator(pad_token_id, bucket=True)
+    packed = PackedTokens.from_dataset(ds, pad_token_id, bucket=True)
     if group_by_length:
-        batches = LengthGroupedBatchSampler(list(ds["length"]), batch_size, epoch_seed)
-        return DataLoader(columns, batch_sampler=batches, collate_fn=collate, pin_memory=pin_memory)
-    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(epoch_seed))
-    return DataLoader(columns, batch_size=batch_size, sampler=sampler, collate_fn=collate, pin_memory=pin_memory)
+        batches = LengthGroupedBatchSampler(packed.lengths.tolist(), batch_size, epoch_seed)
+        return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=pin_memory)
+    sampler = torch.utils.data.RandomSampler(packed, generator=torch.Generator().manual_seed(epoch_seed))
+    return DataLoader(packed, batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch, pin_memory=pin_memory)
 
 
 def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu") -> DataLoader:
-    """Batches sorted by length (no shuffling) for evaluation and prediction: `batch_size` texts each, or, where
-    the device wants a token budget (`precision.eval_batch_tokens`), as many as fit it."""
-    max_tokens, pin_memory = precision.eval_batch_tokens(device), precision.pin_memory(device)
-    columns = ds.select_columns(_columns(ds))
-    if max_tokens:
-        batches = TokenBudgetBatchSampler(list(ds["length"]), max_tokens)
-        return DataLoader(columns, batch_sampler=batches, collate_fn=Collator(pad_token_id), pin_memory=pin_memory)
-    sampler = SortedSampler(list(ds["length"]))
-    return DataLoader(
-        columns, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_token_id), pin_memory=pin_memory
-    )
+    """Batches in `longest_first` order (no shuffling) for evaluation and prediction (see `eval_batches`)."""
+    packed = PackedTokens.from_dataset(ds, pad_token_id)
+    batches = eval_batches(packed.lengths.tolist(), batch_size, device)
+    return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=precision.pin_memory(device))

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from loratune.compiling import COMPILE_MODES
 from loratune.errors import ConfigError
 from loratune.precision import DEVICES, PRECISIONS
 
@@ -253,6 +254,12 @@ class TrainArgs:
         default=True, metadata=_help("Batch texts of similar length together (shuffled groups) to cut padding.")
     )
     device: str = field(default="auto", metadata=_help("auto, cpu or cuda."))
+    compile: str = field(
+        default="auto",
+        metadata=_help(
+            "torch.compile the training step: auto (off until measured to pay), off, on, or cudagraphs (CUDA only)."
+        ),
+    )
     report_to: str = field(default="none", metadata=_help(f"Experiment tracker: {', '.join(TRACKERS)}."))
     progress: bool = field(default=True, metadata=_help("Show a progress bar with the running loss."))
 
@@ -272,6 +279,7 @@ class TrainArgs:
             ("precision", PRECISIONS),
             ("best_metric", BEST_METRICS),
             ("device", DEVICES),
+            ("compile", COMPILE_MODES),
             ("report_to", TRACKERS),
         ):
             if getattr(self, name) not in allowed:

@@ -98,17 +98,17 @@ def predict_logits(
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     with torch.inference_mode(), autocast(precision, device.type):
         for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels", None)
             logits = model(**batch).logits.float()
             if accelerator is not None:
                 logits, labels = accelerator.gather_for_metrics((logits, labels))
-            all_logits.append(logits.cpu())
+            all_logits.append(logits)  # kept on the device until the end: copying each batch would wait for it
             if labels is not None:
-                all_labels.append(labels.cpu())
-    logits = torch.cat(all_logits).numpy() if all_logits else np.zeros((0, 0))
+                all_labels.append(labels)
+    logits = torch.cat(all_logits).cpu().numpy() if all_logits else np.zeros((0, 0))
     check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
-    labels = torch.cat(all_labels).numpy() if all_labels else np.zeros((0,), dtype=int)
+    labels = torch.cat(all_labels).cpu().numpy() if all_labels else np.zeros((0,), dtype=int)
     return logits, labels
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from loratune import artifacts, decisions, precision, weights
-from loratune.batching import MODEL_INPUTS, Collator
+from loratune.batching import PackedTokens, eval_batches
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError, RunError
 from loratune.formatting import NO_LABELS
@@ -114,22 +114,22 @@ class Predictor:
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
         args = [texts] if text_pairs is None else [texts, text_pairs]
         encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
-        rows = [{k: encoded[k][i] for k in MODEL_INPUTS if k in encoded} for i in range(len(texts))]
-        # The batches `loratune evaluate` makes (longest first, padded to each batch's longest), so a text gets
-        # the same probabilities from both, whatever else is in its batch.
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-        collate = Collator(self.tokenizer.pad_token_id)
-        probs = torch.empty((len(texts), len(self.labels)))
+        packed = PackedTokens.from_encoded(encoded, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
+        # The batches `loratune evaluate` makes (longest first, padded to each batch's longest, sized for the
+        # device), so a text gets the same probabilities from both, whatever else is in its batch.
+        batches = eval_batches(packed.lengths.tolist(), self.batch_size, device.type)
+        chunks = []
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-                logits = self.model(**batch).logits.float()
-                check_finite_logits(logits)
-                logits = logits / self.temperature
-                scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-                probs[idx] = scores.cpu()
+            for idx in batches:
+                batch = {k: v.to(device, non_blocking=True) for k, v in packed.__getitems__(idx).items()}
+                chunks.append(self.model(**batch).logits.float())  # kept on the device: no wait per batch
+        logits = torch.cat(chunks).cpu() if chunks else torch.zeros((0, len(self.labels)))
+        check_finite_logits(logits)
+        logits = logits / self.temperature
+        scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        probs = torch.empty_like(scores)
+        probs[[i for idx in batches for i in idx]] = scores
         return probs
 
     def _label_set(self, row: list[float], decided: Any) -> dict[str, Any]:

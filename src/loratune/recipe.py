@@ -15,12 +15,13 @@ from typing import Any
 import datasets
 import numpy as np
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from loratune import artifacts, datachecks, integrity, precision, preflight, weights
-from loratune.batching import SortedSampler, build_eval_loader
+from loratune.batching import build_eval_loader, longest_first
 from loratune.calibration import negative_log_likelihood
 from loratune.checkpoint import verify_checkpoint
+from loratune.compiling import resolve_compile
 from loratune.config import Config
 from loratune.data import Splits, tokenize
 from loratune.evaluate import metrics_from_logits, predict_logits
@@ -54,6 +55,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
     run_dir = artifacts.run_dir_for(cfg)
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
+    resolve_compile(cfg.train.compile, device)  # a mode this device cannot run fails before anything slow
     with contextlib.ExitStack() as scope:
         scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
@@ -142,6 +144,8 @@ def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
     # No mixed_precision here: Accelerate would fix it for the whole process; `precision.autocast` does it per run.
     accelerator = Accelerator(
         cpu=device == "cpu",
+        # pinned batches (`precision.pin_memory`) copied without waiting, so the copy overlaps the step before
+        dataloader_config=DataLoaderConfiguration(non_blocking=precision.pin_memory(device)),
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
         project_dir=str(run_dir / artifacts.LOGS_DIR),
@@ -176,6 +180,7 @@ def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, devi
             head_learning_rate=cfg.train.resolved_head_learning_rate(cfg.lora.method),
             precision=dtype,
             device=device,
+            compile=resolve_compile(cfg.train.compile, device),
         ),
     )
 
@@ -205,7 +210,7 @@ def _score(model, loader, ds: datasets.Dataset, accelerator, dtype: str, names: 
     `loratune evaluate`), and the (n, num_labels) logits in the dataset's order, for the predictions table."""
     logits, y_true = predict_logits(model, loader, accelerator, dtype)
     metrics = metrics_from_logits(logits, y_true, names)
-    order = SortedSampler(list(ds["length"])).order  # the eval loader runs longest first; gathering keeps it
+    order = longest_first(list(ds["length"]))  # the order the eval loader runs in; gathering keeps it
     in_order = np.empty_like(logits)
     in_order[order] = logits
     assert (np.asarray(ds["label"])[order] == y_true).all(), "eval batches came back in an unexpected order"
@@ -307,6 +312,7 @@ def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float)
         train_samples_per_s=state.train_samples / state.step_seconds,
         train_tokens_per_s=state.train_tokens / state.step_seconds,
         padding_ratio=state.padded_tokens / max(state.train_tokens, 1),
+        compile_seconds=state.compile_seconds or None,
     )
 
 

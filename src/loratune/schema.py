@@ -90,6 +90,7 @@ class Throughput:
     train_samples_per_s: float | None = None
     train_tokens_per_s: float | None = None
     padding_ratio: float | None = None  # padded tokens / real tokens in training batches
+    compile_seconds: float | None = None  # the first compiled training step, compilation included
 
 
 @dataclass(frozen=True)

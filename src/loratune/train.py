@@ -20,12 +20,14 @@ from transformers import get_linear_schedule_with_warmup
 from loratune import precision
 from loratune.batching import build_eval_loader, build_train_loader
 from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from loratune.compiling import StepModel, resolve_compile
 from loratune.config import TrainArgs
 from loratune.evaluate import evaluate
 from loratune.losses import LossFunction, build_loss
 from loratune.modeling import in_head
 from loratune.multilabel import is_list
 from loratune.schema import EpochRecord, from_dict, to_dict
+from loratune.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class LoopState:
     train_samples: int = 0
     train_tokens: int = 0  # real (unpadded) tokens
     padded_tokens: int = 0
+    compile_seconds: float = 0.0  # the first compiled step, compilation included (0: not compiled)
 
 
 def build_optimizer(
@@ -125,50 +128,61 @@ def train(
     device = accelerator.device.type
     val_loader = accelerator.prepare(build_eval_loader(val_ds, args.eval_batch_size, pad_token_id, device))
     state, best_weights = LoopState(patience_left=args.early_stopping_patience), None
+    runner = StepModel(model, resolve_compile(args.compile, device))
+    governor = ThreadGovernor(device)
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         saved, best_weights = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
         state = from_dict(LoopState, saved)
         log.info("Resuming after epoch %d of %d.", state.epoch, args.num_epochs)
     started = time.perf_counter() - state.train_seconds
-    while state.epoch < args.num_epochs and not state.stopped_early:
-        epoch = state.epoch + 1
-        epoch_started = time.perf_counter()
-        loader = accelerator.prepare(
-            build_train_loader(train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length, device)
-        )
-        stats = _train_epoch(model, loader, optimizer, scheduler, loss_fn, args, accelerator, epoch)
-        val = evaluate(model, val_loader, labels, accelerator, args.precision)
-        record = EpochRecord.from_scores(
-            epoch,
-            stats,
-            val,
-            learning_rate=scheduler.get_last_lr()[0],
-            epoch_seconds=time.perf_counter() - epoch_started,
-        )
-        if state.best_score is None or _better(getattr(val, args.best_metric), state.best_score, args.best_metric):
-            state.best_score, state.best_epoch = getattr(val, args.best_metric), epoch
-            best_weights = trainable_state(accelerator.unwrap_model(model))
-            state.patience_left = args.early_stopping_patience
-        elif args.early_stopping_patience:
-            state.patience_left -= 1
-            if state.patience_left <= 0:
-                log.info("No %s gain for %d epochs; stopping early.", args.best_metric, args.early_stopping_patience)
-                state.stopped_early = True
-        state.epoch = epoch
-        state.history.append(record)
-        state.train_samples += stats["samples"]
-        state.train_tokens += stats["tokens"]
-        state.padded_tokens += stats["padded_tokens"]
-        state.step_seconds += stats["seconds"]
-        state.train_seconds = time.perf_counter() - started
-        if args.progress and accelerator.is_local_main_process:
-            print(_epoch_line(record, args.num_epochs), file=sys.stderr, flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if checkpoint_dir is not None and accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, to_dict(state), best_weights)
-        accelerator.wait_for_everyone()
+    try:
+        while state.epoch < args.num_epochs and not state.stopped_early:
+            epoch = state.epoch + 1
+            epoch_started = time.perf_counter()
+            loader = accelerator.prepare(
+                build_train_loader(
+                    train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length, device
+                )
+            )
+            stats = _train_epoch(runner, loader, optimizer, scheduler, loss_fn, args, accelerator, epoch, governor)
+            val = evaluate(model, val_loader, labels, accelerator, args.precision)
+            record = EpochRecord.from_scores(
+                epoch,
+                stats,
+                val,
+                learning_rate=scheduler.get_last_lr()[0],
+                epoch_seconds=time.perf_counter() - epoch_started,
+            )
+            if state.best_score is None or _better(getattr(val, args.best_metric), state.best_score, args.best_metric):
+                state.best_score, state.best_epoch = getattr(val, args.best_metric), epoch
+                best_weights = trainable_state(accelerator.unwrap_model(model))
+                state.patience_left = args.early_stopping_patience
+            elif args.early_stopping_patience:
+                state.patience_left -= 1
+                if state.patience_left <= 0:
+                    log.info(
+                        "No %s gain for %d epochs; stopping early.", args.best_metric, args.early_stopping_patience
+                    )
+                    state.stopped_early = True
+            state.epoch = epoch
+            state.history.append(record)
+            state.train_samples += stats["samples"]
+            state.train_tokens += stats["tokens"]
+            state.padded_tokens += stats["padded_tokens"]
+            state.step_seconds += stats["seconds"]
+            if runner.compile_seconds is not None and not state.compile_seconds:
+                state.compile_seconds = runner.compile_seconds
+            state.train_seconds = time.perf_counter() - started
+            if args.progress and accelerator.is_local_main_process:
+                print(_epoch_line(record, args.num_epochs), file=sys.stderr, flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if checkpoint_dir is not None and accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(model)
+                save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, to_dict(state), best_weights)
+            accelerator.wait_for_everyone()
+    finally:
+        governor.close()
     state.train_seconds = time.perf_counter() - started
     if best_weights is not None:
         accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
@@ -226,10 +240,41 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == targets).sum()
 
 
-def _train_epoch(model, loader, optimizer, scheduler, loss_fn, args: TrainArgs, accelerator, epoch: int) -> dict:
+def _forward_backward(step_model: StepModel, batch, targets, loss_fn, dtype: str, accelerator, scaler):
+    """One micro-batch: forward under autocast, loss, backward; returns (loss, logits)."""
+    with precision.autocast(dtype, accelerator.device.type):
+        logits = step_model(**batch).logits
+    loss = loss_fn(logits, targets)
+    accelerator.backward(scaler.scale(loss))
+    return loss, logits
+
+
+def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:
+    """The torch optimizer inside Accelerate's wrapper, where the wrapper does nothing loratune needs.
+
+    Why: `AcceleratedOptimizer.step` asks importlib twice per call whether the `lomo_optim` package is installed,
+    and its `zero_grad` inspects a signature: 0.5 ms a step on this project's CPU (benchmarks/profile_step.py
+    --cprofile), host time that a GPU step of a small model waits for. The rest of its work is for XLA, LOMO,
+    Accelerate's GradScaler (loratune scales fp16 itself: `precision.grad_scaler`) and DeepSpeed / FSDP, which
+    keep it.
+    """
+    from accelerate.utils import DistributedType
+
+    plain = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+    inner = getattr(optimizer, "optimizer", None)
+    if inner is None or accelerator.distributed_type not in plain or accelerator.scaler is not None:
+        return optimizer
+    return inner
+
+
+def _train_epoch(
+    runner: StepModel, loader, optimizer, scheduler, loss_fn, args: TrainArgs, accelerator, epoch: int, governor
+) -> dict:
+    model = runner.eager
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     scaler = precision.grad_scaler(args.precision, accelerator.device.type)
+    optimizer = _plain_optimizer(optimizer, accelerator)
     # Sums stay on the device and are read once at the end of the epoch: reading one per step would make the
     # host wait for the device at every step.
     total_loss = torch.zeros((), device=accelerator.device)
@@ -240,20 +285,19 @@ def _train_epoch(model, loader, optimizer, scheduler, loss_fn, args: TrainArgs, 
     enabled = args.progress and accelerator.is_local_main_process
     progress = _Progress(len(loader), f"epoch {epoch}/{args.num_epochs}", enabled)
     for step, batch in enumerate(loader, start=1):
+        governor.tick()
         with accelerator.accumulate(model):
             targets = batch.pop("labels")
-            with precision.autocast(args.precision, accelerator.device.type):
-                logits = model(**batch).logits
-            loss = loss_fn(logits, targets)
-            accelerator.backward(scaler.scale(loss))
+
+            loss, logits = runner.run(_forward_backward, batch, targets, loss_fn, args.precision, accelerator, scaler)
             if accelerator.sync_gradients:
                 scaler.unscale_(optimizer)
                 if args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
         n = targets.shape[0]
         total_loss += loss.detach().float() * n
         correct += _correct(logits.detach(), targets)
