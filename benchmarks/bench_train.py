@@ -450,6 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wait-idle", type=float, default=120.0, help="Max seconds to wait for a quiet machine.")
     parser.add_argument("--json", type=Path, help="Also write every measurement to this file.")
     parser.add_argument("--keep", action="store_true", help="Keep the temp folder (data, logs, run folders).")
+    parser.add_argument("--log-dir", type=Path, help="Copy every variant's stdout and stderr logs here.")
     parser.add_argument("--quick", action="store_true", help="Smoke test: --n-train 256, anchors unless --variants.")
     parser.add_argument("--model", default="minilm", choices=MODELS, help="See benchmarks/_models.py.")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Where every variant runs.")
@@ -490,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             scale_rows.append(run_variant("loratune", scale_data, n, args, work))
         peak = measure_peak(args.peak_seconds, work, args.model_path) if args.peak_seconds > 0 else {}
     finally:
+        if args.log_dir:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log*"):
+                shutil.copy(log, args.log_dir / log.name)
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
         else:
@@ -533,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         report = {
-            "settings": {k: str(v) for k, v in vars(args).items() if k not in ("json", "keep", "quick")},
+            "settings": {k: str(v) for k, v in vars(args).items() if k not in ("json", "keep", "quick", "log_dir")},
             "rows": [asdict(r) for r in rows],
             "scale": [asdict(r) for r in scale_rows],
             "peak": peak,
