@@ -9,8 +9,8 @@ rate, it runs each variant one after the other, each in its own process:
 - `loratune`: `python -m loratune train` with its defaults for everything the benchmark does not fix (precision,
   batching, head, pooling);
 - `loratune_fp32`: the same with `--precision fp32`, to show the bf16 default costs no accuracy;
-- `loratune_compile`, `loratune_cudagraphs` (only when named in `--variants`): the same with `--compile on` or
-  `--compile cudagraphs`; their compile time (the first step) is printed apart from the other steps' throughput.
+- `loratune_compile` (only when named in `--variants`): the same with `--compile on`; its compile time (the first
+  step) is printed apart from the other steps' throughput.
 
 For each it prints train samples/s, real (non-pad) tokens/s, evaluation samples/s, peak RSS and validation accuracy,
 and loratune's ratios against both anchors. It also times this machine's bf16 matmul peak and prints the fraction
@@ -50,14 +50,13 @@ from _models import MODELS, model_dir
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DATA_DIR = REPO_DIR.parent / "shared" / "data" / "sst2"
-VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32", "loratune_compile", "loratune_cudagraphs")
+VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32", "loratune_compile")
 DEFAULT_VARIANTS = VARIANTS[:4]
 # The loratune flags that make each loratune variant.
 VARIANT_FLAGS = {
     "loratune": [],
     "loratune_fp32": ["--precision", "fp32"],
     "loratune_compile": ["--compile", "on"],
-    "loratune_cudagraphs": ["--compile", "cudagraphs"],
 }
 MAX_LENGTH = 128
 SEED = 42

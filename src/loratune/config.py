@@ -257,7 +257,7 @@ class TrainArgs:
     compile: str = field(
         default="auto",
         metadata=_help(
-            "torch.compile the training step: auto (off until measured to pay), off, on, or cudagraphs (CUDA only)."
+            "torch.compile the training step: auto (off: compiling has not paid for itself where measured), off or on."
         ),
     )
     report_to: str = field(default="none", metadata=_help(f"Experiment tracker: {', '.join(TRACKERS)}."))

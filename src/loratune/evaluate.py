@@ -17,7 +17,7 @@ from sklearn.metrics import (
 
 from loratune import decisions
 from loratune.integrity import check_finite_logits
-from loratune.precision import autocast
+from loratune.precision import attention_kernels, autocast
 from loratune.schema import ClassScores, Metrics
 
 
@@ -96,7 +96,7 @@ def predict_logits(
     model.eval()
     all_logits, all_labels = [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    with torch.inference_mode(), autocast(precision, device.type):
+    with torch.inference_mode(), autocast(precision, device.type), attention_kernels(device.type):
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels", None)

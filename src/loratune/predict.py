@@ -120,7 +120,7 @@ class Predictor:
         # device), so a text gets the same probabilities from both, whatever else is in its batch.
         batches = eval_batches(packed.lengths.tolist(), self.batch_size, device.type)
         chunks = []
-        with torch.inference_mode():
+        with torch.inference_mode(), precision.attention_kernels(device.type):
             for idx in batches:
                 batch = {k: v.to(device, non_blocking=True) for k, v in packed.__getitems__(idx).items()}
                 chunks.append(self.model(**batch).logits.float())  # kept on the device: no wait per batch

@@ -94,6 +94,12 @@ def run(cfg: Config, resume: bool = False) -> Run:
                 head_modules=built.head_modules,
             )
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
+        counts = built.parameter_counts()
+        if state is not None:
+            # From here on the saved model is scored: let go of the trained one, and of Accelerate's hold on it and
+            # its optimizer, so that the two are never in (GPU) memory together.
+            model = built = None
+            accelerator.free_memory()
         val_loader = accelerator.prepare(
             build_eval_loader(tokenised["validation"], cfg.train.eval_batch_size, pad_id, device)
         )
@@ -110,7 +116,9 @@ def run(cfg: Config, resume: bool = False) -> Run:
         )
         del model  # from here on the saved model is scored, as `loratune evaluate` and `predict` score it
         findings = _examine(cfg, after, splits, logits_before)
-        summary = _summarise(cfg, built, splits, truncated, before, after, state, accelerator, findings, class_weights)
+        summary = _summarise(
+            cfg, counts, splits, truncated, before, after, state, accelerator, findings, class_weights
+        )
         _end_tracking(cfg, accelerator, after.metrics)
         if accelerator.is_main_process:
             summary = _save(run_dir, cfg, summary, findings, after)
@@ -317,7 +325,7 @@ def _throughput(state: LoopState | None, eval_samples: int, eval_seconds: float)
 
 
 def _summarise(
-    cfg, built, splits, truncated, before, after: _After, state, accelerator, findings, class_weights
+    cfg, counts: dict[str, int], splits, truncated, before, after: _After, state, accelerator, findings, class_weights
 ) -> RunSummary:
     return RunSummary(
         method=cfg.lora.method,
@@ -334,7 +342,7 @@ def _summarise(
         model_name=display_name(cfg.model.name_or_path),
         eval_split=splits.eval_name,
         train_seconds=state.train_seconds if state else 0.0,
-        **built.parameter_counts(),
+        **counts,
         peak_memory_mb=precision.peak_memory_mb(cfg.train.device),
         precision=cfg.train.precision,
         after_precision=cfg.train.precision,

@@ -242,7 +242,8 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _forward_backward(step_model: StepModel, batch, targets, loss_fn, dtype: str, accelerator, scaler):
     """One micro-batch: forward under autocast, loss, backward; returns (loss, logits)."""
-    with precision.autocast(dtype, accelerator.device.type):
+    device = accelerator.device.type
+    with precision.autocast(dtype, device), precision.attention_kernels(device):
         logits = step_model(**batch).logits
     loss = loss_fn(logits, targets)
     accelerator.backward(scaler.scale(loss))
