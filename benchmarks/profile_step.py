@@ -33,6 +33,8 @@ from pathlib import Path
 from _models import MODELS, model_dir
 from bench_train import loratune_argv, write_subsample
 
+# The CUDA runtime calls that make the host wait for the device. cudaMemcpyAsync is not one of them (a copy into
+# pageable memory waits all the same, but it is followed by a cudaStreamSynchronize, counted here).
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
@@ -134,8 +136,9 @@ class _Session:
             "kernels_per_batch": len(kernels) / n,
             "gpu_busy_ms_per_batch": gpu_ms / n if self.device == "cuda" else None,
             "gpu_idle_share": 1 - gpu_ms / wall_ms if self.device == "cuda" and wall_ms else None,
-            "syncs_per_batch": sum(v for k, v in runtime.items() if k.startswith(SYNC_CALLS)) / n,
-            "sync_calls": {k: v for k, v in runtime.items() if k.startswith(SYNC_CALLS)},
+            "syncs_per_batch": sum(v for k, v in runtime.items() if k in SYNC_CALLS) / n,
+            "sync_calls": {k: v for k, v in runtime.items() if k in SYNC_CALLS},
+            "async_copies_per_batch": runtime.get("cudaMemcpyAsync", 0) / n,
             "item_calls_per_batch": ops.get("aten::_local_scalar_dense", 0) / n,
             "host_ops_per_batch": sum(ops.values()) / n,
             "kernel_launches_per_batch": sum(v for k, v in runtime.items() if "LaunchKernel" in k) / n,
