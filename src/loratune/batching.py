@@ -77,7 +77,9 @@ class PackedTokens(torch.utils.data.Dataset):
         labels = None
         if "label" in table.column_names:
             column = table.column("label").combine_chunks()
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):  # multi-hot rows
+            kind = column.type
+            if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+                # multi-hot rows
                 labels = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
             else:
                 labels = column.to_numpy(zero_copy_only=False)

@@ -269,7 +269,15 @@ def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:
 
 
 def _train_epoch(
-    runner: StepModel, loader, optimizer, scheduler, loss_fn, args: TrainArgs, accelerator, epoch: int, governor
+    runner: StepModel,
+    loader,
+    optimizer,
+    scheduler,
+    loss_fn,
+    args: TrainArgs,
+    accelerator,
+    epoch: int,
+    governor: ThreadGovernor,
 ) -> dict:
     model = runner.eager
     model.train()
@@ -289,7 +297,6 @@ def _train_epoch(
         governor.tick()
         with accelerator.accumulate(model):
             targets = batch.pop("labels")
-
             loss, logits = runner.run(_forward_backward, batch, targets, loss_fn, args.precision, accelerator, scaler)
             if accelerator.sync_gradients:
                 scaler.unscale_(optimizer)
