@@ -60,8 +60,7 @@ def start_run(data: Path, model: Path, out: Path, policy: str) -> subprocess.Pop
 
 def train_rate(out: Path) -> float:
     """Train samples/s of a finished run, from its metrics.json (training steps only)."""
-    sys.path.insert(0, str(REPO_DIR / "src"))
-    from loratune.artifacts import load_summary
+    from loratune.artifacts import load_summary  # importable: bench_train put src/ on the path
 
     return load_summary(out).throughput.train_samples_per_s
 

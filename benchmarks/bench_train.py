@@ -49,6 +49,10 @@ from _models import MODELS, model_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_DIR / "src"))  # a checkout that is not pip-installed (the GPU machine)
+
+from loratune.threads import busy_cpu_seconds  # noqa: E402  (no torch: the driver stays light)
+
 DATA_DIR = REPO_DIR.parent / "shared" / "data" / "sst2"
 VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32", "loratune_compile")
 DEFAULT_VARIANTS = VARIANTS[:4]
@@ -169,16 +173,6 @@ class ChildRun:
     stdout: str
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU-seconds this machine has spent busy since boot, all processes together (Linux only)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def run_child(argv: list[str], log_path: Path) -> ChildRun:
     """Run one command to completion and measure it from outside.
 
@@ -195,10 +189,10 @@ def run_child(argv: list[str], log_path: Path) -> ChildRun:
     """
     out_path = log_path.with_name(log_path.name + ".out")
     with out_path.open("w") as out, log_path.open("w") as err:
-        busy_before, start = _busy_cpu_s(), time.perf_counter()
+        busy_before, start = busy_cpu_seconds(), time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_child_env(), cwd=REPO_DIR)
         _, status, usage = os.wait4(proc.pid, 0)
-        wall, busy_after = time.perf_counter() - start, _busy_cpu_s()
+        wall, busy_after = time.perf_counter() - start, busy_cpu_seconds()
     proc.returncode = os.waitstatus_to_exitcode(status)  # we reaped it, so Popen must not try again
     cpu = usage.ru_utime + usage.ru_stime
     others = None
@@ -411,9 +405,9 @@ def wait_for_quiet(max_wait_s: float, threshold_cores: float = NOISY_CORES) -> f
     """Wait, up to `max_wait_s`, until other processes use less than `threshold_cores` CPUs; return the last load."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        before, start = _busy_cpu_s(), time.monotonic()
+        before, start = busy_cpu_seconds(), time.monotonic()
         time.sleep(1.0)
-        after = _busy_cpu_s()
+        after = busy_cpu_seconds()
         if before is None or after is None:
             return None
         load = (after - before) / (time.monotonic() - start)

@@ -55,7 +55,6 @@ def run(cfg: Config, resume: bool = False) -> Run:
     run_dir = artifacts.run_dir_for(cfg)
     device = precision.resolve_device(cfg.train.device)
     dtype = precision.resolve_precision(cfg.train.precision, device)
-    resolve_compile(cfg.train.compile, device)  # a mode this device cannot run fails before anything slow
     with contextlib.ExitStack() as scope:
         scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
@@ -96,8 +95,9 @@ def run(cfg: Config, resume: bool = False) -> Run:
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
         counts = built.parameter_counts()
         if state is not None:
-            # From here on the saved model is scored: let go of the trained one, and of Accelerate's hold on it and
-            # its optimizer, so that the two are never in (GPU) memory together.
+            # From here on the saved model is scored, as `loratune evaluate` and `predict` score it: let go of the
+            # trained one, and of Accelerate's hold on it and its optimizer, so the two are never in (GPU) memory
+            # together.
             model = built = None
             accelerator.free_memory()
         val_loader = accelerator.prepare(
@@ -114,7 +114,6 @@ def run(cfg: Config, resume: bool = False) -> Run:
             before,
             logits_before,
         )
-        del model  # from here on the saved model is scored, as `loratune evaluate` and `predict` score it
         findings = _examine(cfg, after, splits, logits_before)
         summary = _summarise(
             cfg, counts, splits, truncated, before, after, state, accelerator, findings, class_weights
