@@ -192,10 +192,13 @@ class EvalBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
-def eval_batches(lengths: Sequence[int], batch_size: int, device: str) -> EvalBatchSampler:
+def eval_batches(lengths: Sequence[int], batch_size: int, device: str, processes: int = 1) -> EvalBatchSampler:
     """The evaluation batches for `device`: fixed-size on a CPU, by a token budget where the device wants one
-    (`precision.eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these."""
-    return EvalBatchSampler(lengths, batch_size, precision.eval_batch_tokens(device))
+    (`precision.eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these.
+
+    Fixed-size for several processes too: gathering their results needs batches of one size at each step.
+    """
+    return EvalBatchSampler(lengths, batch_size, precision.eval_batch_tokens(device) if processes == 1 else None)
 
 
 def build_train_loader(
@@ -224,8 +227,10 @@ def build_train_loader(
     return DataLoader(packed, batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch, pin_memory=pin_memory)
 
 
-def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu") -> DataLoader:
+def build_eval_loader(
+    ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu", processes: int = 1
+) -> DataLoader:
     """Batches in `longest_first` order (no shuffling) for evaluation and prediction (see `eval_batches`)."""
     packed = PackedTokens.from_dataset(ds, pad_token_id)
-    batches = eval_batches(packed.lengths.tolist(), batch_size, device)
+    batches = eval_batches(packed.lengths.tolist(), batch_size, device, processes)
     return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=precision.pin_memory(device))

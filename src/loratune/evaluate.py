@@ -106,9 +106,13 @@ def predict_logits(
             all_logits.append(logits)  # kept on the device until the end: copying each batch would wait for it
             if labels is not None:
                 all_labels.append(labels)
-    logits = torch.cat(all_logits).cpu().numpy() if all_logits else np.zeros((0, 0))
+    # Several processes: Accelerate evens out their batches by repeating examples at the end, and drops the repeats
+    # when gathering only where it knows the batch size, which a batch sampler (`batching.eval_batches`) does not
+    # tell it; so the repeats are cut here (the gathered batches keep the loader's order, repeats last).
+    n = len(loader.dataset) if hasattr(loader, "dataset") else None
+    logits = torch.cat(all_logits)[:n].cpu().numpy() if all_logits else np.zeros((0, 0))
     check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
-    labels = torch.cat(all_labels).cpu().numpy() if all_labels else np.zeros((0,), dtype=int)
+    labels = torch.cat(all_labels)[:n].cpu().numpy() if all_labels else np.zeros((0,), dtype=int)
     return logits, labels
 
 

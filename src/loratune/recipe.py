@@ -73,7 +73,10 @@ def run(cfg: Config, resume: bool = False) -> Run:
         model = _place(built.model, dtype, accelerator)
         pad_id = built.tokenizer.pad_token_id
         eval_ds = tokenised[splits.eval_name]
-        eval_loader = accelerator.prepare(build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device))
+        processes = accelerator.num_processes
+        eval_loader = accelerator.prepare(
+            build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device, processes)
+        )
         before, logits_before = _evaluate_before(
             model, eval_loader, eval_ds, splits.labels, accelerator, dtype, run_dir, resume
         )
@@ -101,7 +104,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
             model = built = None
             accelerator.free_memory()
         val_loader = accelerator.prepare(
-            build_eval_loader(tokenised["validation"], cfg.train.eval_batch_size, pad_id, device)
+            build_eval_loader(tokenised["validation"], cfg.train.eval_batch_size, pad_id, device, processes)
         )
         after = _evaluate_after(
             run_dir,

@@ -126,7 +126,9 @@ def train(
     scheduler = build_scheduler(optimizer, steps_per_epoch * args.num_epochs, args.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device.type
-    val_loader = accelerator.prepare(build_eval_loader(val_ds, args.eval_batch_size, pad_token_id, device))
+    val_loader = accelerator.prepare(
+        build_eval_loader(val_ds, args.eval_batch_size, pad_token_id, device, accelerator.num_processes)
+    )
     state, best_weights = LoopState(patience_left=args.early_stopping_patience), None
     runner = StepModel(model, resolve_compile(args.compile, device))
     governor = ThreadGovernor(device)
