@@ -106,7 +106,7 @@ def test_cpu_evaluation_keeps_fixed_batches_and_a_gpu_gets_a_token_budget():
 def test_several_processes_evaluate_in_batches_of_one_size():
     from loratune.batching import eval_batches
 
-    lengths = [3, 40, 7, 12] * 50
+    lengths = [3, 400, 7, 120] * 50
     single = list(eval_batches(lengths, 16, "cuda"))
     shared = list(eval_batches(lengths, 16, "cuda", processes=2))
     assert len({len(b) for b in single}) > 1  # a token budget: short texts in bigger batches
