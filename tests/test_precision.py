@@ -66,3 +66,14 @@ def test_inference_holds_the_whole_model_in_one_dtype():
     model = precision.prepare_for_inference(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout()), "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not model.training
+
+
+def test_a_gpu_never_gets_cudnn_attention_and_a_cpu_is_left_alone():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with precision.attention_kernels("cuda"):  # the flags are process-wide: settable without a GPU
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with precision.attention_kernels("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
