@@ -14,9 +14,9 @@ from loratune.recipe import run
 
 
 def test_auto_is_off_and_an_unknown_mode_is_refused():
-    assert resolve_compile("auto", "cpu") == "off" and resolve_compile("on", "cuda") == "on"
+    assert resolve_compile("auto") == "off" and resolve_compile("on") == "on"
     with pytest.raises(ConfigError, match="Unknown compile mode 'cudagraphs'"):
-        resolve_compile("cudagraphs", "cuda")
+        resolve_compile("cudagraphs")
 
 
 def test_a_compiled_step_shares_the_models_parameters(monkeypatch):

@@ -202,15 +202,15 @@ def eval_batches(lengths: Sequence[int], batch_size: int, device: str, processes
 
 
 def build_train_loader(
-    ds: Dataset,
+    packed: PackedTokens,
     batch_size: int,
-    pad_token_id: int,
     seed: int,
     epoch: int = 0,
     group_by_length: bool = True,
     device: str = "cpu",
 ) -> DataLoader:
-    """Shuffled training batches; with `group_by_length`, shuffled groups of similar length.
+    """Shuffled training batches from a split packed once per run (`PackedTokens.from_dataset(..., bucket=True)`);
+    with `group_by_length`, shuffled groups of similar length.
 
     The order depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same batches.
     Batch lengths are bucketed (`bucket_length`): training revisits its shapes for many steps, evaluation
@@ -219,7 +219,6 @@ def build_train_loader(
     """
     pin_memory = precision.pin_memory(device)
     epoch_seed = seed * 1000 + epoch
-    packed = PackedTokens.from_dataset(ds, pad_token_id, bucket=True)
     if group_by_length:
         batches = LengthGroupedBatchSampler(packed.lengths.tolist(), batch_size, epoch_seed)
         return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=pin_memory)

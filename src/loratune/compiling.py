@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("auto", "off", "on")
 
 
-def resolve_compile(setting: str, device: str) -> str:
+def resolve_compile(setting: str) -> str:
     """`auto` becomes `off`: on this project's 2-core CPU compiling all-MiniLM-L6-v2's training step took 49 s
     (18 s with Inductor's cache warm) for steps 7% faster, which repays it only after about 100,000 sentences; on
     an H200 machine a 1,600-sentence run with it did not finish within 95 s (2,000 sentences without it, profiled:
-    39 s). `device` is for the day a device's default differs.
+    39 s).
 
     Raises:
         ConfigError: for an unknown mode.
@@ -63,7 +63,7 @@ class StepModel:
         The first compiled call is timed to the end of its device work: that is where compilation happens.
         """
         first = self.compiled and self.compile_seconds is None
-        started = time.perf_counter()
+        started = time.perf_counter() if first else 0.0
         try:
             result = step(self, *args)
         except Exception as exc:  # noqa: BLE001  (whatever the compiler raises, eager PyTorch may still run)

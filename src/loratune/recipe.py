@@ -190,7 +190,7 @@ def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, devi
             head_learning_rate=cfg.train.resolved_head_learning_rate(cfg.lora.method),
             precision=dtype,
             device=device,
-            compile=resolve_compile(cfg.train.compile, device),
+            compile=resolve_compile(cfg.train.compile),
         ),
     )
 

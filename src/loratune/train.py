@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import get_linear_schedule_with_warmup
 
 from loratune import precision
-from loratune.batching import build_eval_loader, build_train_loader
+from loratune.batching import PackedTokens, build_eval_loader, build_train_loader
 from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.compiling import StepModel, resolve_compile
 from loratune.config import TrainArgs
@@ -130,7 +130,8 @@ def train(
         build_eval_loader(val_ds, args.eval_batch_size, pad_token_id, device, accelerator.num_processes)
     )
     state, best_weights = LoopState(patience_left=args.early_stopping_patience), None
-    runner = StepModel(model, resolve_compile(args.compile, device))
+    runner = StepModel(model, resolve_compile(args.compile))
+    packed = PackedTokens.from_dataset(train_ds, pad_token_id, bucket=True)  # once: every epoch reorders the same
     governor = ThreadGovernor(device)
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         saved, best_weights = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -142,9 +143,7 @@ def train(
             epoch = state.epoch + 1
             epoch_started = time.perf_counter()
             loader = accelerator.prepare(
-                build_train_loader(
-                    train_ds, args.batch_size, pad_token_id, args.seed, epoch, args.group_by_length, device
-                )
+                build_train_loader(packed, args.batch_size, args.seed, epoch, args.group_by_length, device)
             )
             stats = _train_epoch(runner, loader, optimizer, scheduler, loss_fn, args, accelerator, epoch, governor)
             val = evaluate(model, val_loader, labels, accelerator, args.precision)
@@ -172,8 +171,7 @@ def train(
             state.train_tokens += stats["tokens"]
             state.padded_tokens += stats["padded_tokens"]
             state.step_seconds += stats["seconds"]
-            if runner.compile_seconds is not None and not state.compile_seconds:
-                state.compile_seconds = runner.compile_seconds
+            state.compile_seconds = state.compile_seconds or runner.compile_seconds or 0.0
             state.train_seconds = time.perf_counter() - started
             if args.progress and accelerator.is_local_main_process:
                 print(_epoch_line(record, args.num_epochs), file=sys.stderr, flush=True)
