@@ -87,7 +87,6 @@ class _Session:
     def start(self) -> None:
         if self.active or self.done:
             return
-        import torch
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
@@ -98,7 +97,6 @@ class _Session:
             self.cprofile = cProfile.Profile()
             self.cprofile.enable()
         self.active, self.started = True, time.perf_counter()
-        del torch
 
     def stop(self) -> None:
         if not self.active:
