@@ -213,6 +213,45 @@ def test_evaluate_on_the_runs_own_test_split_reproduces_the_after_scores_exactly
     assert f"accuracy {after['accuracy']:.4f}" in capsys.readouterr().out
 
 
+def test_evaluate_without_data_rebuilds_the_runs_own_carved_and_subsampled_test_split(
+    tmp_path, tiny_bert, data_csv, capsys, monkeypatch
+):
+    # One file, so test and validation were carved from it with the run's seed; then subsampled with that seed.
+    monkeypatch.chdir(data_csv.parent)
+    cfg = tiny_config(tiny_bert, Path(data_csv.name), tmp_path / "run", train__seed=7, data__max_eval_samples=4)
+    result = run(cfg)
+    assert Path(artifacts.load_run_config(result.run_dir).data.path) == data_csv.resolve()
+    monkeypatch.chdir(tmp_path)  # the recorded path is absolute: found from anywhere
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(result.run_dir), "--device", "cpu", "--output", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    after = artifacts.read_json(result.run_dir / artifacts.METRICS_FILE)["after"]
+    assert scores["num_samples"] == 4  # of the 6 carved
+    assert {k: scores[k] for k in after} == after
+    assert f"accuracy {after['accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_evaluate_without_data_says_so_when_the_runs_data_is_gone(tmp_path, tiny_bert, data_dir, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    result = run(tiny_config(tiny_bert, data, tmp_path / "run", train__num_epochs=1))
+    shutil.rmtree(data)
+    capsys.readouterr()  # the run's own output
+    assert main(["evaluate", str(result.run_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: The run's own data could not be read") and err.endswith("pass --data PATH.")
+    assert len(err.splitlines()) == 1
+
+
+def test_evaluate_with_data_and_max_samples_draws_the_runs_subsample(tmp_path, tiny_bert, data_dir, capsys):
+    result = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__seed=3, data__max_eval_samples=7))
+    out = tmp_path / "scores.json"
+    argv = ["evaluate", str(result.run_dir), "--data", str(data_dir), "--max-samples", "7", "--output", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    after = artifacts.read_json(result.run_dir / artifacts.METRICS_FILE)["after"]
+    assert {k: json.loads(out.read_text())[k] for k in after} == after
+
+
 def test_predict_batches_like_evaluate_so_the_probabilities_do_not_depend_on_the_batch(bert_run):
     predictor = Predictor.from_run(bert_run.run_dir, device="cpu", precision="bf16")
     texts = [*TEXTS, "really great music but an awful actor " * 3, "the story was very very really awful"]

@@ -100,7 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.batching import build_eval_loader
-    from loratune.data import load_eval_split, tokenize
+    from loratune.data import load_eval_split, load_run_split, tokenize
     from loratune.evaluate import metrics_from_logits, predict_logits
     from loratune.predict import load_for_inference
 
@@ -108,9 +108,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         check_writable_file(args.output, "--output")  # before the model loads
     model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
-    data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
-    task = "multi" if cfg.data.task == "multi" else "single"
-    split = load_eval_split(data_args, args.split, labels, task=task)
+    seed = cfg.train.seed
+    if args.data is None:  # the run's own data, carved and subsampled as the run did: its own "after" score
+        limit = cfg.data.max_eval_samples if args.max_samples is None else args.max_samples
+        split = load_run_split(dataclasses.replace(cfg.data, max_eval_samples=limit), args.split, labels, seed)
+    else:
+        data_args = dataclasses.replace(cfg.data, path=args.data, max_eval_samples=args.max_samples)
+        task = "multi" if cfg.data.task == "multi" else "single"
+        split = load_eval_split(data_args, args.split, labels, task=task, seed=seed)
     ds, truncated = tokenize(split, tokenizer, cfg.data.max_length)
     device = next(model.parameters()).device.type
     loader = build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
@@ -250,9 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="Score a finished run on a labelled dataset.")
     evaluate.add_argument("run", help="Run folder.")
-    evaluate.add_argument("--data", required=True, help="Folder or file with labelled texts.")
-    evaluate.add_argument("--split", default="test", help="Split file to use in a folder (default: test).")
-    evaluate.add_argument("--max-samples", type=int, default=None, help="Score at most this many texts.")
+    evaluate.add_argument(
+        "--data",
+        help="Folder or file with labelled texts (default: the run's own data, split and subsampled as it ran, "
+        "which reproduces the run's own after score).",
+    )
+    evaluate.add_argument("--split", default="test", help="Split to score: train, validation or test (default).")
+    evaluate.add_argument(
+        "--max-samples", type=int, default=None, help="Score at most this many texts (drawn with the run's seed)."
+    )
     evaluate.add_argument("--output", help="Write the metrics as JSON here.")
     evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(evaluate)

@@ -336,11 +336,35 @@ def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int
     return encoded.remove_columns("truncated"), truncated
 
 
-def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "single") -> Dataset:
-    """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate`).
+def load_run_split(args: DataArgs, split: str, labels: list[str], seed: int) -> Dataset:
+    """The `split` a run was measured on, rebuilt as the run built it (for `loratune evaluate RUN` without --data):
+    the run's data read, carved and subsampled by `load_splits` with the run's `seed`.
+
+    Raises:
+        DataError: when the run's data is gone or its labels no longer match the run's.
+    """
+    try:
+        splits = load_splits(args, seed)
+    except DataError as error:
+        raise DataError(f"The run's own data could not be read ({error}); pass --data PATH.") from None
+    if splits.labels != labels:
+        raise DataError(
+            f"{args.path} now has the labels {splits.labels[:10]}, not the run's {labels[:10]}; "
+            "pass --data PATH with the run's data."
+        )
+    if split not in ("train", "validation", "test"):
+        raise DataError(f"Unknown split {split!r}; choose --split train, validation or test.")
+    return getattr(splits, split)
+
+
+def load_eval_split(
+    args: DataArgs, split: str, labels: list[str], task: str = "single", seed: int = 42
+) -> Dataset:
+    """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate --data`).
 
     A folder gives its `split` file; a single file is used whole. `task` is the run's ("single" or "multi"): a
-    multi-label run's data is read as label sets and encoded as multi-hot vectors over `labels`.
+    multi-label run's data is read as label sets and encoded as multi-hot vectors over `labels`. A subsample
+    (`args.max_eval_samples`) is drawn with `seed`, as training draws it: the run's seed gives the run's texts.
 
     Raises:
         DataError: as `load_splits`, and when the split is missing or has a label the run never saw.
@@ -370,4 +394,4 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "
     ds = _standardise(raw[split], split, text_col, pair_col, label_col, args)
     ds = _read_labels(ds, split, task, args.label_separator)
     encode = multilabel.encode if task == "multi" else _encode_labels
-    return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed=0)
+    return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed)

@@ -3,6 +3,7 @@ multi-label tasks subset accuracy, micro / macro / samples averages and Hamming 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -142,10 +143,18 @@ def metrics_from_logits(
     logits against label ids, or against multi-hot rows for a multi-label task. Multi-label decisions are
     sigmoid(logits / `temperature`) >= `thresholds` (0.5 when None); single-label ones the argmax."""
     if y_true.ndim == 2:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(logits).float(), torch.from_numpy(y_true).float()
-        ).item()
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits).float(), torch.from_numpy(y_true).float(), reduction="none"
+        )
         predicted = decisions.decide(decisions.probabilities(logits, temperature), thresholds)
-        return compute_multilabel_metrics(y_true, predicted, labels, loss=loss)
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true)).item()
-    return compute_metrics(y_true, logits.argmax(-1), labels, loss=loss)
+        return compute_multilabel_metrics(y_true, predicted, labels, loss=_exact_mean(losses))
+    losses = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true), reduction="none")
+    return compute_metrics(y_true, logits.argmax(-1), labels, loss=_exact_mean(losses))
+
+
+def _exact_mean(losses: torch.Tensor) -> float:
+    """The mean of every element, summed exactly (`math.fsum`): the same whatever order the texts came in, so a
+    run's "after" loss (texts in the dataset's order) and `loratune evaluate`'s (in batch order) agree to the last
+    digit. torch's mean sums in float32 in whatever order it is given, which moved the last digit."""
+    values = losses.double().flatten().tolist()
+    return math.fsum(values) / len(values)

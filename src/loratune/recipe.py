@@ -34,6 +34,7 @@ from loratune.quiet import quiet_libraries
 from loratune.report import write_report
 from loratune.runs import Run, load_run  # noqa: F401  (load_run: re-exported, the older import path)
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
+from loratune.sources import recorded_path
 from loratune.train import LoopState, train
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, devi
     """The config as run: every `auto` and default decided, so the saved config repeats this run exactly."""
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, task=splits.task),
+        data=dataclasses.replace(cfg.data, path=recorded_path(cfg.data.path), task=splits.task),
         model=dataclasses.replace(
             cfg.model, name_or_path=portable_model_name(built.name_or_path, run_dir), pooling=built.pooling
         ),

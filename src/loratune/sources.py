@@ -53,6 +53,13 @@ def load_raw(args: DataArgs) -> DatasetDict:
     return DatasetDict(loaded)
 
 
+def recorded_path(path: str) -> str:
+    """`path` as a run folder records it: a local file or folder made absolute, so that `loratune evaluate RUN`
+    finds the run's data from any working directory; a hub id as given."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
 def split_files(folder: Path) -> dict[str, Path]:
     """The folder's files named after a split (train, validation, test and their aliases), by split."""
     found: dict[str, Path] = {}
