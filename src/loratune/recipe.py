@@ -65,37 +65,15 @@ def run(cfg: Config, resume: bool = False) -> Run:
         scope.enter_context(run_lock(run_dir, enabled=accelerator.is_main_process))  # only the main one writes
         _open_run_dir(run_dir, resume, cfg.train.overwrite, accelerator)
         set_seed(cfg.train.seed)
-        prior = np.asarray(splits.train["label"]).mean(axis=0) if splits.task == "multi" else None
-        built = build_model(cfg.model, cfg.lora, splits.labels, device, run_dir, label_prior=prior)
+        built = _build(cfg, splits, device, run_dir)
         cfg = _resolve(cfg, built, splits, run_dir, device, dtype)
         _start_tracking(cfg, accelerator, run_dir, splits.labels)
         tokenised, truncated = _tokenize(splits, built.tokenizer, cfg.data.max_length, accelerator)
         _finish_checks(cfg, checks, truncated, run_dir, accelerator)
         model = _place(built.model, dtype, accelerator)
-        pad_id = built.tokenizer.pad_token_id
-        eval_ds = tokenised[splits.eval_name]
-        processes = accelerator.num_processes
-        eval_loader = accelerator.prepare(
-            build_eval_loader(eval_ds, cfg.train.eval_batch_size, pad_id, device, processes)
-        )
-        before, logits_before = _evaluate_before(
-            model, eval_loader, eval_ds, splits.labels, accelerator, dtype, run_dir, resume
-        )
-        state = None
-        if cfg.lora.method != "none":
-            state = train(
-                model,
-                tokenised["train"],
-                tokenised["validation"],
-                splits.labels,
-                cfg.train,
-                accelerator,
-                pad_id,
-                checkpoint_dir=run_dir,
-                on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
-                loss_fn=build_loss(splits.task == "multi", class_weights),
-                head_modules=built.head_modules,
-            )
+        eval_data, val_data = _scoring_loaders(cfg, splits, tokenised, built, device, accelerator)
+        before, logits_before = _evaluate_before(model, *eval_data, splits.labels, accelerator, dtype, run_dir, resume)
+        state = _train(cfg, model, splits, tokenised, built, accelerator, class_weights, run_dir)
         _save_model(run_dir, accelerator.unwrap_model(model), cfg, built, accelerator)
         counts = built.parameter_counts()
         if state is not None:
@@ -104,20 +82,7 @@ def run(cfg: Config, resume: bool = False) -> Run:
             # together.
             model = built = None
             accelerator.free_memory()
-        val_loader = accelerator.prepare(
-            build_eval_loader(tokenised["validation"], cfg.train.eval_batch_size, pad_id, device, processes)
-        )
-        after = _evaluate_after(
-            run_dir,
-            model,
-            (eval_loader, eval_ds),
-            (val_loader, tokenised["validation"]),
-            accelerator,
-            dtype,
-            state,
-            before,
-            logits_before,
-        )
+        after = _evaluate_after(run_dir, model, eval_data, val_data, accelerator, dtype, state, before, logits_before)
         findings = _examine(cfg, after, splits, logits_before)
         summary = _summarise(
             cfg, counts, splits, truncated, before, after, state, accelerator, findings, class_weights
@@ -153,7 +118,7 @@ def _class_weights(cfg: Config, splits: Splits) -> np.ndarray | None:
 
 def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
     # No mixed_precision here: Accelerate would fix it for the whole process; `precision.autocast` does it per run.
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=device == "cpu",
         # pinned batches (`precision.pin_memory`) copied without waiting, so the copy overlaps the step before
         dataloader_config=DataLoaderConfiguration(non_blocking=precision.pin_memory(device)),
@@ -161,7 +126,6 @@ def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
         log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
         project_dir=str(run_dir / artifacts.LOGS_DIR),
     )
-    return accelerator
 
 
 def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Accelerator) -> None:
@@ -171,6 +135,12 @@ def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Acc
     elif accelerator.is_main_process:
         artifacts.prepare_run_dir(run_dir, overwrite)
     accelerator.wait_for_everyone()
+
+
+def _build(cfg: Config, splits: Splits, device: str, run_dir: Path) -> BuiltModel:
+    # A multi-label head starts at the labels' base rates (see modeling.build_model).
+    prior = np.asarray(splits.train["label"]).mean(axis=0) if splits.task == "multi" else None
+    return build_model(cfg.model, cfg.lora, splits.labels, device, run_dir, label_prior=prior)
 
 
 def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, device: str, dtype: str) -> Config:
@@ -214,6 +184,38 @@ def _tokenize(splits: Splits, tokenizer: Any, max_length: int, accelerator: Acce
 def _place(model: Any, dtype: str, accelerator: Accelerator) -> Any:
     precision.prepare_for_training(model, dtype, accelerator.distributed_type.value)
     return model.to(accelerator.device)
+
+
+def _scoring_loaders(cfg: Config, splits: Splits, tokenised: dict, built: BuiltModel, device: str, accelerator):
+    """(loader, dataset) of the split scored before and after, and of validation (for the temperature and the
+    thresholds): sorted batches, as `loratune evaluate` runs them."""
+
+    def loader(ds: datasets.Dataset) -> tuple[Any, datasets.Dataset]:
+        pad_id, processes = built.tokenizer.pad_token_id, accelerator.num_processes
+        return accelerator.prepare(build_eval_loader(ds, cfg.train.eval_batch_size, pad_id, device, processes)), ds
+
+    return loader(tokenised[splits.eval_name]), loader(tokenised["validation"])
+
+
+def _train(
+    cfg: Config, model, splits: Splits, tokenised: dict, built: BuiltModel, accelerator, class_weights, run_dir
+):
+    """The training loop, each epoch's record sent to the trackers; None for method none, which trains nothing."""
+    if cfg.lora.method == "none":
+        return None
+    return train(
+        model,
+        tokenised["train"],
+        tokenised["validation"],
+        splits.labels,
+        cfg.train,
+        accelerator,
+        built.tokenizer.pad_token_id,
+        checkpoint_dir=run_dir,
+        on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+        loss_fn=build_loss(splits.task == "multi", class_weights),
+        head_modules=built.head_modules,
+    )
 
 
 def _score(model, loader, ds: datasets.Dataset, accelerator, dtype: str, names: list[str]) -> tuple[Metrics, Any]:
