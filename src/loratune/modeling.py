@@ -187,7 +187,7 @@ def load_classifier(
     from transformers.utils import logging as hf_logging
 
     id2label = dict(enumerate(labels))
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialised weights" warning is expected: we train those
     hf_logging.disable_progress_bar()  # a bar for loading 100 tensors is noise
     try:
@@ -207,7 +207,8 @@ def load_classifier(
         raise ModelError(_load_failure(name_or_path, error)) from error
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bar:  # as it was: a caller that hid the bars (the CLI, `quiet_libraries`) keeps them hidden
+            hf_logging.enable_progress_bar()
     new = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
     return model, _head_modules(model, new)
 
