@@ -196,6 +196,27 @@ def test_bad_config_value_exits_2(tiny_bert, data_dir, tmp_path, capsys):
     assert_one_line_error(capsys, code, r"train.learning_rate='fast' is not a valid float")
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--lora.rank", "4"], r"unknown option '--lora.rank' for loratune train; did you mean --lora-r\?"),
+        (["predict", "run", "--txt", "hi"], r"unknown option '--txt' for loratune predict; did you mean --text\?"),
+        (["train", "--zzzzzz"], r"unknown option '--zzzzzz' for loratune train; `loratune train --help`"),
+        (["evaluate"], r"the following arguments are required: run; `loratune evaluate --help` lists"),
+        (["predict", "run", "--precision", "fp64"], r"argument --precision: invalid choice: 'fp64'"),
+        (["frobnicate"], r"argument command: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_argparse_mistakes_are_one_line_errors_with_the_nearest_option(capsys, argv, expected):
+    assert_one_line_error(capsys, main(argv), expected)
+
+
+def test_help_still_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0 and "--lora-r" in capsys.readouterr().out
+
+
 def test_override_without_equals_exits_2(capsys):
     assert_one_line_error(capsys, main(["validate", "oops"]), r"Unexpected argument 'oops'")
 
@@ -240,3 +261,18 @@ def test_debug_reraises_the_error(capsys):
 def test_debug_reraises_data_errors(tiny_bert, tmp_path):
     with pytest.raises(DataError):
         main(["--debug", *train_args(tiny_bert, tmp_path / "nope.csv", tmp_path / "run")])
+
+
+def test_the_hub_clients_retry_warnings_are_hidden_while_loading(caplog):
+    # Without a network a hub id is retried five times, two warning lines a try, before the one-line error.
+    from huggingface_hub.utils import logging as hub_logging
+
+    from loratune.quiet import quiet_libraries
+
+    retry_log = hub_logging.get_logger("huggingface_hub.utils._http")
+    before = hub_logging.get_verbosity()
+    with quiet_libraries():
+        retry_log.warning("Retrying in 1s [Retry 1/5].")
+    assert hub_logging.get_verbosity() == before
+    retry_log.warning("Retrying in 2s [Retry 2/5].")  # outside the block the library speaks as it did
+    assert [r.getMessage() for r in caplog.records if "Retrying" in r.getMessage()] == ["Retrying in 2s [Retry 2/5]."]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from loratune import artifacts
 from loratune.config import Config, field_flags, load_config
@@ -238,8 +239,25 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing or unknown option, a bad choice) as one line, like loratune's: argparse
+    prints the whole usage block before them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; `{self.prog} --help` lists the options.")
+
+
+def _unknown_options(extras: list[str], command: argparse.ArgumentParser) -> str:
+    """One line for options the command does not have, with the nearest known one (`--lora.rank` -> `--lora-r`)."""
+    known = [flag for action in command._actions for flag in action.option_strings]  # argparse has no public list
+    wrong = next((e for e in extras if e.startswith("-")), extras[0]).split("=")[0]
+    near = difflib.get_close_matches(wrong.replace(".", "-").replace("_", "-"), known, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown option {wrong!r} for {command.prog}; {hint}`{command.prog} --help` lists the options."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loratune", description="LoRA fine-tuning of text classifiers, measured.")
+    parser = _Parser(prog="loratune", description="LoRA fine-tuning of text classifiers, measured.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for user errors too.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -313,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Rebuild plots, report.md and report.html from a run folder.")
     report.add_argument("run", help="Run folder.")
     report.set_defaults(func=cmd_report)
+    parser.commands = sub.choices  # each command's parser, for _unknown_options
     return parser
 
 
@@ -324,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT still calls a transformers method that 5.x renamed; the warning says nothing the user can act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise ConfigError(_unknown_options(extras, parser.commands[args.command]))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command in _LOADS_LIBRARIES:  # train's run() quiets them itself

@@ -357,9 +357,7 @@ def load_run_split(args: DataArgs, split: str, labels: list[str], seed: int) -> 
     return getattr(splits, split)
 
 
-def load_eval_split(
-    args: DataArgs, split: str, labels: list[str], task: str = "single", seed: int = 42
-) -> Dataset:
+def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "single", seed: int = 42) -> Dataset:
     """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate --data`).
 
     A folder gives its `split` file; a single file is used whole. `task` is the run's ("single" or "multi"): a

@@ -21,18 +21,23 @@ def peft_warnings_hidden() -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """datasets' Filter / Map / Tokenising bars, transformers' "Writing model shards" bar and PEFT's
-    FutureWarning, hidden within the block (loratune's own epoch lines stay)."""
+    """datasets' Filter / Map / Tokenising bars, transformers' "Writing model shards" bar, PEFT's FutureWarning
+    and the hub client's retry warnings (two lines per retry while a hub id is tried without a network, before
+    the one-line error), hidden within the block (loratune's own epoch lines stay)."""
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
+    hub_verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
     try:
         with peft_warnings_hidden():
             yield
     finally:
+        hub_logging.set_verbosity(hub_verbosity)
         if bars[0]:
             datasets.enable_progress_bars()
         if bars[1]:
