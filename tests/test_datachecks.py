@@ -61,7 +61,12 @@ def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
     assert checks["splits"]["test"]["conflicting_texts"] == 0
     assert checks["label_counts"] == {"neg": 23, "pos": 24}
     assert checks["imbalance_ratio"] == pytest.approx(24 / 23)
-    assert len(checks["warnings"]) == 4  # shared train/validation, shared train/test, the conflict, the drop
+    assert checks["warnings"] == [  # one of each, in the singular
+        "1 text appears in both train and validation (1 after normalising case and spaces)",
+        "1 text appears in both train and test (2 after normalising case and spaces)",
+        "1 train text carries more than one label (1 after normalising)",
+        "1 train row was dropped (empty text or missing label)",
+    ]
 
 
 def test_truncation_past_one_percent_warns_and_strict_mode_refuses(planted):
@@ -71,7 +76,7 @@ def test_truncation_past_one_percent_warns_and_strict_mode_refuses(planted):
     )
     assert checks["splits"]["train"]["truncated"] == 10
     assert any("longer than 16 tokens" in w for w in checks["warnings"])
-    with pytest.raises(DataError, match="strict-data.*appear in both"):
+    with pytest.raises(DataError, match="strict-data.*appears? in both"):
         check_strict(checks, "data_checks.json")
 
 

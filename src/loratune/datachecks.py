@@ -144,26 +144,37 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
     for pair, found in checks["shared"].items():
         if found["texts_normalised"]:
             out.append(
-                f"{found['texts']} texts appear in both {pair.replace('/', ' and ')} "
+                f"{_texts(found['texts'], 'appears', 'appear')} in both {pair.replace('/', ' and ')} "
                 f"({found['texts_normalised']} after normalising case and spaces)"
             )
     for split, found in checks["splits"].items():
         if found["conflicting_texts_normalised"]:
             what = "differing label sets" if checks.get("task") == "multi" else "more than one label"
             out.append(
-                f"{found['conflicting_texts']} {split} texts carry {what} "
+                f"{_texts(found['conflicting_texts'], 'carries', 'carry', split)} {what} "
                 f"({found['conflicting_texts_normalised']} after normalising)"
             )
         if found["dropped_rows"]:
-            out.append(f"{found['dropped_rows']} {split} rows were dropped (empty text or missing label)")
+            rows = found["dropped_rows"]
+            out.append(
+                f"{rows} {split} {'row was' if rows == 1 else 'rows were'} dropped (empty text or missing label)"
+            )
         if found.get("truncated", 0) > TRUNCATED_WARN * max(found["rows"], 1):
-            out.append(f"{found['truncated']} {split} texts are longer than {checks.get('max_length')} tokens")
+            out.append(
+                f"{_texts(found['truncated'], 'is', 'are', split)} longer than {checks.get('max_length')} tokens"
+            )
     ratio = checks["imbalance_ratio"]
     if ratio is None or ratio >= IMBALANCE_WARN:
         shown = "∞" if ratio is None else f"{ratio:.1f}"
         what = "label" if checks.get("task") == "multi" else "class"
         out.append(f"train labels are imbalanced (largest / smallest {what}: {shown})")
     return out
+
+
+def _texts(n: int, verb_one: str, verb_many: str, split: str = "") -> str:
+    """'1 test text carries' / '3 test texts carry'."""
+    noun = f"{split} text" if split else "text"
+    return f"{n} {noun} {verb_one}" if n == 1 else f"{n} {noun}s {verb_many}"
 
 
 def format_block(checks: dict[str, Any]) -> str:
