@@ -53,6 +53,9 @@ new Promise((resolve) => {
       decoded: images.filter((img) => img.complete && img.naturalWidth > 0).length,
       tables: document.querySelectorAll("table").length,
       overflow_px: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+      wrapped: document.querySelectorAll("table.wrapped").length,
+      wrapped_scrolling: Array.from(document.querySelectorAll(".table-wrap"))
+        .filter((box) => box.querySelector("table.wrapped") && box.scrollWidth > box.clientWidth).length,
     });
   };
   document.readyState === "complete" ? check() : window.addEventListener("load", check);
@@ -202,4 +205,8 @@ def test_page_renders_every_image_and_table_and_fits_the_screen(
     assert found["tables"] == tables
     # Wide tables and figures scroll inside their own boxes; the page itself must never scroll sideways.
     assert found["overflow_px"] <= 0
+    if page != "comparison":  # tables of example texts wrap the texts: on a laptop they fit without scrolling
+        assert found["wrapped"] >= 2
+        if device == "desktop":
+            assert found["wrapped_scrolling"] == 0
     keep_screenshot(browser.screenshot(tmp_path / f"{page}-{device}.png"))

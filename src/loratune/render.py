@@ -52,6 +52,7 @@ class Table:
     signed: tuple[int, ...] = ()  # columns whose '+'/'-' values are coloured in HTML
     key_value: bool = False
     lower_is_better: tuple[int, ...] = ()  # rows (an error rate) whose signed values are coloured the other way
+    wrap: tuple[int, ...] = ()  # columns of free text, wrapped in HTML rather than widening the table
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.header) - 1)
@@ -137,6 +138,10 @@ td.down { color: var(--down); font-weight: 600; }
 table.kv td:first-child { position: static; color: var(--muted); width: 40%; }
 table.kv td { white-space: normal; overflow-wrap: anywhere; }
 table.kv thead { display: none; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 7em; }
+td.wrap:first-child { min-width: 14em; }
+/* A wrapped text column is too wide to stay in view while the table scrolls. */
+table.wrapped th:first-child, table.wrapped td:first-child { position: static; }
 .figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 360px), 1fr)); gap: 14px;
         margin: 0 0 14px; }
 figure { margin: 0; padding: 12px; background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
@@ -181,6 +186,8 @@ def _html_table(table: Table) -> str:
         classes = []
         if table.alignment()[column] == "r":
             classes.append("r")
+        if tag == "td" and column in table.wrap:
+            classes.append("wrap")
         if tag == "td" and column in table.signed and text[:1] in "+-" and not re.match(r"^[+-]0\.0 ", text):
             good = text.startswith("+") != (row in table.lower_is_better)
             classes.append("up" if good else "down")
@@ -191,7 +198,7 @@ def _html_table(table: Table) -> str:
     body = "\n".join(
         "<tr>" + "".join(cell("td", c, i, r) for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(table.rows)
     )
-    kind = ' class="kv"' if table.key_value else ""
+    kind = ' class="kv"' if table.key_value else ' class="wrapped"' if table.wrap else ""
     table = f"<table{kind}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
     return f'<div class="table-wrap">{table}</div>'
 

@@ -79,6 +79,7 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
                     for r in rows.itertuples()
                 ],
                 align="llllr",
+                wrap=(0, 1, 2, 3) if multi else (0,),
             ),
         ]
     if multi:
@@ -99,6 +100,7 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
                 ["true", "predicted", "examples", "example"],
                 [[p.true, p.predicted, count(p.count), _clip(p.example)] for p in pairs],
                 align="llrl",
+                wrap=(3,),
             ),
         ]
     return blocks
@@ -223,6 +225,7 @@ def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
             for pair, found in checks.get("shared", {}).items()
         ],
         align="lrrl",
+        wrap=(3,),
     )
     ratio = checks.get("imbalance_ratio")
     warnings = checks.get("warnings") or []
@@ -243,6 +246,7 @@ def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
                 ["split", "text with conflicting labels", "labels"],
                 [[c["split"], _clip(c["text"]), ", ".join(c["labels"])] for c in conflicts[:EXAMPLES]],
                 align="lll",
+                wrap=(1,),
             )
         )
     blocks.append(Text("Warnings: " + "; ".join(warnings) + "." if warnings else "No warnings.", muted=not warnings))
