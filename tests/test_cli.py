@@ -98,6 +98,13 @@ def test_predict_prints_each_texts_most_likely_label_and_its_probability(cli_run
         assert float(score) == pytest.approx(float(probs.max()), abs=1e-4), (text, probs)  # printed to 4 places
 
 
+def test_predict_notes_empty_texts_and_still_labels_every_one(cli_run, capsys):
+    assert main(["predict", str(cli_run), "--device", "cpu", "--text", "great movie", "--text", "  "]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip("\n").splitlines()) == 2
+    assert "note: 1 of 2 texts are empty" in captured.err
+
+
 def test_predict_reads_an_input_file_and_writes_an_output_file(cli_run, data_dir, tmp_path, capsys):
     out = tmp_path / "predictions.jsonl"
     assert main(["predict", str(cli_run), "--input", str(data_dir / "test.csv"), "--output", str(out)]) == 0

@@ -153,6 +153,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "only their first tokens were read",
             file=sys.stderr,
         )
+    empty = sum(not text.strip() for text in texts)
+    if empty:  # kept, so that every input row has its prediction; training drops such rows
+        print(
+            f"note: {empty} of {len(texts)} texts are empty; their labels are guesses from no words", file=sys.stderr
+        )
     if args.output:
         write_predictions(args.output, texts, predictions)
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
