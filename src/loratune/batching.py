@@ -230,6 +230,10 @@ def build_eval_loader(
     ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu", processes: int = 1
 ) -> DataLoader:
     """Batches in `longest_first` order (no shuffling) for evaluation and prediction (see `eval_batches`)."""
-    packed = PackedTokens.from_dataset(ds, pad_token_id)
+    return packed_eval_loader(PackedTokens.from_dataset(ds, pad_token_id), batch_size, device, processes)
+
+
+def packed_eval_loader(packed: PackedTokens, batch_size: int, device: str = "cpu", processes: int = 1) -> DataLoader:
+    """`build_eval_loader` for texts already packed (`PackedTokens.from_encoded`: what `predict` reads)."""
     batches = eval_batches(packed.lengths.tolist(), batch_size, device, processes)
     return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=precision.pin_memory(device))

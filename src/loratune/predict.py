@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from loratune import artifacts, decisions, precision, weights
-from loratune.batching import PackedTokens, eval_batches
+from loratune.batching import PackedTokens, packed_eval_loader
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import DataError, RunError
+from loratune.evaluate import predict_logits
 from loratune.formatting import NO_LABELS
-from loratune.integrity import check_finite_logits
 from loratune.quiet import peft_warnings_hidden
 from loratune.schema import SET_SEPARATOR
 
@@ -115,21 +115,16 @@ class Predictor:
         args = [texts] if text_pairs is None else [texts, text_pairs]
         encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
         packed = PackedTokens.from_encoded(encoded, self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
+        if not len(packed):
+            return torch.zeros((0, len(self.labels)))
         # The batches `loratune evaluate` makes (longest first, padded to each batch's longest, sized for the
-        # device), so a text gets the same probabilities from both, whatever else is in its batch.
-        batches = eval_batches(packed.lengths.tolist(), self.batch_size, device.type)
-        chunks = []
-        with torch.inference_mode(), precision.attention_kernels(device.type):
-            for idx in batches:
-                batch = {k: v.to(device, non_blocking=True) for k, v in packed.__getitems__(idx).items()}
-                chunks.append(self.model(**batch).logits.float())  # kept on the device: no wait per batch
-        logits = torch.cat(chunks).cpu() if chunks else torch.zeros((0, len(self.labels)))
-        check_finite_logits(logits)
-        logits = logits / self.temperature
+        # device), scored by the same loop, so a text gets the same probabilities from both, whatever else is in
+        # its batch.
+        loader = packed_eval_loader(packed, self.batch_size, next(self.model.parameters()).device.type)
+        logits = torch.from_numpy(predict_logits(self.model, loader)[0]) / self.temperature
         scores = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
         probs = torch.empty_like(scores)
-        probs[[i for idx in batches for i in idx]] = scores
+        probs[[i for batch in loader.batch_sampler for i in batch]] = scores
         return probs
 
     def _label_set(self, row: list[float], decided: Any) -> dict[str, Any]:
