@@ -6,7 +6,7 @@ another process that does the same on the same cores, each spins through time sl
 crawl. This benchmark measures both cases for each policy:
 
 - `default`: nothing set: loratune sets torch's thread count to the cores other processes leave free
-  (`loratune.threads`), with libgomp's own spin;
+  (`loratune.training.threads`), with libgomp's own spin;
 - `fixed-threads`: `OMP_NUM_THREADS` = the CPU count, which turns that off: one thread per core throughout, as
   loratune did before;
 - `spin` (`GOMP_SPINCOUNT=300000`, libgomp's default), `spin-100k`, `spin-10k`: fixed threads, shorter spins
@@ -60,7 +60,7 @@ def start_run(data: Path, model: Path, out: Path, policy: str) -> subprocess.Pop
 
 def train_rate(out: Path) -> float:
     """Train samples/s of a finished run, from its metrics.json (training steps only)."""
-    from loratune.artifacts import load_summary  # importable: bench_train put src/ on the path
+    from loratune.runs.files import load_summary  # importable: bench_train put src/ on the path
 
     return load_summary(out).throughput.train_samples_per_s
 

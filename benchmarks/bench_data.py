@@ -57,8 +57,8 @@ def main() -> None:
         import datasets
 
         from loratune.config import DataArgs
-        from loratune.data import load_splits, tokenize
-        from loratune.modeling import default_model_path, load_tokenizer
+        from loratune.data.splits import load_splits, tokenize
+        from loratune.model.build import default_model_path, load_tokenizer
 
         datasets.disable_progress_bars()
         tokenizer = load_tokenizer(default_model_path())

@@ -51,7 +51,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR / "src"))  # a checkout that is not pip-installed (the GPU machine)
 
-from loratune.threads import busy_cpu_seconds  # noqa: E402  (no torch: the driver stays light)
+from loratune.training.threads import busy_cpu_seconds  # noqa: E402  (no torch: the driver stays light)
 
 DATA_DIR = REPO_DIR.parent / "shared" / "data" / "sst2"
 VARIANTS = ("anchor_fp32", "anchor_bf16", "loratune", "loratune_fp32", "loratune_compile")
@@ -284,8 +284,8 @@ def run_loratune(variant: str, data: Path, n_train: int, args: argparse.Namespac
     if child.code != 0:
         row.error = f"exit {child.code}: {_tail(log)}"
         return row
-    from loratune.artifacts import load_summary
     from loratune.errors import RunError
+    from loratune.runs.files import load_summary
 
     try:
         summary = load_summary(output_dir)

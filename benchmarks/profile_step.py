@@ -151,7 +151,7 @@ class _Session:
 
 def profile_run(argv: list[str], device: str, warmup: int, steps: int, use_cprofile: bool) -> dict[str, _Session]:
     """Run `loratune train argv` with the training loop's loader and the first validation pass profiled."""
-    import loratune.train as loop
+    import loratune.training.loop as loop
     from loratune.cli import main
 
     sessions = {"train_step": _Session("train_step", device, use_cprofile)}

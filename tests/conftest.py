@@ -328,7 +328,7 @@ def tiny_config(model_dir: Path, data_path: Path, output_dir: Path | None = None
 @pytest.fixture(scope="session")
 def bert_run(tmp_path_factory, tiny_bert, data_dir):
     """One finished 2-epoch LoRA run on the tiny BERT, shared by the tests that only read a run folder."""
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     return run(tiny_config(tiny_bert, data_dir, tmp_path_factory.mktemp("runs") / "bert"))
 
@@ -414,8 +414,8 @@ def fake_summary(
 
     `method="base"` means "none", as in `loratune compare --methods base,...`.
     """
-    from loratune.compare import METHOD_ALIASES
     from loratune.schema import DataSummary, EpochRecord, RunSummary, Throughput
+    from loratune.training.compare import METHOD_ALIASES
 
     method = METHOD_ALIASES.get(method, method)
     history = [
@@ -477,15 +477,15 @@ def save_run_folder(run_dir: Path, summary, config: str | None = FAKE_CONFIG, la
         config: Text of config.yaml, or None to leave it out.
         labels: What labels.json holds; the summary's labels by default, [] to leave the file out.
     """
-    from loratune import artifacts
+    from loratune.runs import files
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.save_summary(run_dir, summary)
+    files.save_summary(run_dir, summary)
     labels = summary.labels if labels is None else labels
     if labels:
-        artifacts.write_json(run_dir / artifacts.LABELS_FILE, labels)
+        files.write_json(run_dir / files.LABELS_FILE, labels)
     if config is not None:
-        artifacts.write_text(run_dir / artifacts.CONFIG_FILE, config)
+        files.write_text(run_dir / files.CONFIG_FILE, config)
     return run_dir
 
 
@@ -505,8 +505,8 @@ def write_fake_findings(run_dir: Path, labels: list[str], accuracy: float, seed:
 
     import numpy as np
 
-    from loratune import artifacts
-    from loratune.findings import compute_findings
+    from loratune.runs import files
+    from loratune.scoring.findings import compute_findings
 
     gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
     y_true = gold_rng.integers(0, len(labels), n)
@@ -530,14 +530,14 @@ def write_fake_findings(run_dir: Path, labels: list[str], accuracy: float, seed:
         labels,
         seed=seed,
     )
-    summary = artifacts.load_summary(run_dir)
+    summary = files.load_summary(run_dir)
     summary = dataclasses.replace(
         summary, changes=found.changes, calibration=found.calibration, significance=found.significance
     )
-    artifacts.save_summary(run_dir, summary)
-    artifacts.save_predictions(run_dir, found.table)
-    artifacts.save_calibration(run_dir, found.reliability)
-    artifacts.save_data_checks(run_dir, FAKE_DATA_CHECKS)
+    files.save_summary(run_dir, summary)
+    files.save_predictions(run_dir, found.table)
+    files.save_calibration(run_dir, found.reliability)
+    files.save_data_checks(run_dir, FAKE_DATA_CHECKS)
     return run_dir
 
 
@@ -647,14 +647,15 @@ def write_fake_multilabel_run(
     import numpy as np
     import pandas as pd
 
-    from loratune import artifacts, stats
-    from loratune.changes import count_changes
+    from loratune.runs import files
     from loratune.schema import Calibration, Significance
+    from loratune.scoring import significance
+    from loratune.scoring.changes import count_changes
 
     summary = fake_multilabel_summary(labels, **kw)
     save_run_folder(run_dir, summary, config=FAKE_MULTI_CONFIG)
     thresholds = fake_thresholds(labels)
-    artifacts.save_thresholds(run_dir, thresholds)
+    files.save_thresholds(run_dir, thresholds)
     cut = np.array([thresholds[label] for label in labels])
 
     gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
@@ -706,7 +707,7 @@ def write_fake_multilabel_run(
         return sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in found) / gold.size
 
     reliability = {"before": bins(before), "after": bins(after), "after_calibrated": bins(after)}
-    _, _, p_value = stats.mcnemar_exact(right_before.to_numpy(), right_after.to_numpy())
+    _, _, p_value = significance.mcnemar_exact(right_before.to_numpy(), right_after.to_numpy())
     summary = dataclasses.replace(
         summary,
         before=dataclasses.replace(summary.before, accuracy=float(right_before.mean())),
@@ -727,8 +728,8 @@ def write_fake_multilabel_run(
             mcnemar_p=p_value,
         ),
     )
-    artifacts.save_summary(run_dir, summary)
-    artifacts.save_predictions(run_dir, table)
-    artifacts.save_calibration(run_dir, {"temperature": 1.3, "fitted_on": "validation", "bins": reliability})
-    artifacts.save_data_checks(run_dir, FAKE_DATA_CHECKS)
+    files.save_summary(run_dir, summary)
+    files.save_predictions(run_dir, table)
+    files.save_calibration(run_dir, {"temperature": 1.3, "fitted_on": "validation", "bins": reliability})
+    files.save_data_checks(run_dir, FAKE_DATA_CHECKS)
     return run_dir

@@ -6,7 +6,13 @@ import random
 
 import torch
 
-from loratune.batching import EvalBatchSampler, LengthGroupedBatchSampler, PackedTokens, bucket_length, longest_first
+from loratune.data.batches import (
+    EvalBatchSampler,
+    LengthGroupedBatchSampler,
+    PackedTokens,
+    bucket_length,
+    longest_first,
+)
 
 
 def _padding_ratio(batches: list[list[int]], lengths: list[int]) -> float:
@@ -97,14 +103,14 @@ def test_token_budget_batches_keep_each_batch_within_budget_and_cover_every_text
 
 
 def test_cpu_evaluation_keeps_fixed_batches_and_a_gpu_gets_a_token_budget():
-    from loratune import precision
+    from loratune.model import hardware
 
-    assert precision.eval_batch_tokens("cpu") is None and not precision.pin_memory("cpu")
-    assert precision.eval_batch_tokens("cuda") > 0 and precision.pin_memory("cuda")
+    assert hardware.eval_batch_tokens("cpu") is None and not hardware.pin_memory("cpu")
+    assert hardware.eval_batch_tokens("cuda") > 0 and hardware.pin_memory("cuda")
 
 
 def test_several_processes_evaluate_in_batches_of_one_size():
-    from loratune.batching import eval_batches
+    from loratune.data.batches import eval_batches
 
     lengths = [3, 400, 7, 120] * 50
     single = list(eval_batches(lengths, 16, "cuda"))

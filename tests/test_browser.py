@@ -29,8 +29,8 @@ from conftest import (
     write_fake_run,
 )
 
-from loratune.compare import write_comparison
-from loratune.report import write_report
+from loratune.report.run_report import write_report
+from loratune.training.compare import write_comparison
 
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_S = 60.0

@@ -1,11 +1,11 @@
-"""ECE, reliability bins and temperature scaling (loratune.calibration)."""
+"""ECE, reliability bins and temperature scaling (loratune.scoring.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import softmax
 
-from loratune.calibration import (
+from loratune.scoring.calibration import (
     calibrated_probabilities,
     expected_calibration_error,
     fit_temperature,

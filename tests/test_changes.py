@@ -1,10 +1,10 @@
-"""The predictions table and what it says changed (loratune.changes)."""
+"""The predictions table and what it says changed (loratune.scoring.changes)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from loratune.changes import build_predictions_table, confused_pairs, count_changes, examples
+from loratune.scoring.changes import build_predictions_table, confused_pairs, count_changes, examples
 
 LABELS = ["neg", "neu", "pos"]
 

@@ -80,7 +80,7 @@ def test_train_repeats_a_run_from_its_saved_config(cli_run, tmp_path, capsys):
 
 
 def test_predict_prints_each_texts_most_likely_label_and_its_probability(cli_run, capsys):
-    from loratune.predict import Predictor
+    from loratune.inference.predictor import Predictor
 
     texts = ["great movie", "awful plot", "the film was really great"]
     argv = ["predict", str(cli_run), "--device", "cpu", "--precision", "fp32"]

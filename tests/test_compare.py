@@ -7,8 +7,8 @@ import json
 import pytest
 
 from loratune.cli import main
-from loratune.compare import parse_methods
 from loratune.errors import ConfigError
+from loratune.training.compare import parse_methods
 
 
 def test_compare_writes_one_filled_row_per_method(tmp_path, tiny_bert, data_dir, capsys):
@@ -71,7 +71,7 @@ def test_unknown_method_exits_2_with_one_line(tmp_path, data_dir, capsys):
 def test_seeds_give_mean_and_std_and_a_paired_verdict_against_lora(tmp_path):
     from conftest import FAKE_CONFIG, write_fake_findings, write_fake_run
 
-    from loratune.compare import write_comparison
+    from loratune.training.compare import write_comparison
 
     labels = ["negative", "positive"]
     runs = {}
@@ -100,9 +100,9 @@ def test_seeds_give_mean_and_std_and_a_paired_verdict_against_lora(tmp_path):
 def test_multilabel_runs_compare_by_macro_f1_micro_f1_and_subset_accuracy(tmp_path):
     from conftest import GO_EMOTIONS, write_fake_multilabel_run
 
-    from loratune import artifacts
-    from loratune.compare import write_comparison
     from loratune.formatting import percent
+    from loratune.runs import files
+    from loratune.training.compare import write_comparison
 
     labels = GO_EMOTIONS[:6]
     settings = {"head": (0.3, 0.3), "lora": (0.95, 0.6), "full": (0.95, 0.62)}  # (quality, macro F1)
@@ -116,7 +116,7 @@ def test_multilabel_runs_compare_by_macro_f1_micro_f1_and_subset_accuracy(tmp_pa
 
     rows = {row["method"]: row for row in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
     for method, folder in runs.items():
-        after = artifacts.load_summary(folder).after
+        after = files.load_summary(folder).after
         assert (rows[method]["f1"], rows[method]["accuracy"]) == (after.f1, after.accuracy)
         assert (rows[method]["micro_f1"], rows[method]["hamming_loss"]) == (after.micro_f1, after.hamming_loss)
     page = (tmp_path / "cmp" / "comparison.md").read_text()
@@ -131,7 +131,7 @@ def test_multilabel_runs_compare_by_macro_f1_micro_f1_and_subset_accuracy(tmp_pa
         assert (tmp_path / "cmp" / name).stat().st_size > 0 and f"({name})" in page
     assert not (tmp_path / "cmp" / "comparison_val_accuracy.png").exists()
     # The paired test reads the predictions files: a text is right only when its whole label set is.
-    lora, head = artifacts.load_predictions(runs["lora"]), artifacts.load_predictions(runs["head"])
+    lora, head = files.load_predictions(runs["lora"]), files.load_predictions(runs["head"])
     exact = (head["pred_after"] == head["label"]).mean() - (lora["pred_after"] == lora["label"]).mean()
     assert rows["head"]["vs_lora"]["accuracy_difference"] == pytest.approx(exact)
     assert rows["head"]["vs_lora"]["significant"] is True and rows["full"]["vs_lora"]["significant"] is False

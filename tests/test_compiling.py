@@ -1,4 +1,4 @@
-"""Tests for loratune.compiling: which modes a device accepts, and that a compiler failure never ends a run."""
+"""Tests for loratune.training.compiling: which modes a device accepts, and that a compiler failure never ends a run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from loratune.compiling import StepModel, resolve_compile
 from loratune.errors import ConfigError
-from loratune.recipe import run
+from loratune.training.compiling import StepModel, resolve_compile
+from loratune.training.recipe import run
 
 
 def test_auto_is_off_and_an_unknown_mode_is_refused():
@@ -34,9 +34,9 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_line(tiny_bert, data_di
 
     monkeypatch.setattr(torch, "compile", lambda module, **_: broken)
     cfg = tiny_config(tiny_bert, data_dir, train__output_dir=str(tmp_path / "run"), train__compile="on")
-    with caplog.at_level(logging.WARNING, logger="loratune.compiling"):
+    with caplog.at_level(logging.WARNING, logger="loratune.training.compiling"):
         result = run(cfg)
-    lines = [r.getMessage() for r in caplog.records if r.name == "loratune.compiling"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "loratune.training.compiling"]
     assert lines == [
         "torch.compile failed (RuntimeError: inductor: no C compiler); training goes on without it "
         "(--compile off hides this)."

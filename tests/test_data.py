@@ -1,4 +1,4 @@
-"""Tests for loratune.data: loading every supported layout, column detection, label maps, splits, bad data."""
+"""Tests for loratune.data.splits: loading every supported layout, column detection, label maps, splits, bad data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from conftest import make_rows, write_csv, write_jsonl
 
 from loratune import DataError
 from loratune.config import DataArgs
-from loratune.data import load_eval_split, load_splits, tokenize
+from loratune.data.splits import load_eval_split, load_splits, tokenize
 
 
 def test_folder_gives_its_three_splits(data_dir):

@@ -1,4 +1,4 @@
-"""Tests for multi-label data (loratune.data with loratune.multilabel): every form a label set can take, the task
+"""Tests for multi-label data (loratune.data.splits with loratune.data.labelsets): every form a label set can take, the task
 detection and its overrides, one-line errors, the label map, stratified carving, evaluation data and data checks."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from conftest import write_csv, write_jsonl, write_parquet
 from datasets import ClassLabel, Dataset, Features, List, Value
 
 from loratune.config import DataArgs
-from loratune.data import load_eval_split, load_splits, load_texts
-from loratune.datachecks import compute_data_checks
+from loratune.data.checks import compute_data_checks
+from loratune.data.labelsets import to_name_sets
+from loratune.data.splits import load_eval_split, load_splits, load_texts
 from loratune.errors import DataError
-from loratune.multilabel import to_name_sets
 
 NAMES = ["joy", "anger", "love"]  # deliberately unsorted: the label map sorts them
 GO_EMOTIONS = Path(__file__).parents[2] / "shared" / "data" / "go_emotions"
@@ -245,7 +245,7 @@ def test_a_train_split_with_one_label_name_is_refused(tmp_path):
 def test_an_empty_cell_is_a_missing_label_and_the_row_is_dropped(tmp_path, caplog):
     train = rows(20, 0, "joined") + [{"text": "no label here", "labels": ""}]
     write_csv(tmp_path / "train.csv", train)
-    with caplog.at_level(logging.WARNING, logger="loratune.data"):
+    with caplog.at_level(logging.WARNING, logger="loratune.data.splits"):
         splits = load_splits(DataArgs(path=str(tmp_path)))
     assert splits.task == "multi" and splits.dropped["train"] == 1
     assert "no label here" not in read_back(splits)

@@ -1,4 +1,4 @@
-"""Property-based tests for loratune.data.load_splits: random, often broken, CSV and JSONL files either load into
+"""Property-based tests for loratune.data.splits.load_splits: random, often broken, CSV and JSONL files either load into
 consistent splits or fail with a one-line DataError, never another exception."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from loratune.config import DataArgs
-from loratune.data import load_splits, tokenize
+from loratune.data.splits import load_splits, tokenize
 from loratune.errors import DataError
 
 datasets.disable_caching()

@@ -1,4 +1,4 @@
-"""Data checks before training (loratune.datachecks): a planted dataset whose checks find exactly what was planted."""
+"""Data checks before training (loratune.data.checks): a planted dataset whose checks find exactly what was planted."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from conftest import write_csv
 
 from loratune.cli import main
 from loratune.config import DataArgs
-from loratune.data import load_splits
-from loratune.datachecks import add_truncation, check_strict, compute_data_checks
+from loratune.data.checks import add_truncation, check_strict, compute_data_checks
+from loratune.data.splits import load_splits
 from loratune.errors import DataError
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import tiny_config
 
-from loratune.artifacts import load_summary
+from loratune.runs.files import load_summary
 
 
 def free_port() -> int:
@@ -27,7 +27,7 @@ def free_port() -> int:
     reason="torchrun is not installed",
 )
 def test_two_processes_write_one_run_folder_with_single_process_metrics(tmp_path, tiny_bert, data_dir):
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     # Plain shuffling (no length groups): two processes with half the batch then see exactly the single run's
     # batches, split in two, and average the same gradients; only float rounding differs.

@@ -1,4 +1,4 @@
-"""Tests for loratune.evaluate: every score checked against a confusion matrix counted by hand."""
+"""Tests for loratune.scoring.metrics: every score checked against a confusion matrix counted by hand."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from loratune.evaluate import compute_metrics as _compute_metrics
-from loratune.evaluate import evaluate as _evaluate
 from loratune.schema import to_dict
+from loratune.scoring.metrics import compute_metrics as _compute_metrics
+from loratune.scoring.metrics import evaluate as _evaluate
 
 LABELS = ["cat", "dog", "eel"]
 # Ten examples, imbalanced (5 cat, 3 dog, 2 eel), and "eel" is never predicted.

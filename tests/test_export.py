@@ -1,4 +1,4 @@
-"""Tests for loratune.export: a run written as a plain transformers model (LoRA merged) or as its PEFT adapter,
+"""Tests for loratune.export.plain: a run written as a plain transformers model (LoRA merged) or as its PEFT adapter,
 loading without loratune and giving the probabilities `loratune predict` gives."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from conftest import pipeline_probabilities
 import loratune
 from loratune import RunError
 from loratune.cli import main
-from loratune.export import export_run
-from loratune.predict import Predictor
+from loratune.export.plain import export_run
+from loratune.inference.predictor import Predictor
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 
@@ -82,12 +82,12 @@ def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
 def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_carries_it(lora_run, tmp_path):
     import shutil
 
-    from loratune import artifacts
+    from loratune.runs import files
 
     run = shutil.copytree(lora_run, tmp_path / "run")
-    artifacts.save_calibration(run, {"temperature": 1.0})
+    files.save_calibration(run, {"temperature": 1.0})
     plain = Predictor.from_run(run, device="cpu", precision="fp32")
-    artifacts.save_calibration(run, {"temperature": 2.5})
+    files.save_calibration(run, {"temperature": 2.5})
     scaled = Predictor.from_run(run, device="cpu", precision="fp32")
     assert scaled.temperature == 2.5
     before, after = plain.predict_proba(TEXTS), scaled.predict_proba(TEXTS)
@@ -99,7 +99,7 @@ def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_
 
 def test_training_moved_the_model_so_the_comparison_means_something(trained_run, tiny_models, data_dir):
     run = trained_run(tiny_models["bert"], data_dir)
-    model, tokenizer, _, _ = loratune.weights.load_model(run)
+    model, tokenizer, _, _ = loratune.runs.weights.load_model(run)
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.inference_mode():
         adapted = model(**batch).logits
@@ -164,7 +164,7 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(lora_run, tmp_path):
 
 @pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
 def test_a_failed_export_leaves_nothing_behind(lora_run, tmp_path, monkeypatch):
-    import loratune.export as export
+    import loratune.export.plain as export
 
     def fail(*args, **kwargs):
         raise OSError("disk full")

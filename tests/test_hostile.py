@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config, write_csv
 
-from loratune.artifacts import CHECKPOINT_DIR, CHECKSUMS_FILE, COMPLETE, LOCK_FILE, load_summary
 from loratune.cli import main
+from loratune.runs.files import CHECKPOINT_DIR, CHECKSUMS_FILE, COMPLETE, LOCK_FILE, load_summary
 
 SCORES = ("accuracy", "precision", "recall", "f1")
 PR_CAPBSET_DROP = 24
@@ -122,7 +122,7 @@ def _unfinished_run(tmp_path: Path, tiny_bert: Path, data_dir: Path, sabotage: s
     run_dir = tmp_path / "unfinished"
     before = f"""
         import os, resource, signal
-        import loratune.train as train
+        import loratune.training.loop as train
         real_save = train.save_checkpoint
         def save_then_sabotage(*args, **kwargs):
             real_save(*args, **kwargs)
@@ -241,12 +241,12 @@ def test_a_run_that_hits_the_file_size_limit_stops_in_one_line_and_resumes_to_th
     # the epoch-1 checkpoint is intact and nothing half-written is left beside it
     assert json.loads((run_dir / CHECKPOINT_DIR / "state.json").read_text())["state"]["epoch"] == 1
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
-    from loratune.weights import verify_weights
+    from loratune.runs.weights import verify_weights
 
     verify_weights(run_dir / CHECKPOINT_DIR, ["state.safetensors", "state.json"])
 
     assert main(["train", "--resume", str(run_dir)]) == 0
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     uninterrupted = run(tiny_config(tiny_bert, data_dir, tmp_path / "full", train__num_epochs=3))
     resumed = load_summary(run_dir)
@@ -360,7 +360,7 @@ def test_training_reads_a_200000_character_field_and_counts_it_as_truncated(tmp_
 
 def test_a_text_column_of_digits_is_read_as_text(tmp_path, tiny_bert):
     from loratune.config import DataArgs
-    from loratune.data import load_splits
+    from loratune.data.splits import load_splits
 
     rows = [{"text": f"{i:03d}", "label": "good" if i % 2 else "bad"} for i in range(60)]
     write_csv(tmp_path / "digits.csv", rows)
@@ -401,7 +401,7 @@ def test_the_preflight_reports_every_problem_in_one_line(tmp_path, tiny_bert, ca
 
 
 def test_the_free_space_estimate_grows_with_what_the_method_trains(tiny_bert):
-    from loratune.preflight import estimate_run_bytes
+    from loratune.training.preflight import estimate_run_bytes
 
     full, lora, none = (estimate_run_bytes(str(tiny_bert), m) for m in ("full", "lora", "none"))
     assert none < lora < full

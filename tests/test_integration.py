@@ -24,7 +24,7 @@ def dataset(name: str) -> Path:
 
 
 def default_model() -> str:
-    from loratune.modeling import default_model_path
+    from loratune.model.build import default_model_path
 
     path = default_model_path()
     if not Path(path).is_dir():
@@ -59,7 +59,7 @@ def test_lora_on_sst2_beats_the_untrained_model(sst2_run):
 
 
 def test_predict_labels_clear_reviews_right_with_the_sst2_run(sst2_run, capsys):
-    from loratune.predict import Predictor
+    from loratune.inference.predictor import Predictor
 
     out, _ = sst2_run
     reviews = {

@@ -15,9 +15,9 @@ from conftest import pipeline_probabilities, write_csv
 
 import loratune
 from loratune import RunError
-from loratune.export import export_run
-from loratune.predict import Predictor
-from loratune.weights import load_model
+from loratune.export.plain import export_run
+from loratune.inference.predictor import Predictor
+from loratune.runs.weights import load_model
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for loratune.modeling: LoRA targets per architecture, what trains, pad tokens, bad model folders."""
+"""Tests for loratune.model.build: LoRA targets per architecture, what trains, pad tokens, bad model folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from loratune import ModelError
 from loratune.config import LoraArgs, ModelArgs
-from loratune.modeling import HEAD_NAMES, build_model, load_tokenizer
+from loratune.model.build import HEAD_NAMES, build_model, load_tokenizer
 
 LABELS = ["bad", "good"]
 TEXTS = ["great", "the movie was really great", "awful plot", "a very very awful story with really bad music"]

@@ -9,13 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, hamming_loss
 
-from loratune import calibration, decisions, stats
-from loratune.batching import PackedTokens
-from loratune.changes import build_predictions_table, count_changes
+from loratune.data.batches import PackedTokens
 from loratune.errors import ConfigError
-from loratune.evaluate import compute_multilabel_metrics, metrics_from_logits
-from loratune.findings import compute_findings, fit_decisions
-from loratune.losses import build_loss, compute_class_weights
+from loratune.scoring import calibration, significance, thresholding
+from loratune.scoring.changes import build_predictions_table, count_changes
+from loratune.scoring.findings import compute_findings, fit_decisions
+from loratune.scoring.metrics import compute_multilabel_metrics, metrics_from_logits
+from loratune.training.losses import build_loss, compute_class_weights
 
 LABELS = ["anger", "joy", "love"]
 
@@ -32,18 +32,18 @@ def _multi_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_tuned_thresholds_reach_the_best_f1_of_any_threshold():
     y, logits = _multi_data()
-    probs = decisions.probabilities(logits)
-    tuned = decisions.tune_thresholds(probs, y)
+    probs = thresholding.probabilities(logits)
+    tuned = thresholding.tune_thresholds(probs, y)
     for k in (1, 2):
         best = max(f1_score(y[:, k], probs[:, k] >= t, zero_division=0) for t in np.unique(probs[:, k]))
-        assert f1_score(y[:, k], decisions.decide(probs, tuned)[:, k]) == pytest.approx(best, abs=1e-9)
+        assert f1_score(y[:, k], thresholding.decide(probs, tuned)[:, k]) == pytest.approx(best, abs=1e-9)
     assert tuned[0] == 0.5  # no positives: the default
     assert f1_score(y[:, 2], probs[:, 2] >= 0.5, zero_division=0) < f1_score(y[:, 2], probs[:, 2] >= tuned[2])
 
 
 def test_label_sets_are_joined_in_label_order():
     decided = np.array([[False, True, True], [False, False, False]])
-    assert decisions.label_sets(decided, LABELS) == ["joy|love", ""]
+    assert thresholding.label_sets(decided, LABELS) == ["joy|love", ""]
 
 
 def test_multilabel_metrics_agree_with_sklearn():
@@ -62,7 +62,7 @@ def test_multilabel_metrics_agree_with_sklearn():
 def test_metrics_from_logits_apply_temperature_and_thresholds():
     y, logits = _multi_data()
     at_half = metrics_from_logits(logits, y, LABELS)
-    thresholds = decisions.tune_thresholds(decisions.probabilities(logits), y)
+    thresholds = thresholding.tune_thresholds(thresholding.probabilities(logits), y)
     tuned = metrics_from_logits(logits, y, LABELS, thresholds=thresholds)
     assert tuned.f1 > at_half.f1
     expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(y)).item()
@@ -123,12 +123,12 @@ def test_batches_give_float_rows_for_multi_label():
 def test_temperature_calibrates_overconfident_multilabel_logits():
     rng = np.random.default_rng(1)
     logits = rng.normal(-1.5, 1.5, (3000, 3))
-    y = (rng.random(logits.shape) < decisions.probabilities(logits)).astype(float)  # calibrated at T = 1
+    y = (rng.random(logits.shape) < thresholding.probabilities(logits)).astype(float)  # calibrated at T = 1
     overconfident = logits * 4.0
     temperature, thresholds = fit_decisions(overconfident, y)
     assert temperature == pytest.approx(4.0, rel=0.15) and thresholds is not None
-    before = calibration.expected_calibration_error(decisions.probabilities(overconfident), y)
-    after = calibration.expected_calibration_error(decisions.probabilities(overconfident, temperature), y)
+    before = calibration.expected_calibration_error(thresholding.probabilities(overconfident), y)
+    after = calibration.expected_calibration_error(thresholding.probabilities(overconfident, temperature), y)
     assert after < before / 2
     nll = calibration.negative_log_likelihood
     assert nll(overconfident, y, temperature) < nll(overconfident, y)
@@ -137,12 +137,12 @@ def test_temperature_calibrates_overconfident_multilabel_logits():
 def test_multilabel_bootstrap_brackets_the_score_and_identical_sets_are_not_significant():
     y, logits = _multi_data(600)
     pred = logits > -1.0
-    low, high = stats.bootstrap_ci(y, pred, 3, "f1")
+    low, high = significance.bootstrap_ci(y, pred, 3, "f1")
     assert low < f1_score(y, pred, average="macro", zero_division=0) < high
-    low, high = stats.bootstrap_ci(y, pred, 3, "accuracy")
+    low, high = significance.bootstrap_ci(y, pred, 3, "accuracy")
     assert low < ((y > 0.5) == pred).all(axis=1).mean() < high
     right = ((y > 0.5) == pred).all(axis=1)
-    assert stats.mcnemar_exact(right, right)[2] == 1.0
+    assert significance.mcnemar_exact(right, right)[2] == 1.0
 
 
 def test_multilabel_findings_count_whole_sets():
@@ -159,7 +159,7 @@ def test_multilabel_findings_count_whole_sets():
     empty = (y.sum(axis=1) == 0).sum()
     c = findings.changes
     assert c.still_right + c.broken == empty and sum(vars(c).values()) == len(y)
-    assert table.loc[0, "label"] == decisions.label_sets(y[:1] > 0.5, LABELS)[0]
+    assert table.loc[0, "label"] == thresholding.label_sets(y[:1] > 0.5, LABELS)[0]
     assert len(table.loc[0, "probs_after"]) == 3
     again = build_predictions_table(texts, y, logits_before, logits_after, LABELS, temperature, None, thresholds)
     assert count_changes(again) == c

@@ -14,9 +14,9 @@ import torch
 from conftest import pipeline_probabilities, tiny_config, write_csv
 
 import loratune
-from loratune import artifacts
-from loratune.export import export_run
-from loratune.predict import Predictor
+from loratune.export.plain import export_run
+from loratune.inference.predictor import Predictor
+from loratune.runs import files
 
 # Each label is learnable from its keyword; a text carries any subset, or the label "none". Words from the tiny
 # models' vocabulary (conftest.WORDS): any other word is one unknown token.
@@ -55,10 +55,10 @@ def test_a_multi_label_run_learns_label_sets_and_keeps_its_thresholds(multi_run)
     assert s.task == "multi" and s.after.multi_label
     assert s.labels == sorted([*TAGS, "none"])
     assert s.after.f1 > s.before.f1 + 0.3 and s.after.micro_f1 > 0.6
-    thresholds = artifacts.load_thresholds(multi_run.run_dir, s.labels)
+    thresholds = files.load_thresholds(multi_run.run_dir, s.labels)
     assert thresholds is not None and all(0 < t < 1 for t in thresholds)
-    assert artifacts.load_run_config(multi_run.run_dir).data.task == "multi"
-    table = artifacts.load_predictions(multi_run.run_dir)
+    assert files.load_run_config(multi_run.run_dir).data.task == "multi"
+    table = files.load_predictions(multi_run.run_dir)
     right = (table["label"] == table["pred_after"]).mean()
     assert right == pytest.approx(s.after.accuracy)  # the table decides as the "after" scores do
 
@@ -101,7 +101,7 @@ def test_the_export_in_a_plain_pipeline_with_the_thresholds_gives_predicts_label
     folder = export_run(multi_run.run_dir, tmp_path / "export")
     config = json.loads((folder / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
-    thresholds = json.loads((folder / artifacts.THRESHOLDS_FILE).read_text())
+    thresholds = json.loads((folder / files.THRESHOLDS_FILE).read_text())
     assert thresholds == config["label_thresholds"]
     texts = [" ".join(random.Random(i).choices([*TAGS.values(), *FILLER], k=6)) for i in range(40)]
     labels = multi_run.summary.labels
@@ -139,7 +139,7 @@ def test_balanced_class_weights_are_recorded_and_weigh_the_rare_class(tiny_bert,
 
 def test_a_multi_label_head_starts_at_the_label_prior(tiny_bert):
     from loratune.config import LoraArgs, ModelArgs
-    from loratune.modeling import build_model
+    from loratune.model.build import build_model
 
     prior = [0.1, 0.5, 0.02]
     built = build_model(ModelArgs(name_or_path=str(tiny_bert)), LoraArgs(), list(TAGS), label_prior=prior)

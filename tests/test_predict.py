@@ -1,4 +1,4 @@
-"""Tests for loratune.predict: labels and probabilities from a run folder, file input and output."""
+"""Tests for loratune.inference.predictor: labels and probabilities from a run folder, file input and output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from conftest import write_csv, write_jsonl
 
 from loratune import DataError, Predictor, RunError
-from loratune.predict import read_texts, write_predictions
+from loratune.inference.predictor import read_texts, write_predictions
+from loratune.model import hardware
 
 TEXTS = ["great movie", "the plot was really awful", "a very great scene with music"]
 
@@ -112,9 +113,8 @@ def test_bf16_predictor_holds_a_merged_bf16_model_with_nearly_the_fp32_scores(be
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_fast_bf16(bert_run, monkeypatch):
-    from loratune import precision
 
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
     model = Predictor.from_run(bert_run.run_dir, device="cpu").model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 

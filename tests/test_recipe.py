@@ -1,4 +1,4 @@
-"""Tests for loratune.recipe.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
+"""Tests for loratune.training.recipe.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
 
 Each architecture gets one 2-epoch LoRA run on the tiny dataset, shared by the tests of this module.
 """
@@ -16,11 +16,13 @@ import torch
 from conftest import make_rows, tiny_config, write_csv
 
 import loratune
-from loratune import ModelError, RunError, artifacts
-from loratune.artifacts import HISTORY_COLUMNS
-from loratune.recipe import load_run, run
+from loratune import ModelError, RunError
+from loratune.runs import files
+from loratune.runs.files import HISTORY_COLUMNS
+from loratune.runs.folder import load_run
+from loratune.runs.weights import load_model
 from loratune.schema import RunSummary
-from loratune.weights import load_model
+from loratune.training.recipe import run
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 RUN_FILES = [
@@ -104,10 +106,10 @@ def test_saved_config_repeats_the_run(arch_run):
 
 
 def test_reloaded_run_scores_the_eval_split_exactly_as_the_trained_model(arch_run, data_dir):
-    from loratune.batching import build_eval_loader
     from loratune.config import DataArgs
-    from loratune.data import load_eval_split, tokenize
-    from loratune.evaluate import evaluate
+    from loratune.data.batches import build_eval_loader
+    from loratune.data.splits import load_eval_split, tokenize
+    from loratune.scoring.metrics import evaluate
 
     _, result = arch_run
     model, tokenizer, labels, cfg = load_model(result.run_dir)
@@ -135,7 +137,7 @@ def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
     _, result = arch_run
     model, tokenizer, labels, _ = load_model(result.run_dir)
     texts = ["great movie", "the plot was awful", "a very very really great scene"]
-    temperature = artifacts.load_temperature(result.run_dir)  # predict gives the calibrated probabilities
+    temperature = files.load_temperature(result.run_dir)  # predict gives the calibrated probabilities
     with torch.no_grad():
         expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits / temperature, -1)
     predicted = loratune.Predictor.from_run(result.run_dir, device="cpu", precision="fp32").predict_proba(texts)
@@ -195,12 +197,12 @@ def test_failing_overwrite_leaves_no_complete_marker(tmp_path, tiny_bert, data_d
 def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_scores(
     tmp_path, tiny_bert, data_dir, monkeypatch
 ):
-    import loratune.recipe
+    import loratune.training.recipe
 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(loratune.recipe, "train", crash)
+    monkeypatch.setattr(loratune.training.recipe, "train", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tiny_config(tiny_bert, data_dir, tmp_path / "run"))
     assert (tmp_path / "run").is_dir()
@@ -214,13 +216,13 @@ def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_sc
 
 
 def test_a_model_that_changes_when_saved_and_reloaded_is_reported(tmp_path, tiny_bert, data_dir, monkeypatch, caplog):
-    import loratune.recipe
+    import loratune.training.recipe
 
     cfg = tiny_config(tiny_bert, data_dir, tmp_path / "kept", lora__method="full", train__learning_rate=1e-3)
-    with caplog.at_level("WARNING", logger="loratune.recipe"):
+    with caplog.at_level("WARNING", logger="loratune.training.recipe"):
         run(cfg)
     assert "saved and reloaded" not in caplog.text  # the model training kept is the one saved
-    loaded = loratune.recipe.inference_model
+    loaded = loratune.training.recipe.inference_model
 
     def lose_the_head(*args, **kwargs):  # a reload that misses a part, as mean pooling once went missing
         model, *rest = loaded(*args, **kwargs)
@@ -228,8 +230,8 @@ def test_a_model_that_changes_when_saved_and_reloaded_is_reported(tmp_path, tiny
             model.classifier.bias.copy_(torch.tensor([4.0, -4.0]))
         return (model, *rest)
 
-    monkeypatch.setattr(loratune.recipe, "inference_model", lose_the_head)
-    with caplog.at_level("WARNING", logger="loratune.recipe"):
+    monkeypatch.setattr(loratune.training.recipe, "inference_model", lose_the_head)
+    with caplog.at_level("WARNING", logger="loratune.training.recipe"):
         run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "lost"))))
     assert re.search(r"The saved model scores validation loss \d\.\d+, but training scored \d\.\d+", caplog.text)
 
@@ -305,7 +307,7 @@ def test_only_artifacts_names_the_run_folder_files():
         r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json|predictions\.parquet|calibration\.json"
         r"|data_checks\.json"
     )
-    offenders = [p.name for p in src.glob("*.py") if p.name != "artifacts.py" and pattern.search(p.read_text())]
+    offenders = [p.name for p in src.glob("*.py") if p.name != "files.py" and pattern.search(p.read_text())]
     assert offenders == []
 
 
@@ -331,16 +333,16 @@ def test_the_api_hands_out_what_training_changed(bert_run):
 
 
 def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_run):
-    from loratune import artifacts
+    from loratune.runs import files
 
-    s, table = bert_run.summary, artifacts.load_predictions(bert_run.run_dir)
+    s, table = bert_run.summary, files.load_predictions(bert_run.run_dir)
     assert len(table) == s.after.num_samples == s.data.test_size
     c = s.changes
     assert c.fixed + c.broken + c.still_wrong + c.still_right == len(table)
     assert (c.still_right + c.broken) / len(table) == pytest.approx(s.before.accuracy)
     assert (c.still_right + c.fixed) / len(table) == pytest.approx(s.after.accuracy)
     assert (table["pred_after"] == table["label"]).mean() == pytest.approx(s.after.accuracy)
-    assert s.calibration.temperature == artifacts.load_temperature(bert_run.run_dir) > 0
+    assert s.calibration.temperature == files.load_temperature(bert_run.run_dir) > 0
     sig = s.significance
     assert sig.accuracy_after[0] <= s.after.accuracy <= sig.accuracy_after[1]
     assert 0 <= sig.mcnemar_p <= 1

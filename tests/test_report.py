@@ -1,6 +1,6 @@
-"""Tests for loratune.report, loratune.formatting and the comparison page in loratune.compare.
+"""Tests for loratune.report.run_report, loratune.formatting and the comparison page in loratune.training.compare.
 
-Most run folders here are built from the schema (conftest's `fake_summary`, saved with `artifacts.save_summary`), so
+Most run folders here are built from the schema (conftest's `fake_summary`, saved with `files.save_summary`), so
 no model is involved; the untrained baseline and the damaged-file tests use a real `--method none` run of a tiny model.
 """
 
@@ -27,12 +27,13 @@ from conftest import (  # tests/ is on sys.path under pytest's default import mo
 )
 
 import loratune
-from loratune import artifacts, formatting
+from loratune import formatting
 from loratune.cli import main
-from loratune.compare import write_comparison
 from loratune.errors import RunError
-from loratune.report import write_report
+from loratune.report.run_report import write_report
+from loratune.runs import files
 from loratune.schema import DataSummary, Throughput
+from loratune.training.compare import write_comparison
 
 BINARY = ["negative", "positive"]
 
@@ -179,7 +180,7 @@ def test_a_real_baseline_run_is_titled_untrained_baseline(tmp_path, baseline_run
     write_report(run)
     md = (run / "report.md").read_text()
 
-    summary = artifacts.load_summary(run)
+    summary = files.load_summary(run)
     assert summary.method == "none"
     assert md.startswith(f"# Untrained baseline: {Path(summary.model).name} on {Path(summary.data.source).name}\n")
     assert "fine-tuning" not in md.splitlines()[0]
@@ -193,7 +194,7 @@ def test_a_real_baseline_run_is_titled_untrained_baseline(tmp_path, baseline_run
 def test_report_of_a_truncated_metrics_json_exits_2_with_one_line(tmp_path, baseline_run, capsys):
     run = tmp_path / "base"
     shutil.copytree(baseline_run, run)
-    metrics = run / artifacts.METRICS_FILE
+    metrics = run / files.METRICS_FILE
     metrics.write_text(metrics.read_text()[: metrics.stat().st_size // 2])
     (run / "report.md").unlink()
 
@@ -220,7 +221,7 @@ def test_labels_json_names_the_classes_and_metrics_json_stands_in_when_it_is_mis
     write_report(without)
 
     assert "| neg | — | — | — | — | — | — |" in (renamed / "report.md").read_text()
-    assert not (without / artifacts.LABELS_FILE).exists()
+    assert not (without / files.LABELS_FILE).exists()
     assert "| positive | 85.5% | 86.0% | 84.5% | 100 | 32.3% | +52.2 pp |" in (without / "report.md").read_text()
 
 
@@ -251,7 +252,7 @@ def test_copied_run_folder_rebuilds_the_same_report(tmp_path):
 
 
 def test_report_and_comparison_do_not_import_torch():
-    code = "import sys, loratune.report, loratune.compare; print(sorted(m for m in sys.modules if m == 'torch'))"
+    code = "import sys, loratune.report.run_report, loratune.training.compare; print(sorted(m for m in sys.modules if m == 'torch'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "[]"
@@ -384,7 +385,7 @@ def test_comparison_names_a_real_baseline_row_base(tmp_path, baseline_run, compa
     md = (out / "comparison.md").read_text()
 
     base = json.loads((out / "comparison.json").read_text())[0]
-    accuracy = artifacts.load_summary(baseline_run).after.accuracy
+    accuracy = files.load_summary(baseline_run).after.accuracy
     assert base["method"] == "base" and base["accuracy"] == accuracy and base["train_seconds"] == 0
     assert f"| base | {formatting.percent(accuracy)} |" in md
     assert "| none |" not in md and "Untrained" not in md
@@ -392,31 +393,31 @@ def test_comparison_names_a_real_baseline_row_base(tmp_path, baseline_run, compa
 
 
 def test_every_row_shares_the_base_models_total_params(tmp_path, comparison_runs):
-    lora = artifacts.load_summary(comparison_runs["lora"])
-    artifacts.save_summary(comparison_runs["lora"], dataclasses.replace(lora, total_params=lora.total_params + 4096))
+    lora = files.load_summary(comparison_runs["lora"])
+    files.save_summary(comparison_runs["lora"], dataclasses.replace(lora, total_params=lora.total_params + 4096))
     out = tmp_path / "compare"
 
     write_comparison(out, comparison_runs)
 
     rows = json.loads((out / "comparison.json").read_text())
-    base_total = artifacts.load_summary(comparison_runs["base"]).total_params
+    base_total = files.load_summary(comparison_runs["base"]).total_params
     assert {r["total_params"] for r in rows} == {base_total}
     lora_row = rows[2]
     assert lora_row["trainable_percent"] == pytest.approx(100 * lora_row["trainable_params"] / base_total)
 
 
 def test_a_method_that_predicts_one_class_is_flagged_in_the_table_and_the_log(tmp_path, comparison_runs, caplog):
-    head = artifacts.load_summary(comparison_runs["head"])
+    head = files.load_summary(comparison_runs["head"])
     n = len(head.after.confusion_matrix)
     one_column = [[sum(row) if j == 1 else 0 for j in range(n)] for row in head.after.confusion_matrix]
     after = dataclasses.replace(head.after, confusion_matrix=one_column)
-    artifacts.save_summary(comparison_runs["head"], dataclasses.replace(head, after=after))
+    files.save_summary(comparison_runs["head"], dataclasses.replace(head, after=after))
     out = tmp_path / "compare"
 
     write_comparison(out, comparison_runs)
 
     rows = json.loads((out / "comparison.json").read_text())
-    labels = artifacts.load_labels(comparison_runs["head"])
+    labels = files.load_labels(comparison_runs["head"])
     assert [r["single_class"] for r in rows] == [None, labels[1], None]
     md = (out / "comparison.md").read_text()
     assert "| head ⚠ one class |" in md and f"Warning: head predicted one class ({labels[1]})" in md

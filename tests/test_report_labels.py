@@ -1,4 +1,4 @@
-"""Tests for loratune.report_labels and what the run report shows of multi-label and imbalanced runs.
+"""Tests for loratune.report.label_tables and what the run report shows of multi-label and imbalanced runs.
 
 Every run folder here is fake (conftest's `write_fake_multilabel_run`, or a `RunSummary` built below), so no model
 is involved.
@@ -21,11 +21,13 @@ from conftest import (
     write_fake_multilabel_run,
 )
 
-from loratune import artifacts, formatting, plots
-from loratune.changes import examples
-from loratune.report import write_report
-from loratune.report_labels import MULTI_LABEL_RESULTS, RECALL_ROWS
+from loratune import formatting
+from loratune.report import plots
+from loratune.report.run_report import write_report
+from loratune.report.label_tables import MULTI_LABEL_RESULTS, RECALL_ROWS
+from loratune.runs import files
 from loratune.schema import ClassScores, Metrics
+from loratune.scoring.changes import examples
 
 SIX_EMOTIONS = GO_EMOTIONS[:6]
 
@@ -61,7 +63,7 @@ def html_cell_class(page: str, row_name: str, column: int) -> str:
 
 def test_multilabel_first_table_has_subset_micro_macro_samples_and_hamming_loss(tmp_path):
     run = write_fake_multilabel_run(tmp_path / "run", SIX_EMOTIONS)
-    summary = artifacts.load_summary(run)
+    summary = files.load_summary(run)
 
     page = write_report(run).read_text()
     md = (run / "report.md").read_text()
@@ -119,7 +121,7 @@ def test_multilabel_report_draws_a_per_label_chart_and_no_confusion_matrix(tmp_p
 
 def test_multilabel_changes_count_whole_label_sets_and_leave_out_confused_pairs(tmp_path):
     run = write_fake_multilabel_run(tmp_path / "run", SIX_EMOTIONS, quality=0.9)
-    table = artifacts.load_predictions(run)
+    table = files.load_predictions(run)
 
     write_report(run)
     changed = section((run / "report.md").read_text(), "What changed")
@@ -145,7 +147,7 @@ def test_multilabel_reliability_diagram_plots_fraction_true_against_predicted_pr
 
     assert "fraction true against predicted probability" in confidence
     assert "fraction of true labels" in confidence and "sigmoid" in confidence
-    bins = artifacts.load_calibration(run)["bins"]
+    bins = files.load_calibration(run)["bins"]
     plots.plot_reliability(bins, tmp_path / "single.png", multi_label=False)
     assert (tmp_path / "single.png").read_bytes() != (run / "reliability.png").read_bytes()  # other axis labels
 
@@ -156,7 +158,7 @@ def test_a_multilabel_folder_without_thresholds_shows_dashes(tmp_path):
     write_report(run)
     per_label = section((run / "report.md").read_text(), "Per label")
 
-    assert f"{artifacts.THRESHOLDS_FILE} is missing" in per_label
+    assert f"{files.THRESHOLDS_FILE} is missing" in per_label
     assert all(row[-1] == "—" for row in tables(per_label)[0][1:])
 
 

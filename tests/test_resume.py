@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from loratune.artifacts import CONFIG_FILE, load_summary
 from loratune.cli import main
+from loratune.runs.files import CONFIG_FILE, load_summary
 
 SCORES = ("accuracy", "precision", "recall", "f1")
 
@@ -23,9 +23,9 @@ def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
     script = textwrap.dedent(
         f"""
         import os, signal
-        import loratune.train as train
+        import loratune.training.loop as train
         from loratune.config import load_config
-        from loratune.recipe import run
+        from loratune.training.recipe import run
         real_save = train.save_checkpoint
         def save_then_die(*args, **kwargs):
             real_save(*args, **kwargs)
@@ -39,7 +39,7 @@ def _kill_after_first_checkpoint(cfg_yaml: Path) -> int:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(tmp_path, tiny_bert, data_dir, precision):
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     uninterrupted = run(
         tiny_config(tiny_bert, data_dir, tmp_path / "full", train__num_epochs=3, train__precision=precision)
@@ -86,7 +86,7 @@ def test_a_full_run_from_before_the_heads_own_rate_resumes_once_told_its_rate(tm
 
 
 def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_bert, data_dir, capsys):
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     run(tiny_config(tiny_bert, data_dir, tmp_path / "done", train__num_epochs=1))
     assert main(["train", "--resume", str(tmp_path / "done")]) == 2
@@ -100,7 +100,7 @@ def test_resume_of_a_folder_without_a_run_names_the_problem(tmp_path, capsys):
 
 
 def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_path, tiny_bert, data_dir):
-    from loratune.recipe import run
+    from loratune.training.recipe import run
 
     run_dir = tmp_path / "killed"
     killed = tiny_config(tiny_bert, data_dir, run_dir, train__num_epochs=2, train__learning_rate=5e-2)

@@ -18,13 +18,14 @@ import pytest
 import torch
 from conftest import tiny_config, write_csv
 
-from loratune import artifacts
 from loratune.cli import main
 from loratune.errors import RunError
-from loratune.export import export_run
-from loratune.modeling import HUB_DEFAULT_MODEL, default_model_path
-from loratune.predict import Predictor
-from loratune.recipe import load_run, run
+from loratune.export.plain import export_run
+from loratune.inference.predictor import Predictor
+from loratune.model.build import HUB_DEFAULT_MODEL, default_model_path
+from loratune.runs import files
+from loratune.runs.folder import load_run
+from loratune.training.recipe import run
 
 TEXTS = ["great movie", "the plot was awful", "a film"]
 
@@ -40,11 +41,11 @@ def umask():
 
     def set_mask(mask: int) -> None:
         os.umask(mask)
-        artifacts._umask.cache_clear()
+        files._umask.cache_clear()
 
     yield set_mask
     os.umask(old)
-    artifacts._umask.cache_clear()
+    files._umask.cache_clear()
 
 
 def _modes(folder: Path) -> dict[str, set[str]]:
@@ -90,7 +91,7 @@ def test_a_second_run_into_a_busy_folder_fails_at_once_and_a_killed_runs_lock_is
     first = _train_process(config_path)
     try:
         deadline = time.monotonic() + 120
-        while not (out / artifacts.LOCK_FILE).exists():
+        while not (out / files.LOCK_FILE).exists():
             assert first.poll() is None, first.communicate()
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.2)
@@ -105,33 +106,33 @@ def test_a_second_run_into_a_busy_folder_fails_at_once_and_a_killed_runs_lock_is
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "is in use by another run" in lines[0] and f"pid {first.pid} " in lines[0]
-        assert not (out / artifacts.COMPLETE).exists()
+        assert not (out / files.COMPLETE).exists()
     finally:
         first.send_signal(signal.SIGKILL)  # a killed run cannot release its lock
         first.communicate()
-    assert json.loads((out / artifacts.LOCK_FILE).read_text())["pid"] == first.pid
+    assert json.loads((out / files.LOCK_FILE).read_text())["pid"] == first.pid
 
     result = run(tiny_config(tiny_bert, data_dir, out, train__num_epochs=1))
     assert f"from pid {first.pid}, which no longer runs" in caplog.text
-    assert (out / artifacts.COMPLETE).exists() and not (out / artifacts.LOCK_FILE).exists()
+    assert (out / files.COMPLETE).exists() and not (out / files.LOCK_FILE).exists()
     assert result.summary.history[-1].epoch == 1
 
 
 def test_a_failed_run_releases_its_lock(tmp_path, tiny_bert, data_dir):
-    from loratune import lock
+    from loratune.runs import lock
 
     out = tmp_path / "run"
     with pytest.raises(RunError, match="boom"), lock.run_lock(out):
-        assert (out / artifacts.LOCK_FILE).exists()
+        assert (out / files.LOCK_FILE).exists()
         raise RunError("boom")
-    assert not (out / artifacts.LOCK_FILE).exists()
+    assert not (out / files.LOCK_FILE).exists()
     with pytest.raises(Exception, match="is not a sequence-classification|Could not load|does not exist"):
         run(tiny_config(tmp_path / "no-model", data_dir, out))
-    assert not (out / artifacts.LOCK_FILE).exists()
+    assert not (out / files.LOCK_FILE).exists()
 
 
 def test_a_lock_held_by_a_live_process_is_never_taken_over(tmp_path):
-    from loratune import lock
+    from loratune.runs import lock
 
     with lock.run_lock(tmp_path), pytest.raises(RunError, match=rf"pid {os.getpid()} on "):
         with lock.run_lock(tmp_path):
@@ -143,7 +144,7 @@ def test_a_lock_held_by_a_live_process_is_never_taken_over(tmp_path):
 
 
 def test_the_packaged_default_is_recorded_by_its_hub_id_and_loads_from_the_package(tmp_path):
-    from loratune.modeling import portable_model_name, resolve_model_name
+    from loratune.model.build import portable_model_name, resolve_model_name
 
     packaged = default_model_path()
     if packaged == HUB_DEFAULT_MODEL:
@@ -162,7 +163,7 @@ def test_a_default_model_run_names_no_path_of_this_environment_and_predicts_the_
     for name in ("config.yaml", "metrics.json", "report.md", "report.html"):
         text = (result.run_dir / name).read_text()
         assert venv not in text and "site-packages" not in text, name
-    assert artifacts.load_run_config(result.run_dir).model.name_or_path == HUB_DEFAULT_MODEL
+    assert files.load_run_config(result.run_dir).model.name_or_path == HUB_DEFAULT_MODEL
     copy = Path(shutil.copytree(result.run_dir, tmp_path / "elsewhere" / "run"))
     original = Predictor.from_run(result.run_dir, device="cpu", precision="fp32")
     moved = Predictor.from_run(copy, device="cpu", precision="fp32")
@@ -180,7 +181,7 @@ def test_a_model_inside_the_run_folder_is_recorded_relative_and_travels_with_the
     out = tmp_path / "run"
     shutil.copytree(tiny_bert, out / "base")
     result = run(tiny_config(out / "base", data_dir, out, train__num_epochs=1))
-    assert artifacts.load_run_config(out).model.name_or_path == "base"
+    assert files.load_run_config(out).model.name_or_path == "base"
     expected = Predictor.from_run(out, device="cpu", precision="fp32").predict_proba(TEXTS)
     moved = Path(shutil.move(str(out), tmp_path / "moved"))
     assert not result.run_dir.exists()
@@ -190,7 +191,7 @@ def test_a_model_inside_the_run_folder_is_recorded_relative_and_travels_with_the
 def test_a_local_model_outside_the_run_is_recorded_by_its_absolute_path(tmp_path, tiny_bert, data_dir, monkeypatch):
     monkeypatch.chdir(tiny_bert.parent)
     run(tiny_config(Path(tiny_bert.name), data_dir, tmp_path / "run", train__num_epochs=1))
-    assert artifacts.load_run_config(tmp_path / "run").model.name_or_path == str(tiny_bert.resolve())
+    assert files.load_run_config(tmp_path / "run").model.name_or_path == str(tiny_bert.resolve())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def test_evaluate_on_the_runs_own_test_split_reproduces_the_after_scores_exactly
     argv = ["evaluate", str(result.run_dir), "--data", str(data_dir), "--split", "test", "--device", "cpu"]
     assert main([*argv, "--output", str(out), *flags]) == 0
     scores = json.loads(out.read_text())
-    after = artifacts.read_json(result.run_dir / artifacts.METRICS_FILE)["after"]
+    after = files.read_json(result.run_dir / files.METRICS_FILE)["after"]
     assert {k: scores[k] for k in after} == after  # loss included: the same computation, not a close one
     assert f"accuracy {after['accuracy']:.4f}" in capsys.readouterr().out
 
@@ -220,12 +221,12 @@ def test_evaluate_without_data_rebuilds_the_runs_own_carved_and_subsampled_test_
     monkeypatch.chdir(data_csv.parent)
     cfg = tiny_config(tiny_bert, Path(data_csv.name), tmp_path / "run", train__seed=7, data__max_eval_samples=4)
     result = run(cfg)
-    assert Path(artifacts.load_run_config(result.run_dir).data.path) == data_csv.resolve()
+    assert Path(files.load_run_config(result.run_dir).data.path) == data_csv.resolve()
     monkeypatch.chdir(tmp_path)  # the recorded path is absolute: found from anywhere
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(result.run_dir), "--device", "cpu", "--output", str(out)]) == 0
     scores = json.loads(out.read_text())
-    after = artifacts.read_json(result.run_dir / artifacts.METRICS_FILE)["after"]
+    after = files.read_json(result.run_dir / files.METRICS_FILE)["after"]
     assert scores["num_samples"] == 4  # of the 6 carved
     assert {k: scores[k] for k in after} == after
     assert f"accuracy {after['accuracy']:.4f}" in capsys.readouterr().out
@@ -248,7 +249,7 @@ def test_evaluate_with_data_and_max_samples_draws_the_runs_subsample(tmp_path, t
     out = tmp_path / "scores.json"
     argv = ["evaluate", str(result.run_dir), "--data", str(data_dir), "--max-samples", "7", "--output", str(out)]
     assert main([*argv, "--device", "cpu"]) == 0
-    after = artifacts.read_json(result.run_dir / artifacts.METRICS_FILE)["after"]
+    after = files.read_json(result.run_dir / files.METRICS_FILE)["after"]
     assert {k: json.loads(out.read_text())[k] for k in after} == after
 
 

@@ -1,11 +1,11 @@
-"""Bootstrap intervals and McNemar's exact test (loratune.stats)."""
+"""Bootstrap intervals and McNemar's exact test (loratune.scoring.significance)."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import f1_score
 
-from loratune.stats import bootstrap_ci, macro_f1, mcnemar_exact
+from loratune.scoring.significance import bootstrap_ci, macro_f1, mcnemar_exact
 
 
 def test_identical_predictions_are_not_significantly_different():

@@ -1,11 +1,11 @@
-"""Tests for loratune.threads: on a CPU, training uses the cores other processes leave free."""
+"""Tests for loratune.training.threads: on a CPU, training uses the cores other processes leave free."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from loratune import threads
+from loratune.training import threads
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for loratune.train, the loop: the loop learns, is reproducible, keeps the best epoch, and stops early."""
+"""Tests for loratune.training.loop, the loop: the loop learns, is reproducible, keeps the best epoch, and stops early."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import make_rows, tiny_config, write_csv
 
-from loratune import artifacts, weights
-from loratune.batching import build_eval_loader
 from loratune.config import DEFAULT_LEARNING_RATES, FULL_HEAD_LEARNING_RATE, Config
-from loratune.data import load_splits, tokenize
-from loratune.evaluate import evaluate
-from loratune.modeling import build_model
-from loratune.recipe import run
-from loratune.train import build_optimizer, train
+from loratune.data.batches import build_eval_loader
+from loratune.data.splits import load_splits, tokenize
+from loratune.model.build import build_model
+from loratune.runs import files, weights
+from loratune.scoring.metrics import evaluate
+from loratune.training.loop import build_optimizer, train
+from loratune.training.recipe import run
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 
@@ -91,7 +91,7 @@ def test_full_fine_tuning_records_the_heads_default_rate(tiny_bert, data_dir, tm
     result = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=None)))
     assert result.config.train.learning_rate == DEFAULT_LEARNING_RATES["full"]
     assert result.config.train.head_learning_rate == FULL_HEAD_LEARNING_RATE
-    assert artifacts.load_run_config(result.run_dir).train.head_learning_rate == FULL_HEAD_LEARNING_RATE
+    assert files.load_run_config(result.run_dir).train.head_learning_rate == FULL_HEAD_LEARNING_RATE
 
 
 def test_model_holds_the_best_epochs_weights(tiny_bert, data_dir):
@@ -135,10 +135,10 @@ def test_saved_model_reloads_to_identical_logits(method, pooling, tiny_bert, dat
     built, train_ds, val_ds, labels = prepare(cfg)
     train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
     run_dir = tmp_path / "run"
-    artifacts.prepare_run_dir(run_dir, overwrite=False)
-    artifacts.save_start(run_dir, cfg, labels)
+    files.prepare_run_dir(run_dir, overwrite=False)
+    files.save_start(run_dir, cfg, labels)
     weights.save_model(run_dir, built.model, method, built.tokenizer)
-    artifacts.mark_complete(run_dir)
+    files.mark_complete(run_dir)
 
     model, tokenizer, loaded_labels, _ = weights.load_model(run_dir)
     assert loaded_labels == labels
@@ -179,7 +179,7 @@ def test_progress_in_a_log_is_a_line_per_epoch_without_carriage_returns(tiny_ber
 
 
 def test_progress_in_a_log_reports_the_running_loss_every_few_hundred_steps(capsys):
-    from loratune.train import _Progress
+    from loratune.training.loop import _Progress
 
     progress = _Progress(total=450, desc="epoch 1/3", enabled=True)
     shown = [step for step in range(1, 451) if progress.wants_loss(step)]

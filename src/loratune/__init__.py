@@ -22,15 +22,15 @@ __all__ = [
 def __getattr__(name: str):
     # torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
     if name == "run":
-        from loratune.recipe import run
+        from loratune.training.recipe import run
 
         return run
     if name in ("Run", "load_run"):
-        from loratune import runs
+        from loratune.runs import folder
 
-        return getattr(runs, name)
+        return getattr(folder, name)
     if name == "Predictor":
-        from loratune.predict import Predictor
+        from loratune.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'loratune' has no attribute {name!r}")

@@ -13,12 +13,11 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loratune import artifacts
-from loratune.config import Config, field_flags, load_config
+from loratune.config import DEVICES, PRECISIONS, Config, field_flags, load_config
 from loratune.errors import ConfigError, DataError, DiskFullError, LoratuneError
-from loratune.precision import DEVICES, PRECISIONS
+from loratune.runs import files
+from loratune.runs.storage import check_writable_file, disk_full_message, is_out_of_space
 from loratune.schema import RunSummary, to_dict
-from loratune.storage import check_writable_file, disk_full_message, is_out_of_space
 
 EXIT_USAGE = 2
 # Commands that load datasets or models, whose progress bars and warnings are hidden while they run.
@@ -62,11 +61,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config is None:
-            args.config = str(artifacts.resume_config_path(args.resume))
+            args.config = str(files.resume_config_path(args.resume))
         setattr(args, "train.output_dir", args.resume)
     cfg = _config_from_args(args)
     # The folder is named now, so that an interrupted run can say where it is.
-    run_dir = str(artifacts.run_dir_for(cfg))
+    run_dir = str(files.run_dir_for(cfg))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=run_dir))
     try:
         result = loratune.run(cfg, resume=bool(args.resume))
@@ -74,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not isinstance(error, DiskFullError) and not is_out_of_space(error):
             raise
         problem = error.problem if isinstance(error, DiskFullError) else disk_full_message(Path(run_dir), error)
-        resumable = (Path(run_dir) / artifacts.CONFIG_FILE).is_file()
+        resumable = (Path(run_dir) / files.CONFIG_FILE).is_file()
         then = f"continue with: loratune train --resume {run_dir}" if resumable else "run the command again"
         raise DiskFullError(problem, then) from error
     except KeyboardInterrupt:
@@ -100,12 +99,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from loratune.batching import build_eval_loader
-    from loratune.data import load_eval_split, load_run_split, tokenize
-    from loratune.evaluate import metrics_from_logits, predict_logits
-    from loratune.predict import load_for_inference
+    from loratune.data.batches import build_eval_loader
+    from loratune.data.splits import load_eval_split, load_run_split, tokenize
+    from loratune.inference.predictor import load_for_inference
+    from loratune.scoring.metrics import metrics_from_logits, predict_logits
 
-    run_dir = artifacts.check_run(args.run)
+    run_dir = files.check_run(args.run)
     if args.output:
         check_writable_file(args.output, "--output")  # before the model loads
     model, tokenizer, labels, cfg = load_for_inference(run_dir, args.device, args.precision)
@@ -122,10 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loader = build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
     logits, y_true = predict_logits(model, loader)
     # the decisions the run saved (temperature; multi-label thresholds), as its "after" scores applied them
-    temperature, thresholds = artifacts.load_temperature(run_dir), artifacts.load_thresholds(run_dir, labels)
+    temperature, thresholds = files.load_temperature(run_dir), files.load_thresholds(run_dir, labels)
     metrics = metrics_from_logits(logits, y_true, labels, temperature, thresholds)
     if args.output:
-        artifacts.write_json(Path(args.output), {**to_dict(metrics), "truncated": truncated})
+        files.write_json(Path(args.output), {**to_dict(metrics), "truncated": truncated})
     extra = f"  micro-f1 {metrics.micro_f1:.4f}" if metrics.multi_label else ""
     accuracy = "subset accuracy" if metrics.multi_label else "accuracy"
     print(
@@ -135,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from loratune.predict import Predictor, format_prediction, read_texts, write_predictions
+    from loratune.inference.predictor import Predictor, format_prediction, read_texts, write_predictions
 
     texts = list(args.text or [])
     if args.input:
@@ -168,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loratune.compare import compare, parse_methods
+    from loratune.training.compare import compare, parse_methods
 
     methods = parse_methods(args.methods)
     cfg = _config_from_args(args)
@@ -177,29 +176,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from loratune.data import load_texts
-    from loratune.datachecks import SPLITS, check_strict, compute_data_checks, format_block
+    from loratune.data.checks import SPLITS, check_strict, compute_data_checks, format_block
+    from loratune.data.splits import load_texts
 
     cfg = _config_from_args(args)
     splits, dropped = load_texts(cfg.data)
     checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, dropped)
     print(format_block(checks))
     if args.output:
-        artifacts.write_json(Path(args.output), checks)
+        files.write_json(Path(args.output), checks)
     if cfg.data.strict:
         check_strict(checks, args.output or "the checks above")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from loratune.report import write_report
+    from loratune.report.run_report import write_report
 
     print(write_report(args.run))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from loratune.export import export_run
+    from loratune.export.plain import export_run
 
     folder = export_run(args.run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
     form = "PEFT adapter" if args.adapter_only else "transformers model"

@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-from loratune.compiling import COMPILE_MODES
 from loratune.errors import ConfigError
-from loratune.precision import DEVICES, PRECISIONS
 
 METHODS = ("lora", "dora", "ia3", "head", "full", "none")
 # The methods whose trained weights are a PEFT adapter on a frozen base.
@@ -26,6 +24,11 @@ BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
 TASKS = ("auto", "single", "multi")
 CLASS_WEIGHTS = ("none", "balanced")  # or the path of a JSON/YAML file mapping label -> weight
 TRACKERS = ("none", "tensorboard", "mlflow")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+# off: eager PyTorch; on: torch.compile's default mode (Inductor). Its "reduce-overhead" mode (CUDA graphs) is not
+# offered: with dynamic shapes its compiled backward crashed the process on a GPU (training/compiling.py).
+COMPILE_MODES = ("auto", "off", "on")
 
 # Each method's learning rate when the user gives none. LoRA-style adapters start from zero (or one, for IA3)
 # and need a larger step than full fine-tuning, which moves pretrained weights directly. Measured on 4,000 SST-2

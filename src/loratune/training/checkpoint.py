@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from loratune import weights
-from loratune.artifacts import CHECKPOINT_DIR
 from loratune.errors import RunError, first_line
-from loratune.integrity import check_finite_tensors
+from loratune.runs import weights
+from loratune.runs.files import CHECKPOINT_DIR
+from loratune.runs.integrity import check_finite_tensors
 
 
 def save_checkpoint(

@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 
-from loratune import precision
+from loratune.model import hardware
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -194,11 +194,11 @@ class EvalBatchSampler(Sampler[list[int]]):
 
 def eval_batches(lengths: Sequence[int], batch_size: int, device: str, processes: int = 1) -> EvalBatchSampler:
     """The evaluation batches for `device`: fixed-size on a CPU, by a token budget where the device wants one
-    (`precision.eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these.
+    (`hardware.eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these.
 
     Fixed-size for several processes too: gathering their results needs batches of one size at each step.
     """
-    return EvalBatchSampler(lengths, batch_size, precision.eval_batch_tokens(device) if processes == 1 else None)
+    return EvalBatchSampler(lengths, batch_size, hardware.eval_batch_tokens(device) if processes == 1 else None)
 
 
 def build_train_loader(
@@ -217,7 +217,7 @@ def build_train_loader(
     (sorted, a few large batches) does not, so it pads exactly. For a GPU `device`, batches are pinned so that
     the copy to the device overlaps the step before it.
     """
-    pin_memory = precision.pin_memory(device)
+    pin_memory = hardware.pin_memory(device)
     epoch_seed = seed * 1000 + epoch
     if group_by_length:
         batches = LengthGroupedBatchSampler(packed.lengths.tolist(), batch_size, epoch_seed)
@@ -236,4 +236,4 @@ def build_eval_loader(
 def packed_eval_loader(packed: PackedTokens, batch_size: int, device: str = "cpu", processes: int = 1) -> DataLoader:
     """`build_eval_loader` for texts already packed (`PackedTokens.from_encoded`: what `predict` reads)."""
     batches = eval_batches(packed.lengths.tolist(), batch_size, device, processes)
-    return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=precision.pin_memory(device))
+    return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=hardware.pin_memory(device))

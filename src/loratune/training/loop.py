@@ -1,6 +1,6 @@
 """The training loop: epochs of AdamW steps with warmup and linear decay, a validation pass after each epoch,
 the best epoch kept, early stopping, and a checkpoint after every epoch. Accelerate owns devices and process
-groups; `loratune.precision` owns autocast."""
+groups; `loratune.model.hardware` owns autocast."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ import torch
 from datasets import Dataset
 from transformers import get_linear_schedule_with_warmup
 
-from loratune import precision
-from loratune.batching import PackedTokens, build_eval_loader, build_train_loader
-from loratune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from loratune.compiling import StepModel, resolve_compile
 from loratune.config import TrainArgs
-from loratune.evaluate import evaluate
-from loratune.losses import LossFunction, build_loss
-from loratune.modeling import in_head
-from loratune.multilabel import is_list
+from loratune.data.batches import PackedTokens, build_eval_loader, build_train_loader
+from loratune.data.labelsets import is_list
+from loratune.model import hardware
+from loratune.model.build import in_head
 from loratune.schema import EpochRecord, from_dict, to_dict
-from loratune.threads import ThreadGovernor
+from loratune.scoring.metrics import evaluate
+from loratune.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from loratune.training.compiling import StepModel, resolve_compile
+from loratune.training.losses import LossFunction, build_loss
+from loratune.training.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def _forward_backward(step_model: StepModel, batch, targets, loss_fn, dtype: str, accelerator, scaler):
     """One micro-batch: forward under autocast, loss, backward; returns (loss, logits)."""
     device = accelerator.device.type
-    with precision.autocast(dtype, device), precision.attention_kernels(device):
+    with hardware.autocast(dtype, device), hardware.attention_kernels(device):
         logits = step_model(**batch).logits
     loss = loss_fn(logits, targets)
     accelerator.backward(scaler.scale(loss))
@@ -256,7 +256,7 @@ def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:
     Why: `AcceleratedOptimizer.step` asks importlib twice per call whether the `lomo_optim` package is installed,
     and its `zero_grad` inspects a signature: 0.5 ms a step on this project's CPU (benchmarks/profile_step.py
     --cprofile), host time that a GPU step of a small model waits for. The rest of its work is for XLA, LOMO,
-    Accelerate's GradScaler (loratune scales fp16 itself: `precision.grad_scaler`) and DeepSpeed / FSDP, which
+    Accelerate's GradScaler (loratune scales fp16 itself: `hardware.grad_scaler`) and DeepSpeed / FSDP, which
     keep it.
     """
     from accelerate.utils import DistributedType
@@ -282,7 +282,7 @@ def _train_epoch(
     model = runner.eager
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    scaler = precision.grad_scaler(args.precision, accelerator.device.type)
+    scaler = hardware.grad_scaler(args.precision, accelerator.device.type)
     optimizer = _plain_optimizer(optimizer, accelerator)
     # Sums stay on the device and are read once at the end of the epoch: reading one per step would make the
     # host wait for the device at every step.

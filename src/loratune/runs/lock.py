@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from loratune.artifacts import LOCK_FILE
+from loratune.runs.files import LOCK_FILE
 from loratune.errors import RunError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Figures are built with matplotlib's object API on an Agg canvas, so no global pyplot state or GUI backend is
 touched, and saved without date metadata, so the same summary always gives byte-identical PNGs. This module only
-draws: which plots a page shows, and their captions, are decided by `loratune.report` and `loratune.compare`.
+draws: which plots a page shows, and their captions, are decided by `loratune.report.run_report` and `loratune.training.compare`.
 """
 
 from __future__ import annotations

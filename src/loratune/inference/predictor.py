@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from loratune import artifacts, decisions, precision, weights
-from loratune.batching import PackedTokens, packed_eval_loader
 from loratune.config import ADAPTER_METHODS
+from loratune.data.batches import PackedTokens, packed_eval_loader
 from loratune.errors import DataError, RunError
-from loratune.evaluate import predict_logits
 from loratune.formatting import NO_LABELS
+from loratune.model import hardware
 from loratune.quiet import peft_warnings_hidden
+from loratune.runs import files, weights
 from loratune.schema import SET_SEPARATOR
+from loratune.scoring import thresholding
+from loratune.scoring.metrics import predict_logits
 
 
 def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, ...]:
@@ -29,16 +31,16 @@ def load_for_inference(run_dir: str | Path, device: str = "auto", dtype: str = "
     casts nothing per batch. On SST-2's 2,693 validation and test sentences, bf16 labelled 2x faster than fp32
     here and changed 3 labels (probabilities by at most 0.02); pass dtype="fp32" for exact scores.
 
-    `auto` is the run's own precision where this device runs it (see `precision.inference_precision`): the
+    `auto` is the run's own precision where this device runs it (see `hardware.inference_precision`): the
     precision the run scored its "after" in, so `loratune evaluate` reproduces it.
 
     Returns:
         (model, tokenizer, labels, cfg), the model in eval mode.
     """
-    device = precision.resolve_device(device)
-    trained = artifacts.load_run_config(artifacts.check_run(run_dir)).train.precision
+    device = hardware.resolve_device(device)
+    trained = files.load_run_config(files.check_run(run_dir)).train.precision
     with peft_warnings_hidden():
-        return inference_model(run_dir, device, precision.inference_precision(dtype, device, trained))
+        return inference_model(run_dir, device, hardware.inference_precision(dtype, device, trained))
 
 
 def inference_model(run_dir: str | Path, device: Any, dtype: str, finished: bool = True) -> tuple[Any, ...]:
@@ -52,7 +54,7 @@ def inference_model(run_dir: str | Path, device: Any, dtype: str, finished: bool
             # PEFT 0.21's IA3 unload stops at a BERT pooler kept in modules_to_save; the layers it reached are
             # merged, the rest still apply their scales, so the model computes the same function unmerged.
             pass
-    return precision.prepare_for_inference(model, dtype), tokenizer, labels, cfg
+    return hardware.prepare_for_inference(model, dtype), tokenizer, labels, cfg
 
 
 class Predictor:
@@ -78,10 +80,10 @@ class Predictor:
         self.labels = labels
         self.max_length = max_length
         self.batch_size = batch_size
-        # Fitted on validation after training (artifacts.CALIBRATION_FILE): logits / T give calibrated probabilities
+        # Fitted on validation after training (files.CALIBRATION_FILE): logits / T give calibrated probabilities
         # with the same argmax, so labels never change.
         self.temperature = temperature
-        # A multi-label run's per-label thresholds (artifacts.THRESHOLDS_FILE), on the calibrated probabilities;
+        # A multi-label run's per-label thresholds (files.THRESHOLDS_FILE), on the calibrated probabilities;
         # None for a single-label run, which predicts the most probable label.
         self.thresholds = thresholds
 
@@ -100,10 +102,10 @@ class Predictor:
                 model gives), bf16 or fp16 (CUDA only).
         """
         model, tokenizer, labels, cfg = load_for_inference(run_dir, device, precision)
-        temperature = artifacts.load_temperature(run_dir)
-        thresholds = artifacts.load_thresholds(run_dir, labels)
+        temperature = files.load_temperature(run_dir)
+        thresholds = files.load_thresholds(run_dir, labels)
         if cfg.data.task == "multi" and thresholds is None:
-            raise RunError(f"{run_dir} is a multi-label run without its {artifacts.THRESHOLDS_FILE}; rerun training.")
+            raise RunError(f"{run_dir} is a multi-label run without its {files.THRESHOLDS_FILE}; rerun training.")
         batch = cfg.train.eval_batch_size
         return cls(model, tokenizer, labels, cfg.data.max_length, batch, temperature, thresholds)
 
@@ -155,7 +157,7 @@ class Predictor:
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs)
         if self.multi_label:
-            decided = decisions.decide(probs.numpy(), self.thresholds)
+            decided = thresholding.decide(probs.numpy(), self.thresholds)
             return [self._label_set(row, chosen) for row, chosen in zip(probs.tolist(), decided, strict=True)]
         results = []
         for row in probs.tolist():
@@ -237,7 +239,7 @@ def write_predictions(path: str | Path, texts: list[str], predictions: list[dict
     jsonl = path.suffix.lower() in (".jsonl", ".json")
     rows = [_row(t, p, jsonl) for t, p in zip(texts, predictions, strict=True)]
     if jsonl:
-        artifacts.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     elif path.suffix.lower() == ".csv":
         import io
 
@@ -245,7 +247,7 @@ def write_predictions(path: str | Path, texts: list[str], predictions: list[dict
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "label", "score"])
         writer.writeheader()
         writer.writerows(rows)
-        artifacts.write_text(path, buffer.getvalue())
+        files.write_text(path, buffer.getvalue())
     else:
         raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")
 

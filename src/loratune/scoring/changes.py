@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from loratune import decisions
-from loratune.calibration import calibrated_probabilities
 from loratune.schema import Changes
+from loratune.scoring import thresholding
+from loratune.scoring.calibration import calibrated_probabilities
 
 KINDS = ("fixed", "broken", "still_wrong")
 
@@ -69,16 +69,16 @@ def build_predictions_table(
 
 
 def _multilabel_table(texts, y_true, logits_before, logits_after, labels, temperature, thresholds, text_pairs):
-    before, after = decisions.probabilities(logits_before), decisions.probabilities(logits_after)
-    calibrated = decisions.probabilities(logits_after, temperature)
+    before, after = thresholding.probabilities(logits_before), thresholding.probabilities(logits_after)
+    calibrated = thresholding.probabilities(logits_after, temperature)
     columns: dict[str, Any] = {"text": list(texts)}
     if text_pairs is not None:
         columns["text_pair"] = list(text_pairs)
     columns |= {
-        "label": decisions.label_sets(np.asarray(y_true) > 0.5, labels),
-        "pred_before": decisions.label_sets(decisions.decide(before), labels),
+        "label": thresholding.label_sets(np.asarray(y_true) > 0.5, labels),
+        "pred_before": thresholding.label_sets(thresholding.decide(before), labels),
         "prob_before": before.max(axis=1).astype(np.float32),
-        "pred_after": decisions.label_sets(decisions.decide(calibrated, thresholds), labels),
+        "pred_after": thresholding.label_sets(thresholding.decide(calibrated, thresholds), labels),
         "prob_after": after.max(axis=1).astype(np.float32),
         "prob_after_calibrated": calibrated.max(axis=1).astype(np.float32),
         "probs_before": list(before.astype(np.float32)),

@@ -4,14 +4,14 @@ table, and the class weights the loss used.
 A single-label run picks one label per text. A multi-label run picks a set, and is scored per label (with that
 label's decision threshold), averaged three ways (micro: over every (text, label) decision; macro: the mean over
 labels; samples: the mean over texts), and per text (subset accuracy: the whole set right; Hamming loss: the share
-of (text, label) decisions that are wrong). `loratune.report` places these blocks; `loratune.render` draws them.
+of (text, label) decisions that are wrong). `loratune.report.run_report` places these blocks; `loratune.report.render` draws them.
 """
 
 from __future__ import annotations
 
-from loratune import artifacts
 from loratune.formatting import DASH, METRICS, change, count, fixed, percent, share_of_count
-from loratune.render import Block, Table, Text
+from loratune.report.render import Block, Table, Text
+from loratune.runs import files
 from loratune.schema import ClassScores, Metrics, RunSummary
 
 SINGLE_LABEL_RESULTS = (*METRICS, ("balanced_accuracy", "balanced accuracy"))
@@ -125,9 +125,9 @@ def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] |
         rows.append([label, *scores, *f1_change, fixed(threshold_of.get(label), digits=2)])
     header = ["label", "support", "precision", "recall", "F1", "F1 before", "F1 change", "threshold"]
     if thresholds:
-        where = f"each label's decision threshold ({artifacts.THRESHOLDS_FILE}, chosen on the validation split)"
+        where = f"each label's decision threshold ({files.THRESHOLDS_FILE}, chosen on the validation split)"
     else:
-        where = f"the default threshold ({artifacts.THRESHOLDS_FILE} is missing from this run folder)"
+        where = f"the default threshold ({files.THRESHOLDS_FILE} is missing from this run folder)"
     return [
         Text(
             f"Sorted by support: the {s.eval_split} texts that carry the label, with their share. Precision, "

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from loratune.artifacts import (
+from loratune.runs.files import (
     ADAPTER_DIR,
     CHECKSUMS_FILE,
     FULL_MODEL_DIR,
@@ -24,9 +24,9 @@ from loratune.artifacts import (
 )
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import ModelError, RunError, first_line
-from loratune.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
-from loratune.modeling import load_classifier, load_tokenizer, resolve_attention, resolve_model_name
-from loratune.pooling import use_mean_pooling
+from loratune.runs.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
+from loratune.model.build import load_classifier, load_tokenizer, resolve_attention, resolve_model_name
+from loratune.model.pooling import use_mean_pooling
 
 log = logging.getLogger(__name__)
 

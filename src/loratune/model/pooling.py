@@ -18,7 +18,7 @@ def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
     try:
         return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
     except (OSError, ValueError):
-        from loratune.modeling import HUB_DEFAULT_MODEL  # here: modeling imports this module
+        from loratune.model.build import HUB_DEFAULT_MODEL  # here: modeling imports this module
 
         return name_or_path == HUB_DEFAULT_MODEL
 

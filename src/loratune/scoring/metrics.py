@@ -16,10 +16,10 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from loratune import decisions
-from loratune.integrity import check_finite_logits
-from loratune.precision import attention_kernels, autocast
+from loratune.model.hardware import attention_kernels, autocast
+from loratune.runs.integrity import check_finite_logits
 from loratune.schema import ClassScores, Metrics
+from loratune.scoring import thresholding
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None) -> Metrics:
@@ -128,7 +128,7 @@ def evaluate(
     logits, y_true = predict_logits(model, loader, accelerator, precision)
     thresholds = None
     if y_true.ndim == 2:
-        thresholds = decisions.tune_thresholds(decisions.probabilities(logits), y_true)
+        thresholds = thresholding.tune_thresholds(thresholding.probabilities(logits), y_true)
     return metrics_from_logits(logits, y_true, labels, thresholds=thresholds)
 
 
@@ -146,7 +146,7 @@ def metrics_from_logits(
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(logits).float(), torch.from_numpy(y_true).float(), reduction="none"
         )
-        predicted = decisions.decide(decisions.probabilities(logits, temperature), thresholds)
+        predicted = thresholding.decide(thresholding.probabilities(logits, temperature), thresholds)
         return compute_multilabel_metrics(y_true, predicted, labels, loss=_exact_mean(losses))
     losses = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true), reduction="none")
     return compute_metrics(y_true, logits.argmax(-1), labels, loss=_exact_mean(losses))

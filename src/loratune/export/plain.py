@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from loratune import artifacts, weights
 from loratune.config import ADAPTER_METHODS
 from loratune.errors import RunError
-from loratune.modeling import load_tokenizer
-from loratune.predict import load_for_inference
-from loratune.storage import writable_problem
+from loratune.inference.predictor import load_for_inference
+from loratune.model.build import load_tokenizer
+from loratune.runs import files, weights
+from loratune.runs.storage import writable_problem
 
 MERGED_README = """# {name}
 
@@ -97,7 +97,7 @@ def export_run(
         RunError: for a missing or damaged run, a non-empty `output_dir`, or a run that cannot take this form
             (mean pooling, which transformers lacks; an adapter export of a run without an adapter).
     """
-    run_dir = artifacts.check_run(run_dir)
+    run_dir = files.check_run(run_dir)
     output_dir = Path(output_dir)
     if output_dir.resolve() == run_dir.resolve() or run_dir.resolve() in output_dir.resolve().parents:
         raise RunError(f"--output-dir {str(output_dir)!r} is inside the run folder; choose a folder outside it.")
@@ -110,9 +110,9 @@ def export_run(
     if problem:
         raise RunError(problem + ".")
     if adapter_only:
-        artifacts.save_directory(output_dir, lambda d: _write_adapter(run_dir, d, output_dir.name))
+        files.save_directory(output_dir, lambda d: _write_adapter(run_dir, d, output_dir.name))
     else:
-        artifacts.save_directory(output_dir, lambda d: _write_merged(run_dir, d, output_dir.name))
+        files.save_directory(output_dir, lambda d: _write_merged(run_dir, d, output_dir.name))
     return output_dir
 
 
@@ -130,25 +130,25 @@ def _check_exportable(run_dir: Path, cfg: Any, adapter_only: bool) -> None:
 
 
 def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
-    _check_exportable(run_dir, artifacts.load_run_config(run_dir), adapter_only=False)
+    _check_exportable(run_dir, files.load_run_config(run_dir), adapter_only=False)
     model, tokenizer, labels, cfg = load_for_inference(run_dir, "cpu", "fp32")
     model = model.float()
-    _fold_temperature(model, artifacts.load_temperature(run_dir), len(labels))
+    _fold_temperature(model, files.load_temperature(run_dir), len(labels))
     config = model.config
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.num_labels = len(labels)
     config.pad_token_id = tokenizer.pad_token_id
-    thresholds = artifacts.load_thresholds(run_dir, labels)
+    thresholds = files.load_thresholds(run_dir, labels)
     # the pipeline then applies softmax (single-label) or a sigmoid per label (multi-label), as predict does
     config.problem_type = "multi_label_classification" if thresholds else "single_label_classification"
     if thresholds:
         config.label_thresholds = dict(zip(labels, thresholds, strict=True))
     model.save_pretrained(folder, safe_serialization=True)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
-    artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
+    files.write_json(folder / files.LABELS_FILE, labels)
     _copy_thresholds(run_dir, folder)
-    artifacts.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
+    files.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
 
 
 def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
@@ -168,27 +168,27 @@ def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
 
 
 def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
-    cfg = artifacts.load_run_config(run_dir)
+    cfg = files.load_run_config(run_dir)
     _check_exportable(run_dir, cfg, adapter_only=True)
-    labels = artifacts.load_labels(run_dir)
+    labels = files.load_labels(run_dir)
     weights.check_weights(run_dir, cfg.lora.method, labels)
-    adapter = run_dir / artifacts.ADAPTER_DIR
+    adapter = run_dir / files.ADAPTER_DIR
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():
             raise RunError(f"{adapter / file} is missing; the run folder is damaged.")
         shutil.copy2(adapter / file, folder / file)
-    tokenizer = load_tokenizer(str(run_dir / artifacts.TOKENIZER_DIR), cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(str(run_dir / files.TOKENIZER_DIR), cfg.model.trust_remote_code)
     _save_tokenizer(tokenizer, folder, cfg.data.max_length)
-    artifacts.write_json(folder / artifacts.LABELS_FILE, labels)
-    if (run_dir / artifacts.CALIBRATION_FILE).is_file():
-        shutil.copy2(run_dir / artifacts.CALIBRATION_FILE, folder / artifacts.CALIBRATION_FILE)
+    files.write_json(folder / files.LABELS_FILE, labels)
+    if (run_dir / files.CALIBRATION_FILE).is_file():
+        shutil.copy2(run_dir / files.CALIBRATION_FILE, folder / files.CALIBRATION_FILE)
     _copy_thresholds(run_dir, folder)
-    artifacts.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
+    files.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
 
 
 def _copy_thresholds(run_dir: Path, folder: Path) -> None:
-    if (run_dir / artifacts.THRESHOLDS_FILE).is_file():
-        shutil.copy2(run_dir / artifacts.THRESHOLDS_FILE, folder / artifacts.THRESHOLDS_FILE)
+    if (run_dir / files.THRESHOLDS_FILE).is_file():
+        shutil.copy2(run_dir / files.THRESHOLDS_FILE, folder / files.THRESHOLDS_FILE)
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:
@@ -207,11 +207,11 @@ def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]
         merged=merged,
         labels=json.dumps(labels, ensure_ascii=False),
         max_length=cfg.data.max_length,
-        labels_file=artifacts.LABELS_FILE,
-        calibration_file=artifacts.CALIBRATION_FILE,
-        thresholds_file=artifacts.THRESHOLDS_FILE,
-        temperature=f"{artifacts.load_temperature(run_dir):.4g}",
-        multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=artifacts.THRESHOLDS_FILE)
-        if (run_dir / artifacts.THRESHOLDS_FILE).is_file()
+        labels_file=files.LABELS_FILE,
+        calibration_file=files.CALIBRATION_FILE,
+        thresholds_file=files.THRESHOLDS_FILE,
+        temperature=f"{files.load_temperature(run_dir):.4g}",
+        multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=files.THRESHOLDS_FILE)
+        if (run_dir / files.THRESHOLDS_FILE).is_file()
         else "",
     )

@@ -17,7 +17,7 @@ from torch import nn
 
 from loratune.config import ADAPTER_METHODS, LoraArgs, ModelArgs
 from loratune.errors import ModelError, first_line
-from loratune.pooling import resolve_pooling, use_mean_pooling
+from loratune.model.pooling import resolve_pooling, use_mean_pooling
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from loratune import artifacts, changes
+from loratune.runs import files
+from loratune.scoring import changes
 from loratune.config import Config
-from loratune.predict import Predictor
+from loratune.inference.predictor import Predictor
 from loratune.schema import Metrics, RunSummary
 
 
@@ -46,8 +47,8 @@ class Run:
         return self._predictor.predict(texts, text_pairs)
 
     def predictions(self) -> pd.DataFrame:
-        """The eval split example by example, before and after (`artifacts.PREDICTIONS_FILE`; see `changes`)."""
-        return artifacts.load_predictions(self.run_dir)
+        """The eval split example by example, before and after (`files.PREDICTIONS_FILE`; see `changes`)."""
+        return files.load_predictions(self.run_dir)
 
     def changes(self, kind: str | None = None) -> pd.DataFrame:
         """The predictions with a `change` column: fixed, broken, still_wrong or still_right.
@@ -69,5 +70,5 @@ def load_run(run_dir: str | Path) -> Run:
     Raises:
         RunError: when the folder is missing, unfinished or damaged.
     """
-    run_dir = artifacts.check_run(run_dir)
-    return Run(run_dir, artifacts.load_summary(run_dir), artifacts.load_run_config(run_dir))
+    run_dir = files.check_run(run_dir)
+    return Run(run_dir, files.load_summary(run_dir), files.load_run_config(run_dir))

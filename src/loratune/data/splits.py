@@ -15,11 +15,11 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
-from loratune import multilabel
 from loratune.config import DataArgs
+from loratune.data import labelsets
+from loratune.data.labelsets import label_name as _label_name
+from loratune.data.sources import LABEL_COLUMNS, load_raw, read_file, split_files
 from loratune.errors import DataError
-from loratune.multilabel import label_name as _label_name
-from loratune.sources import LABEL_COLUMNS, load_raw, read_file, split_files
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Splits:
         counts = {}
         for name in ("train", "validation", "test"):
             if self.task == "multi":
-                totals = multilabel.multi_hot(getattr(self, name), len(self.labels)).sum(axis=0)
+                totals = labelsets.multi_hot(getattr(self, name), len(self.labels)).sum(axis=0)
                 counts[name] = {label: int(n) for label, n in zip(self.labels, totals, strict=True)}
                 continue
             ids = getattr(self, name)["label"]
@@ -87,10 +87,10 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
     raw, dropped = load_texts(args)
-    task = "multi" if multilabel.is_list(raw["train"].features["label"]) else "single"
+    task = "multi" if labelsets.is_list(raw["train"].features["label"]) else "single"
     if task == "multi":
-        labels = multilabel.label_names(raw["train"])
-        raw = DatasetDict({name: multilabel.encode(ds, name, labels) for name, ds in raw.items()})
+        labels = labelsets.label_names(raw["train"])
+        raw = DatasetDict({name: labelsets.encode(ds, name, labels) for name, ds in raw.items()})
     else:
         labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
         raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
@@ -103,7 +103,7 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
         raw["train"], raw["validation"] = _carve(raw["train"], args.validation_ratio, seed, "validation")
     train = _subsample(raw["train"], args.max_train_samples, seed)
     if task == "multi":
-        totals = multilabel.multi_hot(train, len(labels)).sum(axis=0)
+        totals = labelsets.multi_hot(train, len(labels)).sum(axis=0)
         present = [n for n, c in zip(labels, totals, strict=True) if c]
         if len(present) < 2:
             raise DataError(
@@ -126,8 +126,8 @@ def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
     """The splits found, with columns text, optional text_pair, and label as read (not yet encoded), and how many
     rows each lost for an empty text or a missing label; `loratune check-data` checks these.
 
-    For multi-label data (`data.task`, resolved as in `multilabel.resolve_task`, or `data.label_columns`) each
-    label is a sorted list of names (`multilabel.NAMES`); an empty list is a text with no label.
+    For multi-label data (`data.task`, resolved as in `labelsets.resolve_task`, or `data.label_columns`) each
+    label is a sorted list of names (`labelsets.NAMES`); an empty list is a text with no label.
 
     Raises:
         DataError: for a missing path, an empty file, a missing or ambiguous column, or a malformed label set.
@@ -138,7 +138,7 @@ def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
     text_col, pair_col, label_col = _detect_columns(raw["train"], args)
     sizes = {name: len(ds) for name, ds in raw.items()}
     raw = {name: _standardise(ds, name, text_col, pair_col, label_col, args) for name, ds in raw.items()}
-    task = multilabel.resolve_task(raw["train"], args.task, args.label_separator)
+    task = labelsets.resolve_task(raw["train"], args.task, args.label_separator)
     raw = DatasetDict({name: _read_labels(ds, name, task, args.label_separator) for name, ds in raw.items()})
     return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}
 
@@ -201,7 +201,7 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
         raise DataError(f"The {split} split lacks column(s) {missing}; its columns are {ds.column_names}.")
     ds = ds.select_columns(wanted)
     if label is None:
-        ds, label = multilabel.from_columns(ds, split, label_columns), "label"
+        ds, label = labelsets.from_columns(ds, split, label_columns), "label"
     mapping = {text: "text", label: "label"} | ({pair: "text_pair"} if pair else {})
     ds = ds.rename_columns({old: new for old, new in mapping.items() if old != new})
     texts = {"text": ds.features["text"]} | ({"text_pair": ds.features["text_pair"]} if pair else {})
@@ -220,9 +220,9 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
 def _read_labels(ds: Dataset, split: str, task: str, separator: str) -> Dataset:
     """A multi-label split's labels as lists of names; a single-label split's as one value each."""
     if task == "multi":
-        return multilabel.to_name_sets(ds, split, separator)
-    if multilabel.is_list(ds.features["label"]):
-        raise multilabel.single_task_refusal(ds, split)
+        return labelsets.to_name_sets(ds, split, separator)
+    if labelsets.is_list(ds.features["label"]):
+        raise labelsets.single_task_refusal(ds, split)
     if not isinstance(ds.features["label"], (ClassLabel, Value)):
         # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
         features = ds.features.copy()
@@ -271,7 +271,7 @@ def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool 
         names = [_label_name(v) for v in batch["label"]]
         unknown = sorted({n for n in names if n not in index})
         if unknown:
-            raise multilabel.unknown_labels_error(split, unknown, labels, run_labels)
+            raise labelsets.unknown_labels_error(split, unknown, labels, run_labels)
         return {"label": [index[n] for n in names]}
 
     features = ds.features.copy()
@@ -287,8 +287,8 @@ def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Da
     if len(ds) - size < 2:
         raise DataError(f"Too few rows ({len(ds)}) to carve a {name} split out of train; add rows or a {name} file.")
     by = "label"
-    if multilabel.is_list(ds.features["label"]):
-        by, stratum = "_stratum", multilabel.strata(multilabel.multi_hot(ds, len(ds[0]["label"])))
+    if labelsets.is_list(ds.features["label"]):
+        by, stratum = "_stratum", labelsets.strata(labelsets.multi_hot(ds, len(ds[0]["label"])))
         ds = ds.add_column(by, stratum.tolist(), feature=ClassLabel(num_classes=int(stratum.max()) + 1))
     try:
         parts = ds.train_test_split(test_size=size, stratify_by_column=by, seed=seed)
@@ -391,5 +391,5 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "
     text_col, pair_col, label_col = _detect_columns(raw[split], args)
     ds = _standardise(raw[split], split, text_col, pair_col, label_col, args)
     ds = _read_labels(ds, split, task, args.label_separator)
-    encode = multilabel.encode if task == "multi" else _encode_labels
+    encode = labelsets.encode if task == "multi" else _encode_labels
     return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed)

@@ -1,7 +1,7 @@
 """The report's example-level sections: what changed, confidence, significance and the data checks.
 
 Built from the run folder's files alone (the predictions table, the calibration file, the data checks and the
-summary), as blocks for `loratune.render`; `loratune.report` places them. A folder written before these files
+summary), as blocks for `loratune.report.render`; `loratune.report.run_report` places them. A folder written before these files
 existed shows a one-line note instead of each section. In a multi-label run an example is right only when its whole
 label set is, and the predictions file holds each set as its label names joined with "|" (in label order).
 """
@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from loratune import artifacts
-from loratune.changes import confused_pairs, examples
 from loratune.formatting import DASH, NO_LABELS, count, fixed, percent, share_of_count
-from loratune.render import Block, Table, Text
-from loratune.report_labels import is_multi_label
+from loratune.report.label_tables import is_multi_label
+from loratune.report.render import Block, Table, Text
+from loratune.runs import files
 from loratune.schema import SET_SEPARATOR, RunSummary
+from loratune.scoring.changes import confused_pairs, examples
 
 EXAMPLES = 5
 _TEXT_CHARS = 90
@@ -40,7 +40,7 @@ def _missing(what: str) -> Text:
 def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
     """Fixed / broken / still-wrong counts and examples, and the most-confused label pairs after training."""
     if table is None or s.changes is None:
-        return [_missing(artifacts.PREDICTIONS_FILE)]
+        return [_missing(files.PREDICTIONS_FILE)]
     c, n, multi = s.changes, len(table), is_multi_label(s)
     right = " An example counts as right only when its whole label set is." if multi else ""
     blocks: list[Block] = [
@@ -48,7 +48,7 @@ def changes_blocks(s: RunSummary, table: pd.DataFrame | None) -> list[Block]:
             f"Of {count(n)} {s.eval_split} examples, training fixed {count(c.fixed)} (wrong before, right after), "
             f"broke {count(c.broken)} (right before, wrong after), left {count(c.still_wrong)} wrong and "
             f"{count(c.still_right)} right.{right} Every example, with both predictions and probabilities, is in "
-            f"{artifacts.PREDICTIONS_FILE}."
+            f"{files.PREDICTIONS_FILE}."
         ),
         Table(
             ["change", "examples"],
@@ -110,7 +110,7 @@ def confidence_blocks(s: RunSummary, calibration: dict[str, Any] | None) -> list
     """ECE before, after and after temperature scaling; the figure is placed by the caller."""
     cal = s.calibration
     if cal is None or calibration is None:
-        return [_missing(artifacts.CALIBRATION_FILE)]
+        return [_missing(files.CALIBRATION_FILE)]
     overlap = (
         " (the same split the scores are on, so the calibrated figure flatters)"
         if s.eval_split == "validation"
@@ -127,8 +127,8 @@ def confidence_blocks(s: RunSummary, calibration: dict[str, Any] | None) -> list
             ),
             Text(
                 f"The temperature divides the logits before the sigmoid, and each label's decision threshold "
-                f"({artifacts.THRESHOLDS_FILE}) applies to the probability so scaled. loratune predict and loratune "
-                f"export apply both; the temperature is kept in {artifacts.CALIBRATION_FILE}.",
+                f"({files.THRESHOLDS_FILE}) applies to the probability so scaled. loratune predict and loratune "
+                f"export apply both; the temperature is kept in {files.CALIBRATION_FILE}.",
                 muted=True,
             ),
         ]
@@ -142,7 +142,7 @@ def confidence_blocks(s: RunSummary, calibration: dict[str, Any] | None) -> list
         Text(
             f"The temperature divides the logits before the softmax; it never changes which label wins, so accuracy "
             f"is unchanged. loratune predict and loratune export apply it; it is kept in "
-            f"{artifacts.CALIBRATION_FILE}.",
+            f"{files.CALIBRATION_FILE}.",
             muted=True,
         ),
     ]
@@ -198,7 +198,7 @@ def _p(value: float | None) -> str:
 def data_check_blocks(checks: dict[str, Any] | None) -> list[Block]:
     """The data checks file as a table per split, the texts shared across splits, and the warnings."""
     if checks is None:
-        return [_missing(artifacts.DATA_CHECKS_FILE)]
+        return [_missing(files.DATA_CHECKS_FILE)]
     splits = checks.get("splits", {})
     fields = [
         ("rows", "rows"),

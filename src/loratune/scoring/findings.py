@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from loratune import calibration, decisions, stats
-from loratune.changes import build_predictions_table, count_changes
 from loratune.schema import Calibration, Changes, Significance
+from loratune.scoring import calibration, significance, thresholding
+from loratune.scoring.changes import build_predictions_table, count_changes
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def fit_decisions(val_logits: np.ndarray, val_true: np.ndarray) -> tuple[float, 
     temperature = calibration.fit_temperature(val_logits, val_true)
     if np.ndim(val_true) != 2:
         return temperature, None
-    return temperature, decisions.tune_thresholds(decisions.probabilities(val_logits, temperature), val_true)
+    return temperature, thresholding.tune_thresholds(thresholding.probabilities(val_logits, temperature), val_true)
 
 
 def compute_findings(
@@ -65,12 +65,12 @@ def compute_findings(
     )
     if multi:
         probs = {
-            "before": decisions.probabilities(logits_before),
-            "after": decisions.probabilities(logits_after),
-            "after_calibrated": decisions.probabilities(logits_after, temperature),
+            "before": thresholding.probabilities(logits_before),
+            "after": thresholding.probabilities(logits_after),
+            "after_calibrated": thresholding.probabilities(logits_after, temperature),
         }
-        pred_before = decisions.decide(probs["before"])
-        pred_after = decisions.decide(probs["after_calibrated"], thresholds)
+        pred_before = thresholding.decide(probs["before"])
+        pred_after = thresholding.decide(probs["after_calibrated"], thresholds)
         right_before, right_after = (pred_before == (y_true > 0.5)).all(1), (pred_after == (y_true > 0.5)).all(1)
     else:
         probs = {
@@ -84,9 +84,9 @@ def compute_findings(
     n = len(labels)
 
     def interval(pred: np.ndarray, metric: str) -> list[float]:
-        return list(stats.bootstrap_ci(y_true, pred, n, metric, seed=seed))
+        return list(significance.bootstrap_ci(y_true, pred, n, metric, seed=seed))
 
-    _, _, p_value = stats.mcnemar_exact(right_before, right_after)
+    _, _, p_value = significance.mcnemar_exact(right_before, right_after)
     return Findings(
         table=table,
         changes=count_changes(table),
@@ -99,8 +99,8 @@ def compute_findings(
             n_bins=calibration.N_BINS,
         ),
         significance=Significance(
-            confidence=stats.CONFIDENCE,
-            n_resamples=stats.N_RESAMPLES,
+            confidence=significance.CONFIDENCE,
+            n_resamples=significance.N_RESAMPLES,
             accuracy_before=interval(pred_before, "accuracy"),
             accuracy_after=interval(pred_after, "accuracy"),
             f1_before=interval(pred_before, "f1"),

@@ -1,7 +1,7 @@
 """Whether the training step runs through `torch.compile`; and falling back to eager
 PyTorch, with one log line, when compiling fails, so that a compiler problem never ends a run.
 
-torch is imported inside the functions so that `config` can take the allowed values from here cheaply.
+torch is imported inside the functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ import logging
 import time
 from typing import Any
 
+from loratune.config import COMPILE_MODES
 from loratune.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
-
-# off: eager PyTorch; on: torch.compile's default mode (Inductor: fused kernels, no Python per op). Its mode
-# "reduce-overhead" (CUDA graphs) is not offered: with dynamic shapes its compiled backward crashed the process
-# (a segmentation fault, which no fallback can catch) on an H200 with torch 2.11 + CUDA 13.
-COMPILE_MODES = ("auto", "off", "on")
 
 
 def resolve_compile(setting: str) -> str:

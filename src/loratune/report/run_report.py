@@ -1,11 +1,11 @@
 """report.md and report.html for a run folder, with their plots.
 
 Everything here is rendered from the files a run leaves on disk (see docs/run-folder.md), read through
-`loratune.artifacts`, so a report can be rebuilt, moved or tested without a model. This module decides what a
-report says, as one list of blocks; `loratune.render` turns that list into both the Markdown and the HTML, which
-keeps the two outputs in step. The plots are drawn by `loratune.plots`, numbers are written by
+`loratune.runs.files`, so a report can be rebuilt, moved or tested without a model. This module decides what a
+report says, as one list of blocks; `loratune.report.render` turns that list into both the Markdown and the HTML, which
+keeps the two outputs in step. The plots are drawn by `loratune.report.plots`, numbers are written by
 `loratune.formatting`, what is said about the labels (which depends on the task: single- or multi-label) by
-`loratune.report_labels`, and the side-by-side comparison of several runs lives in `loratune.compare`.
+`loratune.report.label_tables`, and the side-by-side comparison of several runs lives in `loratune.training.compare`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from loratune import artifacts, plots, report_findings, report_labels
 from loratune.formatting import (
     DASH,
     change,
@@ -32,8 +31,20 @@ from loratune.formatting import (
     short_name,
     size,
 )
-from loratune.render import Block, Code, Figure, Figures, Heading, Table, Text, render_html, render_markdown
-from loratune.report_labels import is_multi_label
+from loratune.report import evidence, label_tables, plots
+from loratune.report.label_tables import is_multi_label
+from loratune.report.render import (
+    Block,
+    Code,
+    Figure,
+    Figures,
+    Heading,
+    Table,
+    Text,
+    render_html,
+    render_markdown,
+)
+from loratune.runs import files
 from loratune.schema import DataSummary, RunSummary
 
 __all__ = ["RunFolder", "read_run_folder", "write_report"]
@@ -64,9 +75,9 @@ def write_report(run_dir: str | Path) -> Path:
     figures = _write_plots(run)
     title = _title(run)
     blocks = _report_blocks(run, figures, _write_reliability(run))
-    artifacts.write_text(run.dir / "report.md", render_markdown(title, blocks))
+    files.write_text(run.dir / "report.md", render_markdown(title, blocks))
     html_path = run.dir / "report.html"
-    artifacts.write_text(html_path, render_html(title, blocks, run.dir, kicker="loratune · run report", dpi=plots.DPI))
+    files.write_text(html_path, render_html(title, blocks, run.dir, kicker="loratune · run report", dpi=plots.DPI))
     return html_path
 
 
@@ -81,11 +92,11 @@ class RunFolder:
 
     Attributes:
         dir: The run folder.
-        summary: The run's summary (`artifacts.METRICS_FILE`).
+        summary: The run's summary (`files.METRICS_FILE`).
         labels: The label names, in the order of the confusion matrix.
         config_text: The config file as written, or None when the folder has none.
         config: The config file parsed; empty when it is missing or does not parse.
-        predictions: The predictions table (`artifacts.PREDICTIONS_FILE`), None in an older folder.
+        predictions: The predictions table (`files.PREDICTIONS_FILE`), None in an older folder.
         calibration: The calibration file (temperature, reliability bins), None in an older folder.
         data_checks: The data checks file, None in an older folder.
         thresholds: A multi-label run's decision thresholds in label order; None for a single-label run.
@@ -123,13 +134,13 @@ def read_run_folder(run_dir: Path) -> RunFolder:
     Raises:
         RunError: If the summary is missing or damaged, or the label file is damaged.
     """
-    summary = artifacts.load_summary(run_dir)
-    if (run_dir / artifacts.LABELS_FILE).is_file():
-        labels = artifacts.load_labels(run_dir)
+    summary = files.load_summary(run_dir)
+    if (run_dir / files.LABELS_FILE).is_file():
+        labels = files.load_labels(run_dir)
     else:
         # The label file is the source of truth, but the summary repeats the names, so an older folder still renders.
         labels = summary.labels or list(summary.after.per_class)
-    config_path = run_dir / artifacts.CONFIG_FILE
+    config_path = run_dir / files.CONFIG_FILE
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
     try:
         config = yaml.safe_load(config_text) if config_text else {}
@@ -141,15 +152,15 @@ def read_run_folder(run_dir: Path) -> RunFolder:
         labels,
         config_text,
         config if isinstance(config, dict) else {},
-        predictions=artifacts.load_predictions(run_dir),
-        calibration=artifacts.load_calibration(run_dir),
-        data_checks=artifacts.load_data_checks(run_dir),
-        thresholds=artifacts.load_thresholds(run_dir, labels),
+        predictions=files.load_predictions(run_dir),
+        calibration=files.load_calibration(run_dir),
+        data_checks=files.load_data_checks(run_dir),
+        thresholds=files.load_thresholds(run_dir, labels),
     )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The run report's content, as blocks for loratune.render
+# The run report's content, as blocks for loratune.report.render
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -174,7 +185,7 @@ def _write_plots(run: RunFolder) -> list[list[Figure]]:
     figures = [curves]
     if multi:
         # Sorted as the per-label table is, so the chart and the table read together.
-        plots.plot_per_label_f1(summary, report_labels.by_support(summary, run.labels), run.dir / PER_LABEL_PLOT)
+        plots.plot_per_label_f1(summary, label_tables.by_support(summary, run.labels), run.dir / PER_LABEL_PLOT)
         caption = f"Per-label F1 before and after training ({split} split), the most frequent labels first"
         figures.append([Figure(PER_LABEL_PLOT, caption, wide=len(run.labels) > 8)])
         return figures
@@ -207,35 +218,35 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: lis
     blocks: list[Block] = [
         Text(_headline(s, len(run.labels))),
         Heading("Results"),
-        report_labels.results_table(s, run.labels),
-        report_labels.results_note(s, run.labels),
+        label_tables.results_table(s, run.labels),
+        label_tables.results_note(s, run.labels),
         Text(_before_and_after(s), muted=True),
         Heading("Significance"),
-        *report_findings.significance_blocks(s),
+        *evidence.significance_blocks(s),
         Heading("What changed"),
-        *report_findings.changes_blocks(s, run.predictions),
+        *evidence.changes_blocks(s, run.predictions),
         Heading("Confidence"),
-        *report_findings.confidence_blocks(s, run.calibration),
+        *evidence.confidence_blocks(s, run.calibration),
         *reliability,
         Heading("Plots"),
         *[Figures(row) for row in figures],
         Heading("Training"),
         _training_table(s),
-        *report_labels.class_weight_blocks(s, run.labels),
+        *label_tables.class_weight_blocks(s, run.labels),
         Heading("Data"),
         *_data_blocks(s.data, run.labels, multi),
         Heading("Data checks"),
-        *report_findings.data_check_blocks(run.data_checks),
+        *evidence.data_check_blocks(run.data_checks),
         *(
-            [Heading("Per label"), *report_labels.per_label_blocks(s, run.labels, run.thresholds)]
+            [Heading("Per label"), *label_tables.per_label_blocks(s, run.labels, run.thresholds)]
             if multi
-            else [Heading("Per class"), report_labels.per_class_table(s, run.labels)]
+            else [Heading("Per class"), label_tables.per_class_table(s, run.labels)]
         ),
         Heading("History"),
         _history_block(s),
     ]
     if run.config_text is not None:
-        blocks += [Heading("Configuration"), Text(f"{artifacts.CONFIG_FILE}, as resolved for this run:", muted=True)]
+        blocks += [Heading("Configuration"), Text(f"{files.CONFIG_FILE}, as resolved for this run:", muted=True)]
         blocks.append(Code(run.config_text.rstrip("\n")))
     return blocks
 
@@ -310,7 +321,7 @@ def _training_table(s: RunSummary) -> Table:
 def _data_blocks(data: DataSummary, labels: list[str], multi: bool) -> list[Block]:
     if data == DataSummary():
         # A summary written before runs recorded their data loads with every field at its default.
-        return [Text(f"{DASH} ({artifacts.METRICS_FILE} has no data summary)", muted=True)]
+        return [Text(f"{DASH} ({files.METRICS_FILE} has no data summary)", muted=True)]
     split_sizes = {split: getattr(data, f"{split}_size") for split in _SPLITS}
     sizes = Table(
         ["split", "examples", "truncated"],

@@ -18,13 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from loratune import artifacts, plots, stats
 from loratune.config import METHODS, Config
 from loratune.errors import ConfigError
 from loratune.formatting import METRICS, change, count, finite, megabytes, percent, seconds, share, size
-from loratune.render import Block, Figure, Figures, Heading, Table, Text, render_html, render_markdown
-from loratune.report import RunFolder, read_run_folder
-from loratune.report_labels import is_multi_label
+from loratune.report import plots
+from loratune.report.label_tables import is_multi_label
+from loratune.report.render import (
+    Block,
+    Figure,
+    Figures,
+    Heading,
+    Table,
+    Text,
+    render_html,
+    render_markdown,
+)
+from loratune.report.run_report import RunFolder, read_run_folder
+from loratune.runs import files
+from loratune.scoring import significance
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +154,7 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
                 row["single_class"],
                 loaded[row["method"]][0].summary.eval_split,
             )
-    artifacts.write_json(output_dir / "comparison.json", rows)
+    files.write_json(output_dir / "comparison.json", rows)
 
     summaries = {method: folders[0].summary for method, folders in loaded.items()}  # curves: the first seed's
     # A multi-label run's accuracy is subset accuracy, which stays near zero with many labels: plot macro F1.
@@ -163,10 +174,10 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     ]
     title = "Method comparison"
     blocks = _comparison_blocks(loaded, rows, figures, multi)
-    artifacts.write_text(output_dir / "comparison.md", render_markdown(title, blocks))
+    files.write_text(output_dir / "comparison.md", render_markdown(title, blocks))
     html_path = output_dir / "comparison.html"
     page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
-    artifacts.write_text(html_path, page)
+    files.write_text(html_path, page)
     return html_path
 
 
@@ -212,7 +223,7 @@ def _paired_test(reference: list[RunFolder], other: list[RunFolder]) -> dict[str
             or not (a["text"].equals(b["text"]) and a["label"].equals(b["label"]))
         ):
             continue  # no predictions file, or not the same examples: nothing to pair
-        _, _, p = stats.mcnemar_exact(a["pred_after"] == a["label"], b["pred_after"] == b["label"])
+        _, _, p = significance.mcnemar_exact(a["pred_after"] == a["label"], b["pred_after"] == b["label"])
         p_values.append(p)
         differences.append(float((b["pred_after"] == b["label"]).mean() - (a["pred_after"] == a["label"]).mean()))
     return {

@@ -25,7 +25,7 @@ from typing import Any
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, RunError, first_line
 from loratune.schema import EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
-from loratune.storage import reporting_full_disk
+from loratune.runs.storage import reporting_full_disk
 
 log = logging.getLogger(__name__)
 

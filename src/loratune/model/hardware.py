@@ -14,10 +14,8 @@ import resource
 import sys
 from typing import Any
 
+from loratune.config import DEVICES, PRECISIONS
 from loratune.errors import ConfigError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> str:

@@ -17,25 +17,28 @@ import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
-from loratune import artifacts, datachecks, integrity, precision, preflight, weights
-from loratune.batching import build_eval_loader, longest_first
-from loratune.calibration import negative_log_likelihood
-from loratune.checkpoint import verify_checkpoint
-from loratune.compiling import resolve_compile
 from loratune.config import Config
-from loratune.data import Splits, tokenize
-from loratune.evaluate import metrics_from_logits, predict_logits
-from loratune.findings import Findings, compute_findings, fit_decisions
-from loratune.lock import run_lock
-from loratune.losses import build_loss, compute_class_weights
-from loratune.modeling import BuiltModel, build_model, display_name, portable_model_name
-from loratune.predict import inference_model
+from loratune.data import checks as data_checks
+from loratune.data.batches import build_eval_loader, longest_first
+from loratune.data.sources import recorded_path
+from loratune.data.splits import Splits, tokenize
+from loratune.inference.predictor import inference_model
+from loratune.model import hardware
+from loratune.model.build import BuiltModel, build_model, display_name, portable_model_name
 from loratune.quiet import quiet_libraries
-from loratune.report import write_report
-from loratune.runs import Run, load_run  # noqa: F401  (load_run: re-exported, the older import path)
+from loratune.report.run_report import write_report
+from loratune.runs import files, integrity, weights
+from loratune.runs.folder import Run
+from loratune.runs.lock import run_lock
 from loratune.schema import DataSummary, Metrics, RunSummary, Throughput
-from loratune.sources import recorded_path
-from loratune.train import LoopState, train
+from loratune.scoring.calibration import negative_log_likelihood
+from loratune.scoring.findings import Findings, compute_findings, fit_decisions
+from loratune.scoring.metrics import metrics_from_logits, predict_logits
+from loratune.training import preflight
+from loratune.training.checkpoint import verify_checkpoint
+from loratune.training.compiling import resolve_compile
+from loratune.training.loop import LoopState, train
+from loratune.training.losses import build_loss, compute_class_weights
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,9 @@ def run(cfg: Config, resume: bool = False) -> Run:
     Raises:
         LoratuneError: subclasses for bad data, models or settings, before anything slow where possible.
     """
-    run_dir = artifacts.run_dir_for(cfg)
-    device = precision.resolve_device(cfg.train.device)
-    dtype = precision.resolve_precision(cfg.train.precision, device)
+    run_dir = files.run_dir_for(cfg)
+    device = hardware.resolve_device(cfg.train.device)
+    dtype = hardware.resolve_precision(cfg.train.precision, device)
     with contextlib.ExitStack() as scope:
         scope.enter_context(quiet_libraries())
         splits = preflight.check_training(cfg, run_dir)  # data, output folder, max_length: before the model loads
@@ -96,20 +99,20 @@ def run(cfg: Config, resume: bool = False) -> Run:
 
 def _check_data(cfg: Config, splits: Splits) -> dict[str, Any]:
     """The data checks that need no tokenizer; under --strict-data a warning stops the run before the model loads."""
-    named = {name: getattr(splits, name) for name in datachecks.SPLITS}
-    checks = datachecks.compute_data_checks(named, splits.dropped, splits.labels)
+    named = {name: getattr(splits, name) for name in data_checks.SPLITS}
+    checks = data_checks.compute_data_checks(named, splits.dropped, splits.labels)
     if cfg.data.strict:
-        datachecks.check_strict(checks, "the data checks")
+        data_checks.check_strict(checks, "the data checks")
     return checks
 
 
 def _finish_checks(cfg: Config, checks: dict, truncated: dict, run_dir: Path, accelerator: Accelerator) -> None:
-    checks = datachecks.add_truncation(checks, truncated, cfg.data.max_length)
+    checks = data_checks.add_truncation(checks, truncated, cfg.data.max_length)
     if accelerator.is_main_process:
-        artifacts.save_data_checks(run_dir, checks)
-        print(datachecks.format_block(checks), file=sys.stderr, flush=True)
+        files.save_data_checks(run_dir, checks)
+        print(data_checks.format_block(checks), file=sys.stderr, flush=True)
     if cfg.data.strict:
-        datachecks.check_strict(checks, str(run_dir / artifacts.DATA_CHECKS_FILE))
+        data_checks.check_strict(checks, str(run_dir / files.DATA_CHECKS_FILE))
 
 
 def _class_weights(cfg: Config, splits: Splits) -> np.ndarray | None:
@@ -117,23 +120,23 @@ def _class_weights(cfg: Config, splits: Splits) -> np.ndarray | None:
 
 
 def _start_accelerator(cfg: Config, device: str, run_dir: Path) -> Accelerator:
-    # No mixed_precision here: Accelerate would fix it for the whole process; `precision.autocast` does it per run.
+    # No mixed_precision here: Accelerate would fix it for the whole process; `hardware.autocast` does it per run.
     return Accelerator(
         cpu=device == "cpu",
-        # pinned batches (`precision.pin_memory`) copied without waiting, so the copy overlaps the step before
-        dataloader_config=DataLoaderConfiguration(non_blocking=precision.pin_memory(device)),
+        # pinned batches (`hardware.pin_memory`) copied without waiting, so the copy overlaps the step before
+        dataloader_config=DataLoaderConfiguration(non_blocking=hardware.pin_memory(device)),
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         log_with=None if cfg.train.report_to == "none" else cfg.train.report_to,
-        project_dir=str(run_dir / artifacts.LOGS_DIR),
+        project_dir=str(run_dir / files.LOGS_DIR),
     )
 
 
 def _open_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator: Accelerator) -> None:
     if resume:
-        artifacts.check_resumable(run_dir)
+        files.check_resumable(run_dir)
         verify_checkpoint(run_dir)  # before anything is written to the run folder
     elif accelerator.is_main_process:
-        artifacts.prepare_run_dir(run_dir, overwrite)
+        files.prepare_run_dir(run_dir, overwrite)
     accelerator.wait_for_everyone()
 
 
@@ -168,7 +171,7 @@ def _resolve(cfg: Config, built: BuiltModel, splits: Splits, run_dir: Path, devi
 
 def _start_tracking(cfg: Config, accelerator: Accelerator, run_dir: Path, labels: list[str]) -> None:
     if accelerator.is_main_process:
-        artifacts.save_start(run_dir, cfg, labels)
+        files.save_start(run_dir, cfg, labels)
     if cfg.train.report_to != "none":
         accelerator.init_trackers(run_dir.name, config=_flat(cfg.to_dict()))
 
@@ -182,7 +185,7 @@ def _tokenize(splits: Splits, tokenizer: Any, max_length: int, accelerator: Acce
 
 
 def _place(model: Any, dtype: str, accelerator: Accelerator) -> Any:
-    precision.prepare_for_training(model, dtype, accelerator.distributed_type.value)
+    hardware.prepare_for_training(model, dtype, accelerator.distributed_type.value)
     return model.to(accelerator.device)
 
 
@@ -232,11 +235,11 @@ def _score(model, loader, ds: datasets.Dataset, accelerator, dtype: str, names: 
 
 def _evaluate_before(model, loader, ds, labels, accelerator, dtype: str, run_dir: Path, resume: bool):
     """The model as loaded, scored once (metrics and logits): a resumed run reads what its first start wrote."""
-    saved = artifacts.load_before(run_dir) if resume else None
+    saved = files.load_before(run_dir) if resume else None
     if saved is None:
         saved = _score(model, loader, ds, accelerator, dtype, labels)
         if accelerator.is_main_process:
-            artifacts.save_before(run_dir, *saved)
+            files.save_before(run_dir, *saved)
     log.info("before: accuracy %.4f, f1 %.4f", saved[0].accuracy, saved[0].f1)
     return saved
 
@@ -278,7 +281,7 @@ def _evaluate_after(run_dir, model, eval_data, val_data, accelerator, dtype: str
         return _After(before, logits_before, val_logits, temperature, None, None, _throughput(None, 0, 0.0))
     scorer, *_ = inference_model(run_dir, accelerator.device, "fp32", finished=False)
     fp32_logits = _score(scorer, *eval_data, accelerator, "fp32", names)[1] if dtype != "fp32" else None
-    scorer = precision.prepare_for_inference(scorer, dtype)  # the same weights load_for_inference casts
+    scorer = hardware.prepare_for_inference(scorer, dtype)  # the same weights load_for_inference casts
     started = time.perf_counter()
     _, logits = _score(scorer, *eval_data, accelerator, "fp32", names)  # no autocast: the model holds its dtype
     throughput = _throughput(state, len(eval_data[1]), time.perf_counter() - started)
@@ -348,7 +351,7 @@ def _summarise(
         eval_split=splits.eval_name,
         train_seconds=state.train_seconds if state else 0.0,
         **counts,
-        peak_memory_mb=precision.peak_memory_mb(cfg.train.device),
+        peak_memory_mb=hardware.peak_memory_mb(cfg.train.device),
         precision=cfg.train.precision,
         after_precision=cfg.train.precision,
         device=cfg.train.device,
@@ -379,15 +382,15 @@ def _end_tracking(cfg: Config, accelerator: Accelerator, after: Metrics) -> None
 def _save(run_dir: Path, cfg: Config, summary: RunSummary, findings: Findings, after: _After) -> RunSummary:
     """Predictions, temperature, thresholds, the summary, the report, and the COMPLETE marker last (the weights
     are saved)."""
-    artifacts.save_predictions(run_dir, findings.table)
+    files.save_predictions(run_dir, findings.table)
     if after.thresholds is not None:
-        artifacts.save_thresholds(run_dir, _by_label(summary.labels, after.thresholds))
-    artifacts.save_calibration(run_dir, findings.reliability)
+        files.save_thresholds(run_dir, _by_label(summary.labels, after.thresholds))
+    files.save_calibration(run_dir, findings.reliability)
     size = weights.artifact_size_bytes(run_dir, cfg.lora.method)
     summary = dataclasses.replace(summary, adapter_size_bytes=size)
-    artifacts.save_summary(run_dir, summary)
+    files.save_summary(run_dir, summary)
     write_report(run_dir)
-    artifacts.mark_complete(run_dir)
+    files.mark_complete(run_dir)
     return summary
 
 

@@ -10,11 +10,11 @@ import struct
 from pathlib import Path
 
 from loratune.config import Config
-from loratune.data import Splits, load_splits
+from loratune.data.splits import Splits, load_splits
 from loratune.errors import ConfigError, LoratuneError, PreflightError, RunError
 from loratune.formatting import size
-from loratune.modeling import default_model_path, display_name, max_positions
-from loratune.storage import free_bytes, writable_problem
+from loratune.model.build import default_model_path, display_name, max_positions
+from loratune.runs.storage import free_bytes, writable_problem
 
 # What a run writes besides weights: tokenizer (MiniLM's is 0.9 MB), report plots and pages, JSON and CSV files.
 SLACK_BYTES = 8 * 2**20

@@ -1,0 +1,2 @@
+"""Training: the recipe (the stages of one run, in order), the loop, checkpoints, and training several methods
+for a comparison."""
