@@ -58,7 +58,8 @@ def main() -> None:
 
         from loratune.config import DataArgs
         from loratune.data.splits import load_splits, tokenize
-        from loratune.model.build import default_model_path, load_tokenizer
+        from loratune.model.names import default_model_path
+        from loratune.model.loading import load_tokenizer
 
         datasets.disable_progress_bars()
         tokenizer = load_tokenizer(default_model_path())

@@ -506,7 +506,9 @@ def write_fake_findings(run_dir: Path, labels: list[str], accuracy: float, seed:
     import numpy as np
 
     from loratune.runs import files
+    from loratune.scoring.changes import Decisions, ScoredSplit
     from loratune.scoring.findings import compute_findings
+    from loratune.task import SINGLE
 
     gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
     y_true = gold_rng.integers(0, len(labels), n)
@@ -519,17 +521,10 @@ def write_fake_findings(run_dir: Path, labels: list[str], accuracy: float, seed:
         return out
 
     val_true = gold_rng.integers(0, len(labels), n)
-    found = compute_findings(
-        texts,
-        None,
-        y_true,
-        logits(0.5, n, y_true),
-        logits(accuracy, n, y_true),
-        logits(accuracy, n, val_true),
-        val_true,
-        labels,
-        seed=seed,
-    )
+    split = ScoredSplit(texts, None, y_true, logits(0.5, n, y_true), logits(accuracy, n, y_true))
+    val_logits = logits(accuracy, n, val_true)
+    validation = ScoredSplit(texts, None, val_true, val_logits, val_logits)
+    found = compute_findings(split, validation, labels, SINGLE, Decisions(), seed=seed)
     summary = files.load_summary(run_dir)
     summary = dataclasses.replace(
         summary, changes=found.changes, calibration=found.calibration, significance=found.significance

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
-from loratune.scoring.calibration import (
-    calibrated_probabilities,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-)
+from loratune.scoring.calibration import expected_calibration_error, fit_temperature, reliability_bins
+from loratune.task import SINGLE
 
 
 def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,12 +22,13 @@ def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model_without_changing_a_label():
     val_logits, val_true = overconfident(2000, seed=0)
     test_logits, test_true = overconfident(2000, seed=1)
-    temperature = fit_temperature(val_logits, val_true)
+    temperature = fit_temperature(val_logits, val_true, SINGLE)
     assert temperature > 1.5  # over-confident: the fit softens the scores
 
     raw = softmax(test_logits, axis=1)
-    calibrated = calibrated_probabilities(test_logits, temperature)
-    assert expected_calibration_error(calibrated, test_true) < expected_calibration_error(raw, test_true) / 3
+    calibrated = SINGLE.probabilities(test_logits, temperature)
+    ece = expected_calibration_error(calibrated, test_true, SINGLE)
+    assert ece < expected_calibration_error(raw, test_true, SINGLE) / 3
     # accuracy cannot change: T > 0 keeps every row's argmax
     assert (calibrated.argmax(1) == raw.argmax(1)).all()
 
@@ -40,11 +37,11 @@ def test_a_calibrated_model_keeps_a_temperature_near_one():
     rng = np.random.default_rng(4)
     logits = rng.normal(0, 2, (5000, 4))
     y_true = np.array([rng.choice(4, p=p) for p in softmax(logits, axis=1)])  # labels drawn from its own scores
-    assert abs(fit_temperature(logits, y_true) - 1.0) < 0.1
+    assert abs(fit_temperature(logits, y_true, SINGLE) - 1.0) < 0.1
 
 
 def test_reliability_bins_count_every_example_once():
     logits, y_true = overconfident(300, seed=2)
-    bins = reliability_bins(softmax(logits, axis=1), y_true)
+    bins = reliability_bins(softmax(logits, axis=1), y_true, SINGLE)
     assert sum(b["count"] for b in bins) == 300
     assert all(b["low"] <= b["confidence"] <= b["high"] for b in bins)

@@ -12,6 +12,7 @@ from conftest import PNG_MAGIC, make_rows, write_csv
 
 from loratune import ConfigError, DataError
 from loratune.cli import main
+from loratune.runs.folder import load_run
 
 
 def train_args(model, data, out, *extra: str) -> list[str]:
@@ -80,14 +81,13 @@ def test_train_repeats_a_run_from_its_saved_config(cli_run, tmp_path, capsys):
 
 
 def test_predict_prints_each_texts_most_likely_label_and_its_probability(cli_run, capsys):
-    from loratune.inference.predictor import Predictor
 
     texts = ["great movie", "awful plot", "the film was really great"]
     argv = ["predict", str(cli_run), "--device", "cpu", "--precision", "fp32"]
     assert main([*argv, *(arg for text in texts for arg in ("--text", text))]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
 
-    predictor = Predictor.from_run(cli_run, device="cpu", precision="fp32")
+    predictor = load_run(cli_run).predictor(device="cpu", precision="fp32")
     probabilities = predictor.predict_proba(texts)
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(len(texts)))
     assert len(lines) == len(texts)

@@ -1,4 +1,4 @@
-"""Tests for loratune.training.compiling: which modes a device accepts, and that a compiler failure never ends a run."""
+"""Tests for training.compiling: which modes a device accepts, and that a compiler failure never ends a run."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from loratune import Config, ConfigError, load_config
-from loratune.config import DEFAULT_LEARNING_RATES, FULL_HEAD_LEARNING_RATE, all_keys
+from loratune.config import all_keys
+from loratune.model.methods import FULL_HEAD_LEARNING_RATE, method_of
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.y*ml"))
 
@@ -31,7 +32,7 @@ def test_defaults_need_no_file():
 
 def test_default_learning_rate_depends_on_the_method():
     train = load_config().train
-    assert train.resolved_learning_rate("lora") == DEFAULT_LEARNING_RATES["lora"]
+    assert train.resolved_learning_rate("lora") == method_of("lora").learning_rate == 2e-3
     assert train.resolved_learning_rate("full") < train.resolved_learning_rate("lora")
     assert load_config(None, ["train.learning_rate=0.1"]).train.resolved_learning_rate("full") == 0.1
 

@@ -1,4 +1,4 @@
-"""Tests for multi-label data (loratune.data.splits with loratune.data.labelsets): every form a label set can take, the task
+"""Tests for multi-label data (data.splits with data.labelsets): every form a label set can take, the task
 detection and its overrides, one-line errors, the label map, stratified carving, evaluation data and data checks."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from loratune.data.checks import compute_data_checks
 from loratune.data.labelsets import to_name_sets
 from loratune.data.splits import load_eval_split, load_splits, load_texts
 from loratune.errors import DataError
+from loratune.task import MULTI
 
 NAMES = ["joy", "anger", "love"]  # deliberately unsorted: the label map sorts them
 GO_EMOTIONS = Path(__file__).parents[2] / "shared" / "data" / "go_emotions"
@@ -74,7 +75,7 @@ def write_folder(folder: Path, form: str = "list", writer=write_jsonl, suffix: s
 def test_jsonl_arrays_load_as_sorted_multi_hot_vectors(tmp_path):
     written = write_folder(tmp_path)
     splits = load_splits(DataArgs(path=str(tmp_path)))
-    assert splits.task == "multi"
+    assert splits.task.name == "multi"
     assert splits.labels == ["anger", "joy", "love"]
     assert splits.train.features["label"] == List(Value("float32"))
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (40, 12, 12)
@@ -85,7 +86,7 @@ def test_jsonl_arrays_load_as_sorted_multi_hot_vectors(tmp_path):
 def test_a_parquet_list_column_is_carved_keeping_every_row_and_set(tmp_path):
     written = rows(80, seed=3)
     splits = load_splits(DataArgs(path=str(write_parquet(tmp_path / "data.parquet", written))))
-    assert splits.task == "multi" and splits.labels == ["anger", "joy", "love"]
+    assert splits.task.name == "multi" and splits.labels == ["anger", "joy", "love"]
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 80
     assert read_back(splits) == expected(written)
 
@@ -93,7 +94,7 @@ def test_a_parquet_list_column_is_carved_keeping_every_row_and_set(tmp_path):
 def test_pipe_joined_csv_labels_are_read_as_sets(tmp_path):
     written = write_folder(tmp_path, "joined", write_csv, "csv")
     splits = load_splits(DataArgs(path=str(tmp_path)))
-    assert splits.task == "multi"
+    assert splits.task.name == "multi"
     assert splits.labels == ["anger", "joy", "love", "neutral"]
     want = {r["text"]: set(r["labels"].split("|")) for split in written.values() for r in split}
     assert read_back(splits) == want
@@ -102,9 +103,9 @@ def test_pipe_joined_csv_labels_are_read_as_sets(tmp_path):
 def test_a_custom_separator_splits_and_the_default_keeps_the_name_whole(tmp_path):
     write_folder(tmp_path, "joined", write_csv, "csv", sep=";")
     splits = load_splits(DataArgs(path=str(tmp_path), label_separator=";"))
-    assert splits.task == "multi" and splits.labels == ["anger", "joy", "love", "neutral"]
+    assert splits.task.name == "multi" and splits.labels == ["anger", "joy", "love", "neutral"]
     plain = load_splits(DataArgs(path=str(tmp_path)))
-    assert plain.task == "single"
+    assert plain.task.name == "single"
     assert "anger;joy" in plain.labels
 
 
@@ -116,7 +117,7 @@ def test_zero_one_columns_name_the_labels_and_an_all_zero_row_is_an_empty_set(tm
     writer = {"csv": write_csv, "jsonl": write_jsonl, "parquet": write_parquet}[fmt]
     path = writer(tmp_path / f"data.{fmt}", written)
     splits = load_splits(DataArgs(path=str(path), label_columns=["love", "joy", "anger"]))
-    assert splits.task == "multi"
+    assert splits.task.name == "multi"
     assert splits.labels == ["anger", "joy", "love"]
     found = read_back(splits)
     assert found == expected(written, "columns")
@@ -161,14 +162,14 @@ def test_the_label_map_is_sorted_whatever_the_row_order(tmp_path):
 
 def test_task_multi_reads_one_name_per_row_as_one_element_sets(data_dir):
     splits = load_splits(DataArgs(path=str(data_dir), task="multi"))
-    assert splits.task == "multi" and splits.labels == ["bad", "good"]
+    assert splits.task.name == "multi" and splits.labels == ["bad", "good"]
     assert all(sum(vector) == 1.0 for vector in splits.train["label"])
 
 
 def test_task_single_keeps_a_joined_name_as_one_class(tmp_path):
     write_folder(tmp_path, "joined", write_csv, "csv")
     splits = load_splits(DataArgs(path=str(tmp_path), task="single"))
-    assert splits.task == "single"
+    assert splits.task.name == "single"
     assert "anger|joy" in splits.labels
     assert splits.train.features["label"].names == splits.labels
 
@@ -247,7 +248,7 @@ def test_an_empty_cell_is_a_missing_label_and_the_row_is_dropped(tmp_path, caplo
     write_csv(tmp_path / "train.csv", train)
     with caplog.at_level(logging.WARNING, logger="loratune.data.splits"):
         splits = load_splits(DataArgs(path=str(tmp_path)))
-    assert splits.task == "multi" and splits.dropped["train"] == 1
+    assert splits.task.name == "multi" and splits.dropped["train"] == 1
     assert "no label here" not in read_back(splits)
     assert "Dropped 1 of 21 train rows with an empty text or a missing label." in caplog.text
 
@@ -272,7 +273,7 @@ def test_a_carved_split_keeps_a_rare_label_on_every_side(tmp_path, seed):
 def test_load_eval_split_encodes_with_the_runs_labels_and_order(tmp_path):
     write_folder(tmp_path, "joined", write_csv, "csv")
     run_labels = ["love", "neutral", "joy", "anger", "fear"]  # the run's order, and a label this data lacks
-    ds = load_eval_split(DataArgs(path=str(tmp_path)), "test", run_labels, task="multi")
+    ds = load_eval_split(DataArgs(path=str(tmp_path)), "test", run_labels, task=MULTI)
     assert ds.features["label"] == List(Value("float32"))
     written = {r["text"]: set(r["labels"].split("|")) for r in rows(12, 2, "joined")}
     for text, vector in zip(ds["text"], ds["label"], strict=True):
@@ -282,7 +283,7 @@ def test_load_eval_split_encodes_with_the_runs_labels_and_order(tmp_path):
 def test_load_eval_split_refuses_labels_the_run_never_saw(tmp_path):
     write_folder(tmp_path)
     with pytest.raises(DataError, match=r"^The test split has label\(s\) \['love'\] that the run was not trained on"):
-        load_eval_split(DataArgs(path=str(tmp_path)), "test", ["anger", "joy"], task="multi")
+        load_eval_split(DataArgs(path=str(tmp_path)), "test", ["anger", "joy"], task=MULTI)
 
 
 def test_load_eval_split_for_a_single_label_run_refuses_label_sets(tmp_path):
@@ -293,8 +294,8 @@ def test_load_eval_split_for_a_single_label_run_refuses_label_sets(tmp_path):
 
 def test_load_texts_gives_sorted_lists_of_names(tmp_path):
     write_folder(tmp_path, "joined", write_csv, "csv")
-    raw, dropped = load_texts(DataArgs(path=str(tmp_path)))
-    assert raw["train"].features["label"] == List(Value("string"))
+    raw, dropped, task = load_texts(DataArgs(path=str(tmp_path)))
+    assert task.name == "multi" and raw["train"].features["label"] == List(Value("string"))
     assert raw["train"]["label"][3] == ["anger", "joy"]
     assert dropped == {"train": 0, "validation": 0, "test": 0}
 
@@ -314,11 +315,10 @@ def test_data_checks_compare_label_sets_and_count_label_occurrences(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", [{"text": "shared with test", "labels": ["joy"]}, *rows(10, 1)])
     write_jsonl(tmp_path / "validation.jsonl", rows(10, 2))
     splits = load_splits(DataArgs(path=str(tmp_path)))
-    encoded = compute_data_checks(
-        {"train": splits.train, "validation": splits.validation, "test": splits.test}, splits.dropped, splits.labels
-    )
-    raw, dropped = load_texts(DataArgs(path=str(tmp_path)))
-    as_read = compute_data_checks({name: raw[name] for name in ("train", "validation", "test")}, dropped)
+    named = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    encoded = compute_data_checks(named, splits.task, splits.dropped, splits.labels)
+    raw, dropped, task = load_texts(DataArgs(path=str(tmp_path)))
+    as_read = compute_data_checks({name: raw[name] for name in ("train", "validation", "test")}, task, dropped)
     for checks in (encoded, as_read):
         assert checks["task"] == "multi"
         assert checks["splits"]["train"]["conflicting_texts"] == 2
@@ -334,7 +334,7 @@ def test_go_emotions_loads_as_28_labels_with_its_split_sizes():
     if not GO_EMOTIONS.is_dir():
         pytest.skip(f"real dataset folder {GO_EMOTIONS} is missing (expected ../shared/data/go_emotions)")
     splits = load_splits(DataArgs(path=str(GO_EMOTIONS)))
-    assert splits.task == "multi"
+    assert splits.task.name == "multi"
     assert len(splits.labels) == 28 and splits.labels == sorted(splits.labels)
     assert {"admiration", "neutral", "grief"} <= set(splits.labels)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (43410, 5426, 5427)

@@ -1,4 +1,4 @@
-"""Property-based tests for loratune.data.splits.load_splits: random, often broken, CSV and JSONL files either load into
+"""Property-based tests for data.splits.load_splits: random, often broken, CSV and JSONL files either load into
 consistent splits or fail with a one-line DataError, never another exception."""
 
 from __future__ import annotations
@@ -103,11 +103,11 @@ def _check_loaded(splits) -> None:
         assert len(split) > 0
         assert {"text", "label"} <= set(split.column_names)
         assert all(isinstance(t, str) and t.strip() for t in split["text"])
-        if splits.task == "multi":  # a random label such as "5F|x" holds the separator: a set of two names
+        if splits.task.name == "multi":  # a random label such as "5F|x" holds the separator: a set of two names
             assert all(len(v) == len(names) and set(v) <= {0.0, 1.0} for v in split["label"])
         else:
             assert all(0 <= i < len(names) for i in split["label"])
-    if splits.task == "single":
+    if splits.task.name == "single":
         assert len(set(splits.train["label"])) >= 2
 
 

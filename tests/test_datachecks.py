@@ -45,7 +45,7 @@ def planted(tmp_path):
 
 def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
     splits = load_splits(DataArgs(path=str(planted)))
-    checks = compute_data_checks(as_dict(splits), splits.dropped, splits.labels)
+    checks = compute_data_checks(as_dict(splits), splits.task, splits.dropped, splits.labels)
 
     assert checks["shared"]["train/test"]["texts"] == 1
     assert checks["shared"]["train/test"]["texts_normalised"] == 2
@@ -72,7 +72,9 @@ def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
 def test_truncation_past_one_percent_warns_and_strict_mode_refuses(planted):
     splits = load_splits(DataArgs(path=str(planted)))
     checks = add_truncation(
-        compute_data_checks(as_dict(splits), label_names=splits.labels), {"train": 10, "validation": 0, "test": 0}, 16
+        compute_data_checks(as_dict(splits), splits.task, label_names=splits.labels),
+        {"train": 10, "validation": 0, "test": 0},
+        16,
     )
     assert checks["splits"]["train"]["truncated"] == 10
     assert any("longer than 16 tokens" in w for w in checks["warnings"])

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from loratune.schema import to_dict
+from loratune.scoring.inference import evaluate as _evaluate
 from loratune.scoring.metrics import compute_metrics as _compute_metrics
-from loratune.scoring.metrics import evaluate as _evaluate
+from loratune.task import SINGLE
 
 LABELS = ["cat", "dog", "eel"]
 # Ten examples, imbalanced (5 cat, 3 dog, 2 eel), and "eel" is never predicted.
@@ -111,7 +112,7 @@ def test_evaluate_reports_the_mean_cross_entropy_and_the_argmax_scores():
         {"input_ids": torch.tensor([[0], [1]]), "labels": torch.tensor([0, 2])},
         {"input_ids": torch.tensor([[2]]), "labels": torch.tensor([1])},
     ]
-    metrics = evaluate(model, loader, LABELS)
+    metrics = evaluate(model, loader, LABELS, SINGLE)
 
     assert metrics["loss"] == pytest.approx((math.log(2) + math.log(3) + math.log(1 + 2 * math.exp(-5))) / 3)
     assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]

@@ -18,7 +18,7 @@ import loratune
 from loratune import RunError
 from loratune.cli import main
 from loratune.export.plain import export_run
-from loratune.inference.predictor import Predictor
+from loratune.runs.folder import load_run
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
 
@@ -49,7 +49,7 @@ def adapter_probabilities(folder: Path, base: str, texts: list[str]) -> torch.Te
 @pytest.mark.parametrize("lora_run", ARCHITECTURES, indirect=True)
 def test_merged_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     out = export_run(lora_run, tmp_path / "merged")
-    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
+    predictor = load_run(lora_run).predictor(device="cpu", precision="fp32")
     expected = predictor.predict_proba(TEXTS)
     got = pipeline_probabilities(out, predictor.labels, TEXTS)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
@@ -71,7 +71,7 @@ def test_merged_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
 def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
     out = export_run(lora_run, tmp_path / "adapter", adapter_only=True)
     assert {"adapter_config.json", "adapter_model.safetensors", "labels.json", "README.md"} <= set(os.listdir(out))
-    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
+    predictor = load_run(lora_run).predictor(device="cpu", precision="fp32")
     base = loratune.load_run(lora_run).config.model.name_or_path
     got = adapter_probabilities(out, base, TEXTS)
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
@@ -86,9 +86,9 @@ def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_
 
     run = shutil.copytree(lora_run, tmp_path / "run")
     files.save_calibration(run, {"temperature": 1.0})
-    plain = Predictor.from_run(run, device="cpu", precision="fp32")
+    plain = load_run(run).predictor(device="cpu", precision="fp32")
     files.save_calibration(run, {"temperature": 2.5})
-    scaled = Predictor.from_run(run, device="cpu", precision="fp32")
+    scaled = load_run(run).predictor(device="cpu", precision="fp32")
     assert scaled.temperature == 2.5
     before, after = plain.predict_proba(TEXTS), scaled.predict_proba(TEXTS)
     assert (before.argmax(-1) == after.argmax(-1)).all()  # T > 0 never changes a label
@@ -99,7 +99,8 @@ def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_
 
 def test_training_moved_the_model_so_the_comparison_means_something(trained_run, tiny_models, data_dir):
     run = trained_run(tiny_models["bert"], data_dir)
-    model, tokenizer, _, _ = loratune.runs.weights.load_model(run)
+    reopened = load_run(run)
+    model, tokenizer, _, _ = reopened.trained_model(), reopened.tokenizer, reopened.labels, reopened.config
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.inference_mode():
         adapted = model(**batch).logits
@@ -126,7 +127,7 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout.strip().splitlines()[-1])
-    predictor = Predictor.from_run(lora_run, device="cpu", precision="fp32")
+    predictor = load_run(lora_run).predictor(device="cpu", precision="fp32")
     got = torch.tensor([[row[label] for label in predictor.labels] for row in rows])
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
 
@@ -134,7 +135,7 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in rows]))
 def test_full_run_exports_its_whole_model(trained_run, tiny_models, data_dir, tmp_path):
     run = trained_run(tiny_models["distilbert"], data_dir, lora__method="full")
     out = export_run(run, tmp_path / "merged")
-    predictor = Predictor.from_run(run, device="cpu", precision="fp32")
+    predictor = load_run(run).predictor(device="cpu", precision="fp32")
     got = pipeline_probabilities(out, predictor.labels, TEXTS)
     torch.testing.assert_close(got, predictor.predict_proba(TEXTS), atol=1e-4, rtol=0)
     with pytest.raises(RunError, match="no PEFT adapter"):

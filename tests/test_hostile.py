@@ -180,17 +180,24 @@ def test_a_changed_checksum_file_is_caught_too(lora_run, capsys):
     assert "does not match its checksum" in line
 
 
-def test_a_run_saved_before_checksums_loads_with_a_warning(lora_run, capsys, caplog):
-    """Older run folders have no checksums.json: they load (their weights still checked for NaN / inf)."""
+def test_weights_without_their_checksums_are_refused(lora_run, capsys):
+    """Every folder of weights is saved with its checksums.json: without it the weights cannot be trusted."""
     (lora_run / "adapter" / CHECKSUMS_FILE).unlink()
-    code, err = cli(capsys, "predict", lora_run, "--text", "great movie", "--device", "cpu")
-    assert code == 0, err
-    assert "weights are unverified" in caplog.text
+    line = one_line_error(*cli(capsys, "predict", lora_run, "--text", "great movie", "--device", "cpu"))
+    assert "checksums.json is missing" in line and "cannot be verified" in line
 
 
-def test_nan_weights_without_checksums_are_refused(lora_run, capsys):
-    (lora_run / "adapter" / CHECKSUMS_FILE).unlink()
+def rewrite_checksums(folder: Path) -> None:
+    """Checksums of the files as they are now: weights a run saved in this state (checksums cannot catch it)."""
+    from loratune.runs.integrity import compute_checksums
+
+    manifest = folder / CHECKSUMS_FILE
+    manifest.write_text(json.dumps(compute_checksums(folder, json.loads(manifest.read_text()))))
+
+
+def test_nan_weights_with_matching_checksums_are_refused(lora_run, capsys):
     flip_tensor_bytes(lora_run / "adapter" / "adapter_model.safetensors")
+    rewrite_checksums(lora_run / "adapter")
     before = snapshot(lora_run)
     line = one_line_error(*cli(capsys, "predict", lora_run, "--text", "great movie", "--device", "cpu"))
     assert "NaN or infinite values" in line
@@ -205,7 +212,7 @@ def test_finite_weights_that_overflow_to_infinite_scores_are_refused(lora_run, d
     file = lora_run / "adapter" / "adapter_model.safetensors"
     tensors = {k: (v.abs() + 1) * 1e25 if "lora_" in k else v for k, v in load_file(file).items()}
     save_file(tensors, file)
-    (lora_run / "adapter" / CHECKSUMS_FILE).unlink()
+    rewrite_checksums(lora_run / "adapter")
     line = one_line_error(*cli(capsys, "predict", lora_run, "--text", "great movie", "--device", "cpu"))
     assert "NaN or infinite scores" in line
     line = one_line_error(*cli(capsys, "evaluate", lora_run, "--data", data_dir, "--device", "cpu"))

@@ -10,6 +10,7 @@ import pytest
 
 import loratune
 from loratune.cli import main
+from loratune.runs.folder import load_run
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def dataset(name: str) -> Path:
 
 
 def default_model() -> str:
-    from loratune.model.build import default_model_path
+    from loratune.model.names import default_model_path
 
     path = default_model_path()
     if not Path(path).is_dir():
@@ -59,7 +60,6 @@ def test_lora_on_sst2_beats_the_untrained_model(sst2_run):
 
 
 def test_predict_labels_clear_reviews_right_with_the_sst2_run(sst2_run, capsys):
-    from loratune.inference.predictor import Predictor
 
     out, _ = sst2_run
     reviews = {
@@ -71,7 +71,7 @@ def test_predict_labels_clear_reviews_right_with_the_sst2_run(sst2_run, capsys):
     assert main([*argv, *(arg for text in reviews for arg in ("--text", text))]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
 
-    probabilities = Predictor.from_run(out, device="cpu", precision="fp32").predict_proba(list(reviews))
+    probabilities = load_run(out).predictor(device="cpu", precision="fp32").predict_proba(list(reviews))
     assert len(lines) == len(reviews)
     for line, (text, expected), probs in zip(lines, reviews.items(), probabilities, strict=True):
         label, score, printed = line.split("\t")

@@ -16,8 +16,7 @@ from conftest import pipeline_probabilities, write_csv
 import loratune
 from loratune import RunError
 from loratune.export.plain import export_run
-from loratune.inference.predictor import Predictor
-from loratune.runs.weights import load_model
+from loratune.runs.folder import load_run
 
 
 @pytest.fixture
@@ -41,7 +40,8 @@ def test_peft_loads_the_adapter_with_the_logits_loratune_gets(trained_run, tiny_
     from transformers import AutoModelForSequenceClassification
 
     run = trained_run(tiny_models[arch], data_dir)
-    ours, tokenizer, labels, cfg = load_model(run)
+    reopened = load_run(run)
+    ours, tokenizer, labels, cfg = reopened.trained_model(), reopened.tokenizer, reopened.labels, reopened.config
     base = AutoModelForSequenceClassification.from_pretrained(
         cfg.model.name_or_path, num_labels=len(labels), attn_implementation="eager"
     )
@@ -57,7 +57,7 @@ def test_label_names_survive_the_round_trip(trained_run, tiny_models, data_dir, 
     write_csv(tmp_path / "data" / "train.csv", rows * 15)
     run = trained_run(tiny_models["bert"], tmp_path / "data")
     assert json.loads((run / "labels.json").read_text()) == ["nul", "très bon"]
-    predictor = Predictor.from_run(run, device="cpu", precision="fp32")
+    predictor = load_run(run).predictor(device="cpu", precision="fp32")
     assert predictor.labels == ["nul", "très bon"]
     assert set(predictor.predict(["great film"])[0]["probabilities"]) == {"nul", "très bon"}
     out = export_run(run, tmp_path / "merged")
@@ -67,18 +67,18 @@ def test_label_names_survive_the_round_trip(trained_run, tiny_models, data_dir, 
 
 
 def test_a_moved_run_folder_still_loads(bert_lora_run, tmp_path):
-    expected = Predictor.from_run(bert_lora_run, device="cpu", precision="fp32").predict_proba(TEXTS)
+    expected = load_run(bert_lora_run).predictor(device="cpu", precision="fp32").predict_proba(TEXTS)
     moved = Path(shutil.copytree(bert_lora_run, tmp_path / "elsewhere" / "renamed-run"))
     torch.testing.assert_close(
-        Predictor.from_run(moved, device="cpu", precision="fp32").predict_proba(TEXTS), expected
+        load_run(moved).predictor(device="cpu", precision="fp32").predict_proba(TEXTS), expected
     )
     assert loratune.load_run(moved).summary.labels == ["bad", "good"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_round_trip_matches_cpu(bert_lora_run):
-    cpu = Predictor.from_run(bert_lora_run, device="cpu", precision="fp32").predict_proba(TEXTS)
-    cuda = Predictor.from_run(bert_lora_run, device="cuda", precision="fp32")
+    cpu = load_run(bert_lora_run).predictor(device="cpu", precision="fp32").predict_proba(TEXTS)
+    cuda = load_run(bert_lora_run).predictor(device="cuda", precision="fp32")
     assert next(cuda.model.parameters()).device.type == "cuda"
     torch.testing.assert_close(cuda.predict_proba(TEXTS), cpu, atol=1e-4, rtol=0)
 
@@ -100,7 +100,9 @@ def no_unpickling(monkeypatch):
 
 
 def test_loading_a_run_never_unpickles(bert_lora_run, no_unpickling):
-    model, _, labels, _ = load_model(bert_lora_run)
+    reopened = load_run(bert_lora_run)
+    reopened.trained_model()
+    labels = reopened.labels
     assert labels == ["bad", "good"]
 
 
@@ -114,7 +116,7 @@ def test_a_planted_pickle_is_refused_not_loaded(run_copy, no_unpickling):
         pickle.dump({k: v.numpy() for k, v in weights.items()}, handle)
     shutil.copy(adapter / "adapter_model.bin", adapter / "pytorch_model.bin")
     with pytest.raises(RunError, match="safetensors") as info:
-        load_model(run_copy)
+        load_run(run_copy).trained_model()
     assert "\n" not in str(info.value)
 
 
@@ -124,7 +126,7 @@ def test_a_full_run_without_safetensors_is_refused(trained_run, tiny_models, dat
         file.unlink()
     (run / "model" / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(RunError, match="safetensors"):
-        load_model(run)
+        load_run(run).trained_model()
 
 
 def _truncate(path: Path) -> None:
@@ -164,7 +166,7 @@ def _truncate(path: Path) -> None:
 def test_a_damaged_run_gives_one_clear_run_error(run_copy, damage, match):
     damage(run_copy)
     with pytest.raises(RunError, match=match) as info:
-        load_model(run_copy)
+        load_run(run_copy).trained_model()
     assert "\n" not in str(info.value)
 
 
@@ -178,7 +180,7 @@ def test_a_full_run_with_a_wrong_label_count_is_refused(trained_run, tiny_models
     run = Path(shutil.copytree(trained_run(tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"))
     (run / "labels.json").write_text('["bad", "good", "meh"]')
     with pytest.raises(RunError, match="3 labels but the saved model has 2"):
-        load_model(run)
+        load_run(run).trained_model()
 
 
 def test_remote_code_is_not_trusted_unless_the_config_says_so(bert_lora_run, monkeypatch):
@@ -193,5 +195,5 @@ def test_remote_code_is_not_trusted_unless_the_config_says_so(bert_lora_run, mon
             return _original(klass, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    load_model(bert_lora_run)
+    load_run(bert_lora_run).trained_model()
     assert seen and all(value is False for value in seen), seen

@@ -7,7 +7,8 @@ import torch
 
 from loratune import ModelError
 from loratune.config import LoraArgs, ModelArgs
-from loratune.model.build import HEAD_NAMES, build_model, load_tokenizer
+from loratune.model.build import build_model
+from loratune.model.loading import HEAD_NAMES, load_tokenizer
 
 LABELS = ["bad", "good"]
 TEXTS = ["great", "the movie was really great", "awful plot", "a very very awful story with really bad music"]

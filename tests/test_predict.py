@@ -10,15 +10,16 @@ import torch
 from conftest import write_csv, write_jsonl
 
 from loratune import DataError, Predictor, RunError
-from loratune.inference.predictor import read_texts, write_predictions
+from loratune.cli.texts import read_texts, write_predictions
 from loratune.model import hardware
+from loratune.runs.folder import load_run
 
 TEXTS = ["great movie", "the plot was really awful", "a very great scene with music"]
 
 
 @pytest.fixture(scope="module")
 def predictor(bert_run):
-    return Predictor.from_run(bert_run.run_dir, device="cpu", precision="fp32")
+    return load_run(bert_run.run_dir).predictor(device="cpu", precision="fp32")
 
 
 def test_predict_returns_label_names_and_probabilities_summing_to_one(predictor):
@@ -42,10 +43,8 @@ def test_predictions_keep_the_input_order(predictor):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_batch_size_does_not_change_predictions(predictor):
-    small = Predictor(
-        predictor.model, predictor.tokenizer, predictor.labels, predictor.max_length, 1, predictor.temperature
-    )
+def test_batch_size_does_not_change_predictions(predictor, bert_run):
+    small = Predictor(predictor.model, load_run(bert_run.run_dir), batch_size=1)
     torch.testing.assert_close(small.predict_proba(TEXTS), predictor.predict_proba(TEXTS), atol=1e-5, rtol=1e-4)
 
 
@@ -56,7 +55,7 @@ def test_mismatched_text_pairs_are_rejected(predictor):
 
 def test_from_run_rejects_a_missing_folder(tmp_path):
     with pytest.raises(RunError, match=r"does not exist"):
-        Predictor.from_run(tmp_path / "nope")
+        load_run(tmp_path / "nope").predictor()
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.jsonl", "in.txt"])
@@ -106,7 +105,7 @@ def test_unknown_output_format_is_rejected(predictor, tmp_path):
 
 
 def test_bf16_predictor_holds_a_merged_bf16_model_with_nearly_the_fp32_scores(bert_run, predictor):
-    fast = Predictor.from_run(bert_run.run_dir, device="cpu", precision="bf16")
+    fast = load_run(bert_run.run_dir).predictor(device="cpu", precision="bf16")
     assert {p.dtype for p in fast.model.parameters()} == {torch.bfloat16}
     assert not any("lora_" in name for name, _ in fast.model.named_parameters())  # merged into the weights
     torch.testing.assert_close(fast.predict_proba(TEXTS), predictor.predict_proba(TEXTS), atol=0.03, rtol=0)
@@ -115,7 +114,7 @@ def test_bf16_predictor_holds_a_merged_bf16_model_with_nearly_the_fp32_scores(be
 def test_auto_precision_is_fp32_on_a_cpu_without_fast_bf16(bert_run, monkeypatch):
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
-    model = Predictor.from_run(bert_run.run_dir, device="cpu").model
+    model = load_run(bert_run.run_dir).predictor(device="cpu").model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 

@@ -1,4 +1,4 @@
-"""Tests for loratune.training.recipe.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
+"""Tests for training.recipe.run: the run folder it writes, reloading it, and refusing to clobber a finished run.
 
 Each architecture gets one 2-epoch LoRA run on the tiny dataset, shared by the tests of this module.
 """
@@ -20,7 +20,6 @@ from loratune import ModelError, RunError
 from loratune.runs import files
 from loratune.runs.files import HISTORY_COLUMNS
 from loratune.runs.folder import load_run
-from loratune.runs.weights import load_model
 from loratune.schema import RunSummary
 from loratune.training.recipe import run
 
@@ -109,12 +108,13 @@ def test_reloaded_run_scores_the_eval_split_exactly_as_the_trained_model(arch_ru
     from loratune.config import DataArgs
     from loratune.data.batches import build_eval_loader
     from loratune.data.splits import load_eval_split, tokenize
-    from loratune.scoring.metrics import evaluate
+    from loratune.scoring.inference import evaluate
 
     _, result = arch_run
-    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    reopened = load_run(result.run_dir)
+    model, tokenizer, labels, cfg = reopened.trained_model(), reopened.tokenizer, reopened.labels, reopened.config
     ds, _ = tokenize(load_eval_split(DataArgs(path=str(data_dir)), "test", labels), tokenizer, cfg.data.max_length)
-    metrics = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), labels)
+    metrics = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), labels, reopened.task)
     assert metrics.confusion_matrix == result.after.confusion_matrix
     assert metrics.loss == pytest.approx(result.after.loss, abs=1e-5)
 
@@ -124,7 +124,8 @@ def test_peft_from_pretrained_matches_loratune_loading(arch_run):
     from transformers import AutoModelForSequenceClassification
 
     arch, result = arch_run
-    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    reopened = load_run(result.run_dir)
+    model, tokenizer, labels, cfg = reopened.trained_model(), reopened.tokenizer, reopened.labels, reopened.config
     base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name_or_path, num_labels=len(labels))
     base.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and Llama ship none
     peft_model = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
@@ -135,12 +136,13 @@ def test_peft_from_pretrained_matches_loratune_loading(arch_run):
 
 def test_predictor_gives_the_same_probabilities_as_the_reloaded_model(arch_run):
     _, result = arch_run
-    model, tokenizer, labels, _ = load_model(result.run_dir)
+    reopened = load_run(result.run_dir)
+    model, tokenizer = reopened.trained_model(), reopened.tokenizer
     texts = ["great movie", "the plot was awful", "a very very really great scene"]
-    temperature = files.load_temperature(result.run_dir)  # predict gives the calibrated probabilities
+    temperature = reopened.temperature  # predict gives the calibrated probabilities
     with torch.no_grad():
         expected = torch.softmax(model(**eval_batch(tokenizer, texts)).logits / temperature, -1)
-    predicted = loratune.Predictor.from_run(result.run_dir, device="cpu", precision="fp32").predict_proba(texts)
+    predicted = loratune.load_run(result.run_dir).predictor(device="cpu", precision="fp32").predict_proba(texts)
     torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -216,22 +218,22 @@ def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_sc
 
 
 def test_a_model_that_changes_when_saved_and_reloaded_is_reported(tmp_path, tiny_bert, data_dir, monkeypatch, caplog):
-    import loratune.training.recipe
+    from loratune.runs.folder import RunFolder
 
     cfg = tiny_config(tiny_bert, data_dir, tmp_path / "kept", lora__method="full", train__learning_rate=1e-3)
-    with caplog.at_level("WARNING", logger="loratune.training.recipe"):
+    with caplog.at_level("WARNING", logger="loratune.training.after"):
         run(cfg)
     assert "saved and reloaded" not in caplog.text  # the model training kept is the one saved
-    loaded = loratune.training.recipe.inference_model
+    loaded = RunFolder.trained_model
 
-    def lose_the_head(*args, **kwargs):  # a reload that misses a part, as mean pooling once went missing
-        model, *rest = loaded(*args, **kwargs)
+    def lose_the_head(self, *args, **kwargs):  # a reload that misses a part, as mean pooling once went missing
+        model = loaded(self, *args, **kwargs)
         with torch.no_grad():
             model.classifier.bias.copy_(torch.tensor([4.0, -4.0]))
-        return (model, *rest)
+        return model
 
-    monkeypatch.setattr(loratune.training.recipe, "inference_model", lose_the_head)
-    with caplog.at_level("WARNING", logger="loratune.training.recipe"):
+    monkeypatch.setattr(RunFolder, "trained_model", lose_the_head)
+    with caplog.at_level("WARNING", logger="loratune.training.after"):
         run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "lost"))))
     assert re.search(r"The saved model scores validation loss \d\.\d+, but training scored \d\.\d+", caplog.text)
 
@@ -261,7 +263,9 @@ def test_other_peft_methods_train_save_and_reload(tmp_path, tiny_bert, data_dir,
     adapter = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == {"dora": "LORA", "ia3": "IA3"}[method]
     assert adapter.get("use_dora", False) == (method == "dora")
-    model, tokenizer, labels, cfg = load_model(result.run_dir)
+    reopened = load_run(result.run_dir)
+    reopened.trained_model()
+    labels, cfg = reopened.labels, reopened.config
     assert cfg.lora.method == method and labels == result.summary.labels
     again = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "again"))))
     assert again.after.accuracy == pytest.approx(result.after.accuracy)
@@ -300,14 +304,15 @@ def test_predict_on_a_run_whose_labels_json_is_not_json_prints_one_line_and_exit
     assert len(err.splitlines()) == 1 and "labels.json is damaged" in err
 
 
-def test_only_artifacts_names_the_run_folder_files():
-    """The layout has one owner: other modules name its files through the artifacts constants."""
+def test_only_runs_files_names_the_run_folder_files():
+    """The layout has one owner: other modules name its files through the `runs.files` constants."""
     src = Path(loratune.__file__).parent
     pattern = re.compile(
         r"metrics\.json|history\.csv|labels\.json|config\.yaml|before\.json|predictions\.parquet|calibration\.json"
         r"|data_checks\.json"
     )
-    offenders = [p.name for p in src.glob("*.py") if p.name != "files.py" and pattern.search(p.read_text())]
+    owner = src / "runs" / "files.py"
+    offenders = [p.name for p in src.rglob("*.py") if p != owner and pattern.search(p.read_text())]
     assert offenders == []
 
 
@@ -333,7 +338,6 @@ def test_the_api_hands_out_what_training_changed(bert_run):
 
 
 def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_run):
-    from loratune.runs import files
 
     s, table = bert_run.summary, files.load_predictions(bert_run.run_dir)
     assert len(table) == s.after.num_samples == s.data.test_size
@@ -342,7 +346,7 @@ def test_a_run_keeps_its_predictions_and_the_changes_add_up_to_its_scores(bert_r
     assert (c.still_right + c.broken) / len(table) == pytest.approx(s.before.accuracy)
     assert (c.still_right + c.fixed) / len(table) == pytest.approx(s.after.accuracy)
     assert (table["pred_after"] == table["label"]).mean() == pytest.approx(s.after.accuracy)
-    assert s.calibration.temperature == files.load_temperature(bert_run.run_dir) > 0
+    assert s.calibration.temperature == load_run(bert_run.run_dir).temperature > 0
     sig = s.significance
     assert sig.accuracy_after[0] <= s.after.accuracy <= sig.accuracy_after[1]
     assert 0 <= sig.mcnemar_p <= 1

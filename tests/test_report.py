@@ -154,7 +154,7 @@ def test_missing_or_non_finite_values_show_a_dash(tmp_path):
         before=dataclasses.replace(summary.before, accuracy=math.inf),
         history=history,
     )
-    run = save_run_folder(tmp_path / "run", summary, config=None)
+    run = save_run_folder(tmp_path / "run", summary)
 
     write_report(run)
     md = (run / "report.md").read_text()
@@ -166,8 +166,6 @@ def test_missing_or_non_finite_values_show_a_dash(tmp_path):
     assert "| accuracy | — | 86.0% | — |" in md
     assert "| time per epoch (mean) | — |" in md
     assert "| 4.00e-04 | — |" in md  # the first epoch's time, after its learning rate
-    assert "metrics.json has no data summary" in md
-    assert "## Configuration" not in md
     assert_png(run / "accuracy.png")
     assert_png(run / "loss.png")
 
@@ -212,29 +210,27 @@ def test_missing_metrics_json_raises_a_clear_error(tmp_path):
         write_report(tmp_path)
 
 
-def test_labels_json_names_the_classes_and_metrics_json_stands_in_when_it_is_missing(tmp_path):
+def test_labels_json_names_the_classes_and_a_folder_without_it_is_refused_in_one_line(tmp_path):
     summary = fake_summary(BINARY)
     renamed = save_run_folder(tmp_path / "renamed", summary, labels=["neg", "pos"])
     without = save_run_folder(tmp_path / "without", summary, labels=[])
 
     write_report(renamed)
-    write_report(without)
 
     assert "| neg | — | — | — | — | — | — |" in (renamed / "report.md").read_text()
     assert not (without / files.LABELS_FILE).exists()
-    assert "| positive | 85.5% | 86.0% | 84.5% | 100 | 32.3% | +52.2 pp |" in (without / "report.md").read_text()
+    with pytest.raises(RunError, match=r"labels\.json is missing; is .* a loratune run folder\?") as caught:
+        write_report(without)
+    assert "\n" not in str(caught.value) and not (without / "report.md").exists()
 
 
-def test_config_that_does_not_parse_still_shows_as_text(tmp_path):
+def test_a_config_that_does_not_parse_is_refused_in_one_line(tmp_path):
     broken = "data: [unclosed\nmodel: x\n"
     run = write_fake_run(tmp_path / "run", BINARY, config=broken)
 
-    write_report(run)
-    md = (run / "report.md").read_text()
-
-    assert "```yaml\n" + broken.rstrip("\n") + "\n```" in md
-    # The data name then comes from metrics.json's record of the data source.
-    assert md.startswith("# LoRA fine-tuning: all-MiniLM-L6-v2 on sst2\n")
+    with pytest.raises(RunError, match=r"config\.yaml is damaged \(.*not valid YAML.*\); restore it") as caught:
+        write_report(run)
+    assert "\n" not in str(caught.value) and not (run / "report.md").exists()
 
 
 def test_copied_run_folder_rebuilds_the_same_report(tmp_path):
@@ -252,7 +248,8 @@ def test_copied_run_folder_rebuilds_the_same_report(tmp_path):
 
 
 def test_report_and_comparison_do_not_import_torch():
-    code = "import sys, loratune.report.run_report, loratune.training.compare; print(sorted(m for m in sys.modules if m == 'torch'))"
+    modules = "loratune.report.run_report, loratune.report.comparison, loratune.training.compare"
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m == 'torch'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "[]"

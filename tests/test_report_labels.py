@@ -23,11 +23,12 @@ from conftest import (
 
 from loratune import formatting
 from loratune.report import plots
-from loratune.report.run_report import write_report
 from loratune.report.label_tables import MULTI_LABEL_RESULTS, RECALL_ROWS
+from loratune.report.run_report import write_report
 from loratune.runs import files
 from loratune.schema import ClassScores, Metrics
 from loratune.scoring.changes import examples
+from loratune.task import SINGLE
 
 SIX_EMOTIONS = GO_EMOTIONS[:6]
 
@@ -148,7 +149,7 @@ def test_multilabel_reliability_diagram_plots_fraction_true_against_predicted_pr
     assert "fraction true against predicted probability" in confidence
     assert "fraction of true labels" in confidence and "sigmoid" in confidence
     bins = files.load_calibration(run)["bins"]
-    plots.plot_reliability(bins, tmp_path / "single.png", multi_label=False)
+    plots.plot_reliability(bins, tmp_path / "single.png", SINGLE)
     assert (tmp_path / "single.png").read_bytes() != (run / "reliability.png").read_bytes()  # other axis labels
 
 

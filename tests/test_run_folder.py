@@ -21,8 +21,7 @@ from conftest import tiny_config, write_csv
 from loratune.cli import main
 from loratune.errors import RunError
 from loratune.export.plain import export_run
-from loratune.inference.predictor import Predictor
-from loratune.model.build import HUB_DEFAULT_MODEL, default_model_path
+from loratune.model.names import HUB_DEFAULT_MODEL, default_model_path
 from loratune.runs import files
 from loratune.runs.folder import load_run
 from loratune.training.recipe import run
@@ -144,7 +143,7 @@ def test_a_lock_held_by_a_live_process_is_never_taken_over(tmp_path):
 
 
 def test_the_packaged_default_is_recorded_by_its_hub_id_and_loads_from_the_package(tmp_path):
-    from loratune.model.build import portable_model_name, resolve_model_name
+    from loratune.model.names import portable_model_name, resolve_model_name
 
     packaged = default_model_path()
     if packaged == HUB_DEFAULT_MODEL:
@@ -165,8 +164,8 @@ def test_a_default_model_run_names_no_path_of_this_environment_and_predicts_the_
         assert venv not in text and "site-packages" not in text, name
     assert files.load_run_config(result.run_dir).model.name_or_path == HUB_DEFAULT_MODEL
     copy = Path(shutil.copytree(result.run_dir, tmp_path / "elsewhere" / "run"))
-    original = Predictor.from_run(result.run_dir, device="cpu", precision="fp32")
-    moved = Predictor.from_run(copy, device="cpu", precision="fp32")
+    original = load_run(result.run_dir).predictor(device="cpu", precision="fp32")
+    moved = load_run(copy).predictor(device="cpu", precision="fp32")
     assert Path(moved.model.config._name_or_path).resolve() == Path(packaged).resolve()
     torch.testing.assert_close(moved.predict_proba(TEXTS), original.predict_proba(TEXTS), atol=0, rtol=0)
 
@@ -182,10 +181,10 @@ def test_a_model_inside_the_run_folder_is_recorded_relative_and_travels_with_the
     shutil.copytree(tiny_bert, out / "base")
     result = run(tiny_config(out / "base", data_dir, out, train__num_epochs=1))
     assert files.load_run_config(out).model.name_or_path == "base"
-    expected = Predictor.from_run(out, device="cpu", precision="fp32").predict_proba(TEXTS)
+    expected = load_run(out).predictor(device="cpu", precision="fp32").predict_proba(TEXTS)
     moved = Path(shutil.move(str(out), tmp_path / "moved"))
     assert not result.run_dir.exists()
-    torch.testing.assert_close(Predictor.from_run(moved, "cpu", "fp32").predict_proba(TEXTS), expected, atol=0, rtol=0)
+    torch.testing.assert_close(load_run(moved).predictor("cpu", "fp32").predict_proba(TEXTS), expected, atol=0, rtol=0)
 
 
 def test_a_local_model_outside_the_run_is_recorded_by_its_absolute_path(tmp_path, tiny_bert, data_dir, monkeypatch):
@@ -254,7 +253,7 @@ def test_evaluate_with_data_and_max_samples_draws_the_runs_subsample(tmp_path, t
 
 
 def test_predict_batches_like_evaluate_so_the_probabilities_do_not_depend_on_the_batch(bert_run):
-    predictor = Predictor.from_run(bert_run.run_dir, device="cpu", precision="bf16")
+    predictor = load_run(bert_run.run_dir).predictor(device="cpu", precision="bf16")
     texts = [*TEXTS, "really great music but an awful actor " * 3, "the story was very very really awful"]
     together = predictor.predict_proba(texts)
     predictor.batch_size = 2
@@ -300,7 +299,7 @@ def test_the_api_hides_datasets_bars_and_the_peft_warning_for_the_run_only(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1, train__progress=True))
-        Predictor.from_run(result.run_dir, device="cpu").predict(TEXTS)
+        load_run(result.run_dir).predictor(device="cpu").predict(TEXTS)
     err = capfd.readouterr().err
     assert not any("is_gradient_checkpointing" in str(w.message) for w in caught)
     for bar in ("Tokenising", "Filter", "Map", "Writing model shards"):

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from loratune.scoring.significance import bootstrap_ci, macro_f1, mcnemar_exact
+from loratune.task import SINGLE
 
 
 def test_identical_predictions_are_not_significantly_different():
@@ -42,7 +43,7 @@ def test_bootstrap_interval_holds_the_score_and_shrinks_with_more_examples():
         y_true = rng.integers(0, 2, n)
         y_pred = np.where(rng.random(n) < 0.8, y_true, 1 - y_true)
         score = float(np.mean(y_true == y_pred)) if metric == "accuracy" else float(macro_f1(y_true, y_pred, 2))
-        return (*bootstrap_ci(y_true, y_pred, 2, metric), score)
+        return (*bootstrap_ci(SINGLE, y_true, y_pred, 2, metric), score)
 
     for metric in ("accuracy", "f1"):
         low, high, score = interval(200, metric)

@@ -1,4 +1,4 @@
-"""Tests for loratune.training.loop, the loop: the loop learns, is reproducible, keeps the best epoch, and stops early."""
+"""Tests for training.loop: the loop learns, is reproducible, keeps the best epoch, and stops early."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import pytest
 import torch
 from conftest import make_rows, tiny_config, write_csv
 
-from loratune.config import DEFAULT_LEARNING_RATES, FULL_HEAD_LEARNING_RATE, Config
+from loratune.config import Config
 from loratune.data.batches import build_eval_loader
 from loratune.data.splits import load_splits, tokenize
 from loratune.model.build import build_model
+from loratune.model.methods import FULL_HEAD_LEARNING_RATE, method_of
 from loratune.runs import files, weights
-from loratune.scoring.metrics import evaluate
-from loratune.training.loop import build_optimizer, train
+from loratune.runs.folder import RunFolder, load_run
+from loratune.scoring.inference import evaluate
+from loratune.task import SINGLE
+from loratune.training.loop import TrainingJob, build_optimizer, train
 from loratune.training.recipe import run
 
 ARCHITECTURES = ["bert", "distilbert", "gpt2", "llama"]
@@ -25,7 +28,8 @@ def train_loop(built, train_ds, val_ds, labels, cfg: Config, learning_rate: floa
     from accelerate import Accelerator
 
     args = dataclasses.replace(cfg.train, learning_rate=learning_rate)
-    return train(built.model, train_ds, val_ds, labels, args, Accelerator(cpu=True), built.tokenizer.pad_token_id)
+    job = TrainingJob(train_ds, val_ds, labels, SINGLE, built.tokenizer.pad_token_id)
+    return train(built.model, job, args, Accelerator(cpu=True))
 
 
 def prepare(cfg: Config):
@@ -89,7 +93,7 @@ def test_the_head_trains_at_its_own_learning_rate(tiny_bert, data_dir):
 def test_full_fine_tuning_records_the_heads_default_rate(tiny_bert, data_dir, tmp_path):
     cfg = tiny_config(tiny_bert, data_dir, tmp_path / "full", lora__method="full", train__num_epochs=1)
     result = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=None)))
-    assert result.config.train.learning_rate == DEFAULT_LEARNING_RATES["full"]
+    assert result.config.train.learning_rate == method_of("full").learning_rate
     assert result.config.train.head_learning_rate == FULL_HEAD_LEARNING_RATE
     assert files.load_run_config(result.run_dir).train.head_learning_rate == FULL_HEAD_LEARNING_RATE
 
@@ -101,7 +105,7 @@ def test_model_holds_the_best_epochs_weights(tiny_bert, data_dir):
     result = train_loop(built, train_ds, val_ds, labels, cfg, 5e-2)
     best = min(result.history, key=lambda entry: entry.val_loss)
     assert result.best_epoch == best.epoch
-    val = evaluate(built.model, build_eval_loader(val_ds, 8, pad), labels)
+    val = evaluate(built.model, build_eval_loader(val_ds, 8, pad), labels, SINGLE)
     assert val.loss == pytest.approx(best.val_loss, abs=1e-5)
 
 
@@ -137,10 +141,10 @@ def test_saved_model_reloads_to_identical_logits(method, pooling, tiny_bert, dat
     run_dir = tmp_path / "run"
     files.prepare_run_dir(run_dir, overwrite=False)
     files.save_start(run_dir, cfg, labels)
-    weights.save_model(run_dir, built.model, method, built.tokenizer)
-    files.mark_complete(run_dir)
+    weights.save_model(run_dir, built.model, method_of(method), built.tokenizer)
 
-    model, tokenizer, loaded_labels, _ = weights.load_model(run_dir)
+    reopened = RunFolder.open(run_dir, finished=False, scored=False)  # the weights alone, before any score
+    model, tokenizer, loaded_labels = reopened.trained_model(), reopened.tokenizer, reopened.labels
     assert loaded_labels == labels
     batch = tokenizer(["great movie", "the plot was really awful", "a scene"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -151,10 +155,11 @@ def test_saved_model_reloads_to_identical_logits(method, pooling, tiny_bert, dat
 def test_every_method_trains_saves_and_reloads(method, tiny_bert, data_dir, tmp_path):
     result = run(tiny_config(tiny_bert, data_dir, tmp_path / method, lora__method=method, train__num_epochs=1))
     assert (result.run_dir / "COMPLETE").exists()
-    model, tokenizer, _, cfg = weights.load_model(result.run_dir)
+    reopened = load_run(result.run_dir)
+    model, tokenizer, _, cfg = reopened.trained_model(), reopened.tokenizer, reopened.labels, reopened.config
     assert cfg.lora.method == method
     ds, _ = tokenize(load_splits(cfg.data, seed=cfg.train.seed).test, tokenizer, cfg.data.max_length)
-    reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.summary.labels)
+    reloaded = evaluate(model, build_eval_loader(ds, 8, tokenizer.pad_token_id), result.summary.labels, SINGLE)
     assert reloaded.loss == pytest.approx(result.after.loss, abs=1e-5)
 
 

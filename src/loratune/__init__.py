@@ -1,4 +1,8 @@
-"""loratune: LoRA fine-tuning of Hugging Face text classifiers, measured before and after."""
+"""loratune: LoRA fine-tuning of Hugging Face text classifiers, measured before and after.
+
+The public API: `load_config`, `run` (train and measure; returns the run folder), `load_run` (open a finished run
+folder: scores, `predict`, `predictor`), `evaluate_run` (score a run again, or on other data), `export_run`.
+"""
 
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, DataError, LoratuneError, ModelError, RunError
@@ -11,26 +15,29 @@ __all__ = [
     "LoratuneError",
     "ModelError",
     "Predictor",
-    "Run",
     "RunError",
+    "RunFolder",
+    "evaluate_run",
+    "export_run",
     "load_config",
     "load_run",
     "run",
 ]
 
+# torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
+_LAZY = {
+    "run": "loratune.training.recipe",
+    "RunFolder": "loratune.runs.folder",
+    "load_run": "loratune.runs.folder",
+    "Predictor": "loratune.inference.predictor",
+    "evaluate_run": "loratune.scoring.evaluation",
+    "export_run": "loratune.export.plain",
+}
+
 
 def __getattr__(name: str):
-    # torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
-    if name == "run":
-        from loratune.training.recipe import run
+    if name in _LAZY:
+        import importlib
 
-        return run
-    if name in ("Run", "load_run"):
-        from loratune.runs import folder
-
-        return getattr(folder, name)
-    if name == "Predictor":
-        from loratune.inference.predictor import Predictor
-
-        return Predictor
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'loratune' has no attribute {name!r}")

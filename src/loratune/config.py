@@ -16,10 +16,8 @@ from typing import Any
 import yaml
 
 from loratune.errors import ConfigError
+from loratune.model.methods import FULL_HEAD_LEARNING_RATE, METHODS, method_of
 
-METHODS = ("lora", "dora", "ia3", "head", "full", "none")
-# The methods whose trained weights are a PEFT adapter on a frozen base.
-ADAPTER_METHODS = ("lora", "dora", "ia3")
 BEST_METRICS = ("f1", "accuracy", "loss", "precision", "recall")
 TASKS = ("auto", "single", "multi")
 CLASS_WEIGHTS = ("none", "balanced")  # or the path of a JSON/YAML file mapping label -> weight
@@ -29,18 +27,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # off: eager PyTorch; on: torch.compile's default mode (Inductor). Its "reduce-overhead" mode (CUDA graphs) is not
 # offered: with dynamic shapes its compiled backward crashed the process on a GPU (training/compiling.py).
 COMPILE_MODES = ("auto", "off", "on")
-
-# Each method's learning rate when the user gives none. LoRA-style adapters start from zero (or one, for IA3)
-# and need a larger step than full fine-tuning, which moves pretrained weights directly. Measured on 4,000 SST-2
-# sentences, 2 epochs, all-MiniLM-L6-v2: LoRA at 1e-3 reached 0.825 test accuracy, at 2e-3 0.847. Full
-# fine-tuning of this small model at 5e-5 predicted one class on 1,000 SST-2 sentences x 1 epoch (0.500 test
-# accuracy); 1e-4 reached 0.720 and 2e-4 0.792.
-DEFAULT_LEARNING_RATES = {"lora": 2e-3, "dora": 2e-3, "ia3": 5e-3, "head": 5e-3, "full": 2e-4, "none": None}
-# The newly initialised head's rate in full fine-tuning: LoRA's, at which its head trains alongside the adapters,
-# so that the methods differ in how the encoder adapts and not in how fast the head learns. At full's 2e-4 the
-# head lagged: GoEmotions (8,000 texts, 2 epochs) test macro-F1 0.386, against 0.461 with the head at 2e-3 (LoRA
-# 0.464); see docs/comparing.md.
-FULL_HEAD_LEARNING_RATE = 2e-3
 
 
 def _help(text: str, flag: str | None = None) -> dict[str, str]:
@@ -200,8 +186,7 @@ class LoraArgs:
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"lora.method must be one of {list(METHODS)}, got {self.method!r}.")
+        method_of(self.method)  # a ConfigError naming the methods, for one the table lacks
         if self.r < 1:
             raise ConfigError(f"lora.r must be a positive rank, got {self.r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -290,13 +275,13 @@ class TrainArgs:
 
     def resolved_learning_rate(self, method: str) -> float | None:
         """The learning rate to use: the user's, else the method's default."""
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[method]
+        return self.learning_rate if self.learning_rate is not None else method_of(method).learning_rate
 
     def resolved_head_learning_rate(self, method: str) -> float | None:
-        """The head's learning rate: the user's, else the method's (see `FULL_HEAD_LEARNING_RATE`)."""
+        """The head's learning rate: the user's, else the method's (see `model.methods.FULL_HEAD_LEARNING_RATE`)."""
         if self.head_learning_rate is not None:
             return self.head_learning_rate
-        return FULL_HEAD_LEARNING_RATE if method == "full" else self.resolved_learning_rate(method)
+        return method_of(method).head_learning_rate or self.resolved_learning_rate(method)
 
 
 SECTIONS: dict[str, type] = {"data": DataArgs, "model": ModelArgs, "lora": LoraArgs, "train": TrainArgs}

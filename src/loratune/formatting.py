@@ -21,7 +21,6 @@ METRICS = (
     ("recall", "recall (macro)"),
     ("f1", "F1 (macro)"),
 )
-_METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "head": "Head-only", "full": "Full", "none": "Base (untrained)"}
 
 
 def finite(value: Any) -> float | None:
@@ -124,8 +123,3 @@ def short_name(path_or_id: Any) -> str:
     if text.startswith(("/", ".", "~", "…")) or "\\" in text or re.match(r"^[A-Za-z]:", text):
         return Path(text.replace("\\", "/")).name or text
     return text
-
-
-def method_name(method: str) -> str:
-    """'lora' -> 'LoRA'; an unknown method shows as written."""
-    return _METHOD_NAMES.get(method.lower(), method) if method else "LoRA"

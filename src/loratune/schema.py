@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-FORMAT_VERSION = 1
+# 2: each method's weights in a folder of their own (head/ for head-only), with checksums; the task recorded.
+FORMAT_VERSION = 2
 # How a label set is written as one string (the predictions file, predict's CSV, the data checks): "anger|joy".
 SET_SEPARATOR = "|"
 T = TypeVar("T")
@@ -57,10 +58,6 @@ class Metrics:
     samples_recall: float | None = None
     samples_f1: float | None = None
     hamming_loss: float | None = None
-
-    @property
-    def multi_label(self) -> bool:
-        return self.micro_f1 is not None
 
 
 @dataclass(frozen=True)
@@ -147,7 +144,7 @@ class RunSummary:
     labels: list[str]
     before: Metrics
     after: Metrics
-    task: str = "single"  # or "multi": a set of labels per text
+    task: str = "single"  # or "multi": a set of labels per text (`loratune.task`)
     class_weights: dict[str, float] | None = None  # the loss weight of each label (multi: of its positives)
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
@@ -163,7 +160,7 @@ class RunSummary:
     peak_memory_mb: float | None = None
     adapter_size_bytes: int | None = None
     precision: str = "fp32"
-    after_precision: str | None = None  # None: a run from before loratune scored "after" as `evaluate` does
+    after_precision: str | None = None  # the precision "after" was scored in, as `loratune evaluate` scores it
     after_fp32_accuracy: float | None = None  # when after_precision is lower: what fp32 (an export) scores
     device: str = "cpu"
     num_processes: int = 1
@@ -177,7 +174,9 @@ class RunSummary:
     @property
     def trained(self) -> bool:
         """False for the untrained baseline (method none), whose "after" is its "before"."""
-        return self.method != "none"
+        from loratune.model.methods import method_of  # torch-free: the table's names and settings
+
+        return method_of(self.method).trains
 
     @property
     def seconds_per_epoch(self) -> float | None:

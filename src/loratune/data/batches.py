@@ -54,10 +54,11 @@ class PackedTokens(torch.utils.data.Dataset):
             key: torch.from_numpy(np.append(flat, self._fill(key, pad_token_id)).astype(np.int64))
             for key, flat in inputs.items()
         }
-        # label ids, or multi-hot rows (float, as binary cross-entropy takes them) for a multi-label task
+        # label ids (long, as cross-entropy takes them), or multi-hot rows (float32, as binary cross-entropy does)
         self.labels = None
         if labels is not None:
-            self.labels = torch.tensor(labels, dtype=torch.float32 if labels.ndim == 2 else torch.long)
+            floats = np.issubdtype(np.asarray(labels).dtype, np.floating)
+            self.labels = torch.tensor(np.asarray(labels, dtype=np.float32 if floats else np.int64))
         self.bucket = bucket
 
     @staticmethod

@@ -16,6 +16,7 @@ from typing import Any
 from loratune.errors import DataError
 from loratune.formatting import NO_LABELS
 from loratune.schema import SET_SEPARATOR
+from loratune.task import Task, task_of
 
 SPLITS = ("train", "validation", "test")
 SHORT_WORDS = 2  # a text of at most this many words is "very short"
@@ -36,7 +37,12 @@ def _keys(ds: Any) -> list[str]:
     return list(texts)
 
 
-def _label_sets(ds: Any, label_names: list[str] | None) -> list[list[str]]:
+def _class_names(ds: Any, label_names: list[str] | None) -> list[list[str]]:
+    """Each row's class as a one-name list: the name of its id, or its label as read."""
+    return [[label_names[v]] if label_names else [str(v)] for v in ds["label"]]
+
+
+def _set_names(ds: Any, label_names: list[str] | None) -> list[list[str]]:
     """Each row's label names: from a multi-hot vector over `label_names`, or a list of names as read."""
     out = []
     for value in ds["label"]:
@@ -47,8 +53,8 @@ def _label_sets(ds: Any, label_names: list[str] | None) -> list[list[str]]:
     return out
 
 
-def _is_multi(ds: Any) -> bool:
-    return len(ds) > 0 and isinstance(ds[0]["label"], list)
+# How each task's rows name their labels.
+_NAMES_OF_TASK = {"single": _class_names, "multi": _set_names}
 
 
 def _conflicts(keys: list[str], labels: list[str]) -> dict[str, set[str]]:
@@ -59,7 +65,7 @@ def _conflicts(keys: list[str], labels: list[str]) -> dict[str, set[str]]:
 
 
 def compute_data_checks(
-    splits: dict[str, Any], dropped: dict[str, int] | None = None, label_names: list[str] | None = None
+    splits: dict[str, Any], task: Task, dropped: dict[str, int] | None = None, label_names: list[str] | None = None
 ) -> dict[str, Any]:
     """Check the splits of a dataset.
 
@@ -67,6 +73,7 @@ def compute_data_checks(
         splits: split name -> `datasets.Dataset` with columns text, optional text_pair, and label: ids (or, for
             multi-label data, multi-hot vectors) over `label_names`, or labels as read (a value, or a list of names)
             when it is None.
+        task: the data's task.
         dropped: rows each split lost on loading for an empty text or a missing label.
         label_names: the names of label ids.
 
@@ -76,16 +83,9 @@ def compute_data_checks(
         `label_counts` and `imbalance_ratio` of train, `task` ("single" or "multi"), and `warnings` (one line each).
     """
     keys = {s: _keys(ds) for s, ds in splits.items()}
-    multi = _is_multi(splits["train"])
-    if multi:
-        sets = {s: _label_sets(ds, label_names) for s, ds in splits.items()}
-        # a set is compared (and shown) as its sorted names joined: "anger|joy"
-        labels = {s: [SET_SEPARATOR.join(sorted(names)) or NO_LABELS for names in rows] for s, rows in sets.items()}
-    else:
-        labels = {
-            s: [label_names[i] for i in ds["label"]] if label_names else [str(v) for v in ds["label"]]
-            for s, ds in splits.items()
-        }
+    sets = {s: _NAMES_OF_TASK[task.name](ds, label_names) for s, ds in splits.items()}
+    # a label set is compared (and shown) as its sorted names joined: "anger|joy"; a class as its name
+    labels = {s: [SET_SEPARATOR.join(sorted(names)) or NO_LABELS for names in rows] for s, rows in sets.items()}
     per_split, conflict_examples = {}, []
     for split in splits:
         exact, normal = keys[split], [normalise(k) for k in keys[split]]
@@ -107,18 +107,13 @@ def compute_data_checks(
         both = set(keys[a]) & set(keys[b])
         both_normal = {normalise(k) for k in keys[a]} & {normalise(k) for k in keys[b]}
         shared[f"{a}/{b}"] = {"texts": len(both), "texts_normalised": len(both_normal), "examples": sorted(both)[:3]}
-    if multi:  # how many train texts carry each label
-        counts = {name: 0 for name in label_names or sorted({n for names in sets["train"] for n in names})}
-        for names in sets["train"]:
-            for name in names:
-                counts[name] += 1
-    else:
-        counts = {name: 0 for name in label_names or sorted(set(labels["train"]))}
-        for label in labels["train"]:
-            counts[label] += 1
+    counts = {name: 0 for name in label_names or sorted({n for names in sets["train"] for n in names})}
+    for names in sets["train"]:  # how many train texts carry each label
+        for name in names:
+            counts[name] += 1
     smallest = min(counts.values(), default=0)
     checks = {
-        "task": "multi" if multi else "single",
+        "task": task.name,
         "splits": per_split,
         "shared": shared,
         "conflict_examples": conflict_examples,
@@ -149,7 +144,7 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
             )
     for split, found in checks["splits"].items():
         if found["conflicting_texts_normalised"]:
-            what = "differing label sets" if checks.get("task") == "multi" else "more than one label"
+            what = task_of(checks["task"]).conflict
             out.append(
                 f"{_texts(found['conflicting_texts'], 'carries', 'carry', split)} {what} "
                 f"({found['conflicting_texts_normalised']} after normalising)"
@@ -166,7 +161,7 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
     ratio = checks["imbalance_ratio"]
     if ratio is None or ratio >= IMBALANCE_WARN:
         shown = "∞" if ratio is None else f"{ratio:.1f}"
-        what = "label" if checks.get("task") == "multi" else "class"
+        what = task_of(checks["task"]).unit
         out.append(f"train labels are imbalanced (largest / smallest {what}: {shown})")
     return out
 

@@ -14,9 +14,10 @@ import math
 from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Dataset, LargeList, List, Sequence, Value
+from datasets import ClassLabel, Dataset, List, Value
 
 from loratune.errors import DataError
+from loratune.task import holds_sets
 
 NAMES = List(Value("string"))
 MULTI_HOT = List(Value("float32"))
@@ -48,46 +49,6 @@ def _few(names: list[str], limit: int) -> str:
     if len(names) <= limit:
         return str(names)
     return f"{str(names[:limit])[:-1]}, ... ({len(names)} in all)]"
-
-
-def is_list(feature: Any) -> bool:
-    """Whether a label column's feature holds a list per row (names or a multi-hot vector)."""
-    return isinstance(feature, (List, Sequence, LargeList))
-
-
-def resolve_task(train: Dataset, task: str, separator: str) -> str:
-    """'single' or 'multi' for the train split as read (column `label`), given `data.task`.
-
-    auto means multi when the labels are lists, or when at least one label holds the separator.
-
-    Raises:
-        DataError: for list labels when the task is forced to single.
-    """
-    feature = train.features["label"]
-    if is_list(feature):
-        if task == "single":
-            raise single_task_refusal(train, "train")
-        return "multi"
-    if task != "auto":
-        return task
-    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-        return "multi" if any(separator in v for v in train.unique("label") if v) else "single"
-    return "single"
-
-
-def single_task_refusal(ds: Dataset, split: str) -> DataError:
-    """The error for a split whose labels are lists under a single-label task."""
-    sizes = [len(v) for v in ds["label"]]
-    if max(sizes) > 1:
-        why = f"a row has {max(sizes)} labels"
-    elif min(sizes) == 0:
-        why = "a row has an empty label set, and a single-label task needs one label per row"
-    else:
-        why = "each is a list of one name"
-    return DataError(
-        f"The {split} split's labels are lists ({why}); use --task multi for multi-label data, or give each row "
-        "one plain label."
-    )
 
 
 def from_columns(ds: Dataset, split: str, columns: list[str]) -> Dataset:
@@ -134,7 +95,7 @@ def to_name_sets(ds: Dataset, split: str, separator: str) -> Dataset:
         DataError: for an empty name ("a||b"), or a name inside a list that holds the separator.
     """
     feature = ds.features["label"]
-    inner = feature.feature if is_list(feature) else feature
+    inner = feature.feature if holds_sets(feature) else feature
 
     def name(value: Any) -> str:
         if isinstance(inner, ClassLabel) and isinstance(value, int):

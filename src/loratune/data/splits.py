@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from loratune.config import DataArgs
@@ -20,6 +22,7 @@ from loratune.data import labelsets
 from loratune.data.labelsets import label_name as _label_name
 from loratune.data.sources import LABEL_COLUMNS, load_raw, read_file, split_files
 from loratune.errors import DataError
+from loratune.task import SINGLE, Task, holds_sets, single_task_refusal, task_from_data
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ PAIR_COLUMNS = (
 @dataclass
 class Splits:
     """Train / validation / test datasets with columns `text`, optional `text_pair`, and `label`: an integer for a
-    single-label task, a float32 multi-hot list of `len(labels)` for a multi-label one (`task` "multi")."""
+    single-label task, a float32 multi-hot list of `len(labels)` for a multi-label one (as `task` holds them)."""
 
     train: Dataset
     validation: Dataset
@@ -45,7 +48,7 @@ class Splits:
     labels: list[str]
     has_test: bool = True
     dropped: dict[str, int] = field(default_factory=dict)  # rows lost on loading: empty text or missing label
-    task: str = "single"  # "single" or "multi", as resolved from data.task and the data
+    task: Task = SINGLE  # as decided from data.task and the data (`task.task_from_data`)
 
     @property
     def eval_name(self) -> str:
@@ -62,17 +65,10 @@ class Splits:
 
     def label_counts(self) -> dict[str, dict[str, int]]:
         """{split: {label name: rows}} (for multi-label, the rows carrying each label), for the report."""
-        counts = {}
-        for name in ("train", "validation", "test"):
-            if self.task == "multi":
-                totals = labelsets.multi_hot(getattr(self, name), len(self.labels)).sum(axis=0)
-                counts[name] = {label: int(n) for label, n in zip(self.labels, totals, strict=True)}
-                continue
-            ids = getattr(self, name)["label"]
-            counts[name] = {label: 0 for label in self.labels}
-            for i in ids:
-                counts[name][self.labels[i]] += 1
-        return counts
+        return {
+            name: self.task.label_counts(np.asarray(getattr(self, name)["label"]), self.labels)
+            for name in ("train", "validation", "test")
+        }
 
 
 def load_splits(args: DataArgs, seed: int = 42) -> Splits:
@@ -86,14 +82,10 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
-    raw, dropped = load_texts(args)
-    task = "multi" if labelsets.is_list(raw["train"].features["label"]) else "single"
-    if task == "multi":
-        labels = labelsets.label_names(raw["train"])
-        raw = DatasetDict({name: labelsets.encode(ds, name, labels) for name, ds in raw.items()})
-    else:
-        labels = _label_names(raw["train"], label_col_feature=raw["train"].features["label"])
-        raw = DatasetDict({name: _encode_labels(ds, name, labels) for name, ds in raw.items()})
+    raw, dropped, task = load_texts(args)
+    handling = _LABELS_OF_TASK[task.name]
+    labels = handling.names(raw["train"])
+    raw = DatasetDict({name: handling.encode(ds, name, labels) for name, ds in raw.items()})
 
     has_test = "test" in raw
     if "test" not in raw:
@@ -102,19 +94,9 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     if "validation" not in raw:
         raw["train"], raw["validation"] = _carve(raw["train"], args.validation_ratio, seed, "validation")
     train = _subsample(raw["train"], args.max_train_samples, seed)
-    if task == "multi":
-        totals = labelsets.multi_hot(train, len(labels)).sum(axis=0)
-        present = [n for n, c in zip(labels, totals, strict=True) if c]
-        if len(present) < 2:
-            raise DataError(
-                f"The train split's label sets hold {len(present)} label name(s) {present}; a classifier needs at "
-                "least two. Check data.label_column, data.label_columns or the data file."
-            )
-    elif len(set(train.unique("label"))) < 2:
-        raise DataError(
-            f"The train split has a single class ({labels[train[0]['label']]!r}); a classifier needs at least two. "
-            "Check data.label_column or the data file."
-        )
+    present = [n for n, c in task.label_counts(np.asarray(train["label"]), labels).items() if c]
+    if len(present) < 2:
+        raise handling.too_few(present)
     validation = _subsample(raw["validation"], args.max_eval_samples, seed)
     test = _subsample(raw["test"], args.max_eval_samples, seed)
     return Splits(
@@ -122,12 +104,12 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     )
 
 
-def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
-    """The splits found, with columns text, optional text_pair, and label as read (not yet encoded), and how many
-    rows each lost for an empty text or a missing label; `loratune check-data` checks these.
+def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int], Task]:
+    """The splits found, with columns text, optional text_pair, and label as read (not yet encoded), how many
+    rows each lost for an empty text or a missing label, and the task; `loratune check-data` checks these.
 
-    For multi-label data (`data.task`, resolved as in `labelsets.resolve_task`, or `data.label_columns`) each
-    label is a sorted list of names (`labelsets.NAMES`); an empty list is a text with no label.
+    For multi-label data (`data.task`, decided by `task.task_from_data`, or `data.label_columns`) each label is a
+    sorted list of names (`labelsets.NAMES`); an empty list is a text with no label.
 
     Raises:
         DataError: for a missing path, an empty file, a missing or ambiguous column, or a malformed label set.
@@ -138,9 +120,9 @@ def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int]]:
     text_col, pair_col, label_col = _detect_columns(raw["train"], args)
     sizes = {name: len(ds) for name, ds in raw.items()}
     raw = {name: _standardise(ds, name, text_col, pair_col, label_col, args) for name, ds in raw.items()}
-    task = labelsets.resolve_task(raw["train"], args.task, args.label_separator)
+    task = task_from_data(raw["train"], args.task, args.label_separator)
     raw = DatasetDict({name: _read_labels(ds, name, task, args.label_separator) for name, ds in raw.items()})
-    return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}
+    return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}, task
 
 
 def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str | None]:
@@ -217,12 +199,14 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
     return ds
 
 
-def _read_labels(ds: Dataset, split: str, task: str, separator: str) -> Dataset:
+def _read_labels(ds: Dataset, split: str, task: Task, separator: str) -> Dataset:
     """A multi-label split's labels as lists of names; a single-label split's as one value each."""
-    if task == "multi":
-        return labelsets.to_name_sets(ds, split, separator)
-    if labelsets.is_list(ds.features["label"]):
-        raise labelsets.single_task_refusal(ds, split)
+    return _LABELS_OF_TASK[task.name].read(ds, split, separator)
+
+
+def _read_classes(ds: Dataset, split: str, separator: str) -> Dataset:
+    if holds_sets(ds.features["label"]):
+        raise single_task_refusal(ds, split)
     if not isinstance(ds.features["label"], (ClassLabel, Value)):
         # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
         features = ds.features.copy()
@@ -253,9 +237,10 @@ def _usable_rows(batch: dict[str, list]) -> list[bool]:
     return keep
 
 
-def _label_names(train: Dataset, label_col_feature: Any) -> list[str]:
-    if isinstance(label_col_feature, ClassLabel):
-        return list(label_col_feature.names)
+def _label_names(train: Dataset) -> list[str]:
+    feature = train.features["label"]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
     values = train.unique("label")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in values):
         return [str(v) for v in sorted({int(v) for v in values})]
@@ -287,7 +272,7 @@ def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Da
     if len(ds) - size < 2:
         raise DataError(f"Too few rows ({len(ds)}) to carve a {name} split out of train; add rows or a {name} file.")
     by = "label"
-    if labelsets.is_list(ds.features["label"]):
+    if holds_sets(ds.features["label"]):
         by, stratum = "_stratum", labelsets.strata(labelsets.multi_hot(ds, len(ds[0]["label"])))
         ds = ds.add_column(by, stratum.tolist(), feature=ClassLabel(num_classes=int(stratum.max()) + 1))
     try:
@@ -357,12 +342,12 @@ def load_run_split(args: DataArgs, split: str, labels: list[str], seed: int) -> 
     return getattr(splits, split)
 
 
-def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "single", seed: int = 42) -> Dataset:
+def load_eval_split(args: DataArgs, split: str, labels: list[str], task: Task = SINGLE, seed: int = 42) -> Dataset:
     """One split of a dataset, encoded with an existing run's `labels` (for `loratune evaluate --data`).
 
-    A folder gives its `split` file; a single file is used whole. `task` is the run's ("single" or "multi"): a
-    multi-label run's data is read as label sets and encoded as multi-hot vectors over `labels`. A subsample
-    (`args.max_eval_samples`) is drawn with `seed`, as training draws it: the run's seed gives the run's texts.
+    A folder gives its `split` file; a single file is used whole. `task` is the run's: a multi-label run's data is
+    read as label sets and encoded as multi-hot vectors over `labels`. A subsample (`args.max_eval_samples`) is
+    drawn with `seed`, as training draws it: the run's seed gives the run's texts.
 
     Raises:
         DataError: as `load_splits`, and when the split is missing or has a label the run never saw.
@@ -391,5 +376,34 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: str = "
     text_col, pair_col, label_col = _detect_columns(raw[split], args)
     ds = _standardise(raw[split], split, text_col, pair_col, label_col, args)
     ds = _read_labels(ds, split, task, args.label_separator)
-    encode = labelsets.encode if task == "multi" else _encode_labels
+    encode = _LABELS_OF_TASK[task.name].encode
     return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed)
+
+
+def _one_class_left(present: list[str]) -> DataError:
+    return DataError(
+        f"The train split has a single class ({present[0]!r}); a classifier needs at least two. "
+        "Check data.label_column or the data file."
+    )
+
+
+def _one_label_left(present: list[str]) -> DataError:
+    return DataError(
+        f"The train split's label sets hold {len(present)} label name(s) {present}; a classifier needs at least "
+        "two. Check data.label_column, data.label_columns or the data file."
+    )
+
+
+# How each task names, encodes and checks its labels: class ids over the sorted names (or a ClassLabel's), or
+# multi-hot rows over the sorted names found in the train split's sets.
+class _LabelHandling(NamedTuple):
+    read: Callable[[Dataset, str, str], Dataset]  # the labels as read: one value, or a list of names
+    names: Callable[[Dataset], list[str]]  # the label names, in id order, from the train split
+    encode: Callable[..., Dataset]  # (ds, split, labels, run_labels=False): ids, or multi-hot rows
+    too_few: Callable[[list[str]], DataError]  # the error for a train split with fewer than two labels
+
+
+_LABELS_OF_TASK = {
+    "single": _LabelHandling(_read_classes, _label_names, _encode_labels, _one_class_left),
+    "multi": _LabelHandling(labelsets.to_name_sets, labelsets.label_names, labelsets.encode, _one_label_left),
+}

@@ -12,11 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from loratune.config import ADAPTER_METHODS
 from loratune.errors import RunError
-from loratune.inference.predictor import load_for_inference
-from loratune.model.build import load_tokenizer
 from loratune.runs import files, weights
+from loratune.runs.folder import RunFolder
 from loratune.runs.storage import writable_problem
 
 MERGED_README = """# {name}
@@ -80,12 +78,12 @@ validation split (`temperature` in `{calibration_file}`, {temperature}); it chan
 
 
 def export_run(
-    run_dir: str | Path, output_dir: str | Path, adapter_only: bool = False, overwrite: bool = False
+    run: str | Path | RunFolder, output_dir: str | Path, adapter_only: bool = False, overwrite: bool = False
 ) -> Path:
     """Write a run's model to `output_dir`, atomically (a temporary folder renamed into place).
 
     Args:
-        run_dir: a finished run folder.
+        run: a finished run folder (or its path).
         output_dir: the folder to write; it must be missing or empty unless `overwrite`.
         adapter_only: copy the PEFT adapter, tokenizer and labels instead of merging into a full model.
         overwrite: replace a non-empty `output_dir`.
@@ -97,9 +95,9 @@ def export_run(
         RunError: for a missing or damaged run, a non-empty `output_dir`, or a run that cannot take this form
             (mean pooling, which transformers lacks; an adapter export of a run without an adapter).
     """
-    run_dir = files.check_run(run_dir)
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     output_dir = Path(output_dir)
-    if output_dir.resolve() == run_dir.resolve() or run_dir.resolve() in output_dir.resolve().parents:
+    if output_dir.resolve() == run.run_dir.resolve() or run.run_dir.resolve() in output_dir.resolve().parents:
         raise RunError(f"--output-dir {str(output_dir)!r} is inside the run folder; choose a folder outside it.")
     if output_dir.exists() and not output_dir.is_dir():
         raise RunError(f"--output-dir {str(output_dir)!r} is a file; choose a folder.")
@@ -109,46 +107,47 @@ def export_run(
     problem = writable_problem(output_dir.resolve().parent, f"--output-dir {output_dir}")
     if problem:
         raise RunError(problem + ".")
-    if adapter_only:
-        files.save_directory(output_dir, lambda d: _write_adapter(run_dir, d, output_dir.name))
-    else:
-        files.save_directory(output_dir, lambda d: _write_merged(run_dir, d, output_dir.name))
+    _check_exportable(run, adapter_only)
+    write = _write_adapter if adapter_only else _write_merged
+    files.save_directory(output_dir, lambda folder: write(run, folder, output_dir.name))
     return output_dir
 
 
-def _check_exportable(run_dir: Path, cfg: Any, adapter_only: bool) -> None:
-    method = cfg.lora.method
-    if method == "none":
-        raise RunError(f"{run_dir} trained nothing (method none); there is no model to export.")
-    if cfg.model.pooling == "mean":
+def _check_exportable(run: RunFolder, adapter_only: bool) -> None:
+    method = run.method
+    if not method.trains:
+        raise RunError(f"{run.run_dir} trained nothing (method {method.name}); there is no model to export.")
+    if run.config.model.pooling == "mean":
         raise RunError(
-            f"{run_dir} uses mean pooling (model.pooling=mean), which transformers classifiers lack; it cannot be "
+            f"{run.run_dir} uses mean pooling (model.pooling=mean), which transformers classifiers lack; it cannot be "
             "exported as a plain transformers model. Use loratune predict, or retrain with model.pooling=model."
         )
-    if adapter_only and method not in ADAPTER_METHODS:
-        raise RunError(f"{run_dir} has no PEFT adapter (method {method}); export it without --adapter-only.")
+    if adapter_only and not method.adapter:
+        raise RunError(f"{run.run_dir} has no PEFT adapter (method {method.name}); export it without --adapter-only.")
 
 
-def _write_merged(run_dir: Path, folder: Path, name: str) -> None:
-    _check_exportable(run_dir, files.load_run_config(run_dir), adapter_only=False)
-    model, tokenizer, labels, cfg = load_for_inference(run_dir, "cpu", "fp32")
-    model = model.float()
-    _fold_temperature(model, files.load_temperature(run_dir), len(labels))
+def _write_merged(run: RunFolder, folder: Path, name: str) -> None:
+    labels, tokenizer = run.labels, run.tokenizer
+    model = run.inference_model("cpu", "fp32").float()
+    _fold_temperature(model, run.temperature, len(labels))
     config = model.config
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.num_labels = len(labels)
     config.pad_token_id = tokenizer.pad_token_id
-    thresholds = files.load_thresholds(run_dir, labels)
-    # the pipeline then applies softmax (single-label) or a sigmoid per label (multi-label), as predict does
-    config.problem_type = "multi_label_classification" if thresholds else "single_label_classification"
-    if thresholds:
-        config.label_thresholds = dict(zip(labels, thresholds, strict=True))
+    # the pipeline then applies the task's activation: softmax, or a sigmoid per label
+    config.problem_type = _PROBLEM_TYPES[run.task.name]
+    if run.thresholds:
+        config.label_thresholds = dict(zip(labels, run.thresholds, strict=True))
     model.save_pretrained(folder, safe_serialization=True)
-    _save_tokenizer(tokenizer, folder, cfg.data.max_length)
+    _save_tokenizer(tokenizer, folder, run.config.data.max_length)
     files.write_json(folder / files.LABELS_FILE, labels)
-    _copy_thresholds(run_dir, folder)
-    files.write_text(folder / "README.md", _readme(MERGED_README, run_dir, name, cfg, labels))
+    _copy_thresholds(run.run_dir, folder)
+    files.write_text(folder / "README.md", _readme(MERGED_README, run, name))
+
+
+# transformers' name of each task, which `pipeline` reads to pick its activation.
+_PROBLEM_TYPES = {"single": "single_label_classification", "multi": "multi_label_classification"}
 
 
 def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
@@ -167,23 +166,19 @@ def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
             heads[-1].bias.div_(temperature)
 
 
-def _write_adapter(run_dir: Path, folder: Path, name: str) -> None:
-    cfg = files.load_run_config(run_dir)
-    _check_exportable(run_dir, cfg, adapter_only=True)
-    labels = files.load_labels(run_dir)
-    weights.check_weights(run_dir, cfg.lora.method, labels)
-    adapter = run_dir / files.ADAPTER_DIR
+def _write_adapter(run: RunFolder, folder: Path, name: str) -> None:
+    weights.check_weights(run.run_dir, run.method, run.labels)
+    adapter = run.run_dir / run.method.saved_in
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():
             raise RunError(f"{adapter / file} is missing; the run folder is damaged.")
         shutil.copy2(adapter / file, folder / file)
-    tokenizer = load_tokenizer(str(run_dir / files.TOKENIZER_DIR), cfg.model.trust_remote_code)
-    _save_tokenizer(tokenizer, folder, cfg.data.max_length)
-    files.write_json(folder / files.LABELS_FILE, labels)
-    if (run_dir / files.CALIBRATION_FILE).is_file():
-        shutil.copy2(run_dir / files.CALIBRATION_FILE, folder / files.CALIBRATION_FILE)
-    _copy_thresholds(run_dir, folder)
-    files.write_text(folder / "README.md", _readme(ADAPTER_README, run_dir, name, cfg, labels))
+    _save_tokenizer(run.tokenizer, folder, run.config.data.max_length)
+    files.write_json(folder / files.LABELS_FILE, run.labels)
+    if (run.run_dir / files.CALIBRATION_FILE).is_file():
+        shutil.copy2(run.run_dir / files.CALIBRATION_FILE, folder / files.CALIBRATION_FILE)
+    _copy_thresholds(run.run_dir, folder)
+    files.write_text(folder / "README.md", _readme(ADAPTER_README, run, name))
 
 
 def _copy_thresholds(run_dir: Path, folder: Path) -> None:
@@ -197,21 +192,19 @@ def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _readme(template: str, run_dir: Path, name: str, cfg: Any, labels: list[str]) -> str:
-    merged = "The adapter is merged into the base weights. " if cfg.lora.method in ADAPTER_METHODS else ""
+def _readme(template: str, run: RunFolder, name: str) -> str:
+    cfg = run.config
     return template.format(
         name=name,
-        run=run_dir.name,
+        run=run.run_dir.name,
         method=cfg.lora.method,
         base=cfg.model.name_or_path,
-        merged=merged,
-        labels=json.dumps(labels, ensure_ascii=False),
+        merged="The adapter is merged into the base weights. " if run.method.adapter else "",
+        labels=json.dumps(run.labels, ensure_ascii=False),
         max_length=cfg.data.max_length,
         labels_file=files.LABELS_FILE,
         calibration_file=files.CALIBRATION_FILE,
         thresholds_file=files.THRESHOLDS_FILE,
-        temperature=f"{files.load_temperature(run_dir):.4g}",
-        multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=files.THRESHOLDS_FILE)
-        if (run_dir / files.THRESHOLDS_FILE).is_file()
-        else "",
+        temperature=f"{run.temperature:.4g}",
+        multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=files.THRESHOLDS_FILE) if run.thresholds else "",
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from loratune.errors import ModelError
+from loratune.model.names import HUB_DEFAULT_MODEL
 
 
 def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
@@ -18,16 +20,15 @@ def is_mean_pooled_sentence_model(name_or_path: str) -> bool:
     try:
         return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
     except (OSError, ValueError):
-        from loratune.model.build import HUB_DEFAULT_MODEL  # here: modeling imports this module
-
         return name_or_path == HUB_DEFAULT_MODEL
 
 
-def resolve_pooling(pooling: str, method: str, name_or_path: str) -> str:
-    """'auto' -> mean only where a frozen encoder would otherwise feed an untrained pooler (see the README)."""
+def resolve_pooling(pooling: str, method: Any, name_or_path: str) -> str:
+    """'auto' -> mean only where a frozen encoder would otherwise feed an untrained pooler (see the README): for a
+    method (`model.methods.Method`) that trains a head alone on a sentence-transformers model."""
     if pooling != "auto":
         return pooling
-    return "mean" if method == "head" and is_mean_pooled_sentence_model(name_or_path) else "model"
+    return "mean" if method.pools_sentence_models_by_mean and is_mean_pooled_sentence_model(name_or_path) else "model"
 
 
 class MeanPooler(nn.Module):

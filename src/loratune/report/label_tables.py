@@ -4,13 +4,13 @@ table, and the class weights the loss used.
 A single-label run picks one label per text. A multi-label run picks a set, and is scored per label (with that
 label's decision threshold), averaged three ways (micro: over every (text, label) decision; macro: the mean over
 labels; samples: the mean over texts), and per text (subset accuracy: the whole set right; Hamming loss: the share
-of (text, label) decisions that are wrong). `loratune.report.run_report` places these blocks; `loratune.report.render` draws them.
+of (text, label) decisions that are wrong). `report.run_report` places these blocks; `report.render` draws them.
 """
 
 from __future__ import annotations
 
 from loratune.formatting import DASH, METRICS, change, count, fixed, percent, share_of_count
-from loratune.report.render import Block, Table, Text
+from loratune.report.render import Block, Heading, Table, Text
 from loratune.runs import files
 from loratune.schema import ClassScores, Metrics, RunSummary
 
@@ -32,11 +32,6 @@ MULTI_LABEL_RESULTS = (
 RECALL_ROWS = 10
 
 
-def is_multi_label(s: RunSummary) -> bool:
-    """Whether the run predicts a set of labels per text."""
-    return s.task == "multi" or s.after.multi_label
-
-
 def by_support(s: RunSummary, labels: list[str]) -> list[str]:
     """The labels, those with the most eval-split examples first (ties keep the label order)."""
     scores = s.after.per_class
@@ -54,15 +49,25 @@ def results_table(s: RunSummary, labels: list[str]) -> Table:
     RECALL_ROWS classes), which show what accuracy hides on imbalanced data. Multi-label: subset accuracy, the micro,
     macro and samples averages, and Hamming loss.
     """
+    return _RESULTS_OF_TASK[s.task](s, labels)
+
+
+def _class_results(s: RunSummary, labels: list[str]) -> Table:
     before, after = s.before, s.after
-    if is_multi_label(s):
-        rows = [_row(name, getattr(before, key), getattr(after, key)) for key, name in MULTI_LABEL_RESULTS]
-        # Hamming loss is an error rate: its fall is the good news, so its change is coloured the other way.
-        return Table(["metric", "before", "after", "change"], rows, signed=(3,), lower_is_better=(len(rows) - 1,))
     rows = [_row(name, getattr(before, key), getattr(after, key)) for key, name in SINGLE_LABEL_RESULTS]
     if len(labels) <= RECALL_ROWS:
         rows += [_row(f"recall: {label}", _recall(before, label), _recall(after, label)) for label in labels]
     return Table(["metric", "before", "after", "change"], rows, signed=(3,))
+
+
+def _label_set_results(s: RunSummary, labels: list[str]) -> Table:
+    before, after = s.before, s.after
+    rows = [_row(name, getattr(before, key), getattr(after, key)) for key, name in MULTI_LABEL_RESULTS]
+    # Hamming loss is an error rate: its fall is the good news, so its change is coloured the other way.
+    return Table(["metric", "before", "after", "change"], rows, signed=(3,), lower_is_better=(len(rows) - 1,))
+
+
+_RESULTS_OF_TASK = {"single": _class_results, "multi": _label_set_results}
 
 
 def _recall(metrics: Metrics, label: str) -> float | None:
@@ -72,20 +77,29 @@ def _recall(metrics: Metrics, label: str) -> float | None:
 
 def results_note(s: RunSummary, labels: list[str]) -> Text:
     """What the first table's less familiar rows mean."""
-    if is_multi_label(s):
-        return Text(
-            "Subset accuracy counts a text right only when its whole label set is. Micro averages pool every "
-            "(text, label) decision, so frequent labels dominate; macro averages weigh every label the same; samples "
-            "averages score each text's label set, then average over texts. Hamming loss is the share of "
-            "(text, label) decisions that are wrong.",
-            muted=True,
-        )
+    return _NOTES_OF_TASK[s.task](labels)
+
+
+def _label_set_note(labels: list[str]) -> Text:
+    return Text(
+        "Subset accuracy counts a text right only when its whole label set is. Micro averages pool every "
+        "(text, label) decision, so frequent labels dominate; macro averages weigh every label the same; samples "
+        "averages score each text's label set, then average over texts. Hamming loss is the share of "
+        "(text, label) decisions that are wrong.",
+        muted=True,
+    )
+
+
+def _class_note(labels: list[str]) -> Text:
     recall = "" if len(labels) <= RECALL_ROWS else " Each class's recall is in the per-class table below."
     return Text(
         "Balanced accuracy is the mean of the classes' recall: unlike accuracy, a majority class cannot carry it, so "
         f"on imbalanced data it shows whether the small classes are found.{recall}",
         muted=True,
     )
+
+
+_NOTES_OF_TASK = {"single": _class_note, "multi": _label_set_note}
 
 
 def _f1_change(s: RunSummary, label: str) -> tuple[ClassScores | None, list[str]]:
@@ -138,22 +152,46 @@ def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] |
     ]
 
 
+def per_label_section(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
+    """The per-class table (single-label) or the per-label one, under its heading."""
+    return _PER_LABEL_OF_TASK[s.task](s, labels, thresholds)
+
+
+def _per_class_section(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
+    return [Heading("Per class"), per_class_table(s, labels)]
+
+
+def _per_label_section(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
+    return [Heading("Per label"), *per_label_blocks(s, labels, thresholds)]
+
+
+_PER_LABEL_OF_TASK = {"single": _per_class_section, "multi": _per_label_section}
+
+
 def class_weight_blocks(s: RunSummary, labels: list[str]) -> list[Block]:
     """The loss weights the model was trained with, when the run used any."""
     weights = s.class_weights
     if not weights:
         return []
-    multi = is_multi_label(s)
-    order = by_support(s, labels) if multi else list(labels)
+    text, header, by_frequency = _WEIGHTS_OF_TASK[s.task]
+    order = by_support(s, labels) if by_frequency else list(labels)
     order += [label for label in weights if label not in order]  # a weight for a label the run lacks still shows
-    if multi:
-        text = "Trained with weighted positives: each label's positive examples weigh this much in the loss."
-    else:
-        text = "Trained with class weights: each class's examples weigh this much in the loss."
     return [
         Text(text, muted=True),
-        Table(
-            ["label", "weight of positives" if multi else "class weight"],
-            [[label, fixed(weights.get(label), digits=2)] for label in order],
-        ),
+        Table(["label", header], [[label, fixed(weights.get(label), digits=2)] for label in order]),
     ]
+
+
+# What the class weights are, what their column is called, and whether the labels are listed by frequency.
+_WEIGHTS_OF_TASK = {
+    "single": (
+        "Trained with class weights: each class's examples weigh this much in the loss.",
+        "class weight",
+        False,
+    ),
+    "multi": (
+        "Trained with weighted positives: each label's positive examples weigh this much in the loss.",
+        "weight of positives",
+        True,
+    ),
+}

@@ -2,7 +2,7 @@
 
 Figures are built with matplotlib's object API on an Agg canvas, so no global pyplot state or GUI backend is
 touched, and saved without date metadata, so the same summary always gives byte-identical PNGs. This module only
-draws: which plots a page shows, and their captions, are decided by `loratune.report.run_report` and `loratune.training.compare`.
+draws: which plots a page shows, and their captions, are decided by `report.run_report` and `report.comparison`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from loratune.formatting import finite, percent
 from loratune.schema import RunSummary
+from loratune.task import Task
 
 __all__ = [
     "DPI",
@@ -271,7 +272,7 @@ def _slanted(slant: bool) -> dict[str, Any]:
     return {"rotation": 45, "ha": "right"} if slant else {"rotation": 0, "ha": "center"}
 
 
-def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path, multi_label: bool = False) -> None:
+def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path, task: Task) -> None:
     """Reliability diagram: accuracy against mean confidence per confidence bin, one line per model state
     ("before", "after", "after_calibrated"), with the diagonal a perfectly calibrated model would follow.
 
@@ -293,10 +294,18 @@ def plot_reliability(bins: dict[str, list[dict[str, float]]], path: Path, multi_
             ax.plot(*zip(*points, strict=True), marker="o", markersize=4, color=color, label=name)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("predicted probability (every label)" if multi_label else "confidence (top-label probability)")
-    ax.set_ylabel("fraction true" if multi_label else "accuracy")
+    x_label, y_label = _RELIABILITY_AXES[task.name]
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.set_title("Reliability")
     _style_axes(ax, as_percent=True)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.legend(fontsize=8, framealpha=0.9)
     _save(figure, path)
+
+
+# What a reliability diagram's axes measure: a top-label confidence, or every (text, label) probability.
+_RELIABILITY_AXES = {
+    "single": ("confidence (top-label probability)", "accuracy"),
+    "multi": ("predicted probability (every label)", "fraction true"),
+}

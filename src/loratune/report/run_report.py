@@ -10,11 +10,7 @@ keeps the two outputs in step. The plots are drawn by `loratune.report.plots`, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from loratune.formatting import (
     DASH,
@@ -22,17 +18,15 @@ from loratune.formatting import (
     count,
     fixed,
     megabytes,
-    method_name,
     percent,
     sci,
     seconds,
     share,
     share_of_count,
-    short_name,
     size,
 )
+from loratune.model.methods import method_of
 from loratune.report import evidence, label_tables, plots
-from loratune.report.label_tables import is_multi_label
 from loratune.report.render import (
     Block,
     Code,
@@ -45,9 +39,11 @@ from loratune.report.render import (
     render_markdown,
 )
 from loratune.runs import files
+from loratune.runs.folder import RunFolder
 from loratune.schema import DataSummary, RunSummary
+from loratune.task import Task, task_of
 
-__all__ = ["RunFolder", "read_run_folder", "write_report"]
+__all__ = ["write_report"]
 
 _SPLITS = ("train", "validation", "test")
 PER_LABEL_PLOT = "per_label_f1.png"
@@ -71,92 +67,14 @@ def write_report(run_dir: str | Path) -> Path:
     Raises:
         RunError: If the folder's summary is missing or damaged, or its label file is damaged.
     """
-    run = read_run_folder(Path(run_dir))
+    run = RunFolder.open(run_dir, finished=False)  # the recipe writes the report just before COMPLETE
     figures = _write_plots(run)
     title = _title(run)
     blocks = _report_blocks(run, figures, _write_reliability(run))
-    files.write_text(run.dir / "report.md", render_markdown(title, blocks))
-    html_path = run.dir / "report.html"
-    files.write_text(html_path, render_html(title, blocks, run.dir, kicker="loratune · run report", dpi=plots.DPI))
+    files.write_text(run.run_dir / "report.md", render_markdown(title, blocks))
+    html_path = run.run_dir / "report.html"
+    files.write_text(html_path, render_html(title, blocks, run.run_dir, kicker="loratune · run report", dpi=plots.DPI))
     return html_path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading a run folder
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """What a report shows of a run folder: its summary, its label names and its config.
-
-    Attributes:
-        dir: The run folder.
-        summary: The run's summary (`files.METRICS_FILE`).
-        labels: The label names, in the order of the confusion matrix.
-        config_text: The config file as written, or None when the folder has none.
-        config: The config file parsed; empty when it is missing or does not parse.
-        predictions: The predictions table (`files.PREDICTIONS_FILE`), None in an older folder.
-        calibration: The calibration file (temperature, reliability bins), None in an older folder.
-        data_checks: The data checks file, None in an older folder.
-        thresholds: A multi-label run's decision thresholds in label order; None for a single-label run.
-    """
-
-    dir: Path
-    summary: RunSummary
-    labels: list[str]
-    config_text: str | None
-    config: dict[str, Any]
-    predictions: Any = None
-    calibration: dict[str, Any] | None = None
-    data_checks: dict[str, Any] | None = None
-    thresholds: list[float] | None = None
-
-    @property
-    def model_name(self) -> str:
-        return short_name(self.summary.model_name or self.summary.model)
-
-    @property
-    def data_name(self) -> str | None:
-        """The data set's short name, with its subset when the config names one; None when unknown."""
-        data = self.config.get("data")
-        data = data if isinstance(data, dict) else {}
-        path = data.get("path") or self.summary.data.source
-        if not path:
-            return None
-        subset = data.get("subset")
-        return f"{short_name(path)}/{subset}" if subset else short_name(path)
-
-
-def read_run_folder(run_dir: Path) -> RunFolder:
-    """Read what a report needs from a run folder.
-
-    Raises:
-        RunError: If the summary is missing or damaged, or the label file is damaged.
-    """
-    summary = files.load_summary(run_dir)
-    if (run_dir / files.LABELS_FILE).is_file():
-        labels = files.load_labels(run_dir)
-    else:
-        # The label file is the source of truth, but the summary repeats the names, so an older folder still renders.
-        labels = summary.labels or list(summary.after.per_class)
-    config_path = run_dir / files.CONFIG_FILE
-    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
-    try:
-        config = yaml.safe_load(config_text) if config_text else {}
-    except yaml.YAMLError:
-        config = {}  # the raw text is still shown; only the data name in the title is lost
-    return RunFolder(
-        run_dir,
-        summary,
-        labels,
-        config_text,
-        config if isinstance(config, dict) else {},
-        predictions=files.load_predictions(run_dir),
-        calibration=files.load_calibration(run_dir),
-        data_checks=files.load_data_checks(run_dir),
-        thresholds=files.load_thresholds(run_dir, labels),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,52 +87,61 @@ def _title(run: RunFolder) -> str:
     task = run.model_name + (f" on {data}" if data else "")
     if not run.summary.trained:
         return f"Untrained baseline: {task}"
-    return f"{method_name(run.summary.method)} fine-tuning: {task}"
+    return f"{method_of(run.summary.method).title} fine-tuning: {task}"
 
 
 def _write_plots(run: RunFolder) -> list[list[Figure]]:
     """Write the run's PNGs; returns them in rows as the report shows them (the two curves side by side)."""
-    summary, split = run.summary, run.summary.eval_split
-    multi = is_multi_label(summary)
+    summary, task = run.summary, run.task
     curves = []
     for key in ("accuracy", "loss"):
-        name = "subset accuracy" if multi and key == "accuracy" else key
-        plots.plot_curves(summary, key, run.dir / f"{key}.png", name)
+        name = task.accuracy_name if key == "accuracy" else key
+        plots.plot_curves(summary, key, run.run_dir / f"{key}.png", name)
         caption = f"{name[:1].upper()}{name[1:]}: train and validation per epoch; epoch 0 is the untrained model"
         curves.append(Figure(f"{key}.png", caption))
-    figures = [curves]
-    if multi:
-        # Sorted as the per-label table is, so the chart and the table read together.
-        plots.plot_per_label_f1(summary, label_tables.by_support(summary, run.labels), run.dir / PER_LABEL_PLOT)
-        caption = f"Per-label F1 before and after training ({split} split), the most frequent labels first"
-        figures.append([Figure(PER_LABEL_PLOT, caption, wide=len(run.labels) > 8)])
-        return figures
+    return [curves, *_LABEL_PLOTS_OF_TASK[task.name](run)]
+
+
+def _label_set_plots(run: RunFolder) -> list[list[Figure]]:
+    # Sorted as the per-label table is, so the chart and the table read together.
+    summary = run.summary
+    plots.plot_per_label_f1(summary, label_tables.by_support(summary, run.labels), run.run_dir / PER_LABEL_PLOT)
+    caption = f"Per-label F1 before and after training ({summary.eval_split} split), the most frequent labels first"
+    return [[Figure(PER_LABEL_PLOT, caption, wide=len(run.labels) > 8)]]
+
+
+def _class_plots(run: RunFolder) -> list[list[Figure]]:
+    summary, split, figures = run.summary, run.summary.eval_split, []
     if summary.after.confusion_matrix:
-        plots.plot_confusion(summary.after.confusion_matrix, run.labels, run.dir / "confusion_matrix.png")
+        plots.plot_confusion(summary.after.confusion_matrix, run.labels, run.run_dir / "confusion_matrix.png")
         figures.append([Figure("confusion_matrix.png", f"Confusion matrix after training ({split} split)", wide=True)])
     if len(run.labels) > 2:
-        plots.plot_per_class_f1(summary, run.labels, run.dir / "per_class_f1.png")
+        plots.plot_per_class_f1(summary, run.labels, run.run_dir / "per_class_f1.png")
         caption = f"Per-class F1 before and after training ({split} split)"
         figures.append([Figure("per_class_f1.png", caption, wide=len(run.labels) > 8)])
     return figures
 
 
+# What a task plots of its labels: a confusion matrix and per-class F1, or per-label F1.
+_LABEL_PLOTS_OF_TASK = {"single": _class_plots, "multi": _label_set_plots}
+
+
 def _write_reliability(run: RunFolder) -> list[Block]:
     if not run.calibration or not isinstance(run.calibration.get("bins"), dict):
         return []
-    multi = is_multi_label(run.summary)
-    plots.plot_reliability(run.calibration["bins"], run.dir / "reliability.png", multi_label=multi)
-    if multi:
-        what = "fraction true against predicted probability, per bin, over every (text, label) pair"
-    else:
-        what = "accuracy against confidence, per bin"
-    caption = f"Reliability on the {run.summary.eval_split} split: {what}"
+    plots.plot_reliability(run.calibration["bins"], run.run_dir / "reliability.png", run.task)
+    caption = f"Reliability on the {run.summary.eval_split} split: {_RELIABILITY_OF_TASK[run.task.name]}"
     return [Figures([Figure("reliability.png", caption)])]
+
+
+_RELIABILITY_OF_TASK = {
+    "single": "accuracy against confidence, per bin",
+    "multi": "fraction true against predicted probability, per bin, over every (text, label) pair",
+}
 
 
 def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: list[Block]) -> list[Block]:
     s = run.summary
-    multi = is_multi_label(s)
     blocks: list[Block] = [
         Text(_headline(s, len(run.labels))),
         Heading("Results"),
@@ -234,41 +161,47 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: lis
         _training_table(s),
         *label_tables.class_weight_blocks(s, run.labels),
         Heading("Data"),
-        *_data_blocks(s.data, run.labels, multi),
+        *_data_blocks(s.data, run.labels, run.task),
         Heading("Data checks"),
         *evidence.data_check_blocks(run.data_checks),
-        *(
-            [Heading("Per label"), *label_tables.per_label_blocks(s, run.labels, run.thresholds)]
-            if multi
-            else [Heading("Per class"), label_tables.per_class_table(s, run.labels)]
-        ),
+        *label_tables.per_label_section(s, run.labels, run.thresholds),
         Heading("History"),
         _history_block(s),
     ]
-    if run.config_text is not None:
-        blocks += [Heading("Configuration"), Text(f"{files.CONFIG_FILE}, as resolved for this run:", muted=True)]
-        blocks.append(Code(run.config_text.rstrip("\n")))
-    return blocks
+    blocks += [Heading("Configuration"), Text(f"{files.CONFIG_FILE}, as resolved for this run:", muted=True)]
+    return [*blocks, Code(run.config_text.rstrip("\n"))]
 
 
 def _headline(s: RunSummary, num_labels: int) -> str:
     """The one-sentence summary above the tables."""
+    return _HEADLINE_OF_TASK[s.task](s, num_labels)
+
+
+def _label_set_headline(s: RunSummary, num_labels: int) -> str:
     before, after = s.before, s.after
     where = f"on the {s.eval_split} split ({count(after.num_samples)} examples"
     trained = f"trained in {seconds(s.train_seconds)}."
-    if is_multi_label(s):
-        return (
-            f"Subset accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
-            f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → {percent(after.f1)} "
-            f"({change(after.f1, before.f1)}), micro F1 {percent(before.micro_f1)} → {percent(after.micro_f1)} "
-            f"({change(after.micro_f1, before.micro_f1)}) {where}, {count(num_labels)} labels, any number per "
-            f"text), {trained}"
-        )
+    return (
+        f"Subset accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
+        f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → {percent(after.f1)} "
+        f"({change(after.f1, before.f1)}), micro F1 {percent(before.micro_f1)} → {percent(after.micro_f1)} "
+        f"({change(after.micro_f1, before.micro_f1)}) {where}, {count(num_labels)} labels, any number per "
+        f"text), {trained}"
+    )
+
+
+def _class_headline(s: RunSummary, num_labels: int) -> str:
+    before, after = s.before, s.after
+    where = f"on the {s.eval_split} split ({count(after.num_samples)} examples"
+    trained = f"trained in {seconds(s.train_seconds)}."
     return (
         f"Accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
         f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → "
         f"{percent(after.f1)} ({change(after.f1, before.f1)}) {where}), {trained}"
     )
+
+
+_HEADLINE_OF_TASK = {"single": _class_headline, "multi": _label_set_headline}
 
 
 def _before_and_after(s: RunSummary) -> str:
@@ -298,7 +231,7 @@ def _training_table(s: RunSummary) -> Table:
     t = s.throughput
     rows = [
         ["model", s.model or DASH],
-        ["method", method_name(s.method)],
+        ["method", method_of(s.method).title],
         ["train time", seconds(s.train_seconds)],
         ["epochs", str(len(s.history))],
         ["time per epoch (mean)", seconds(s.seconds_per_epoch)],
@@ -318,10 +251,7 @@ def _training_table(s: RunSummary) -> Table:
     return Table(["training", "value"], rows, align="ll", key_value=True)
 
 
-def _data_blocks(data: DataSummary, labels: list[str], multi: bool) -> list[Block]:
-    if data == DataSummary():
-        # A summary written before runs recorded their data loads with every field at its default.
-        return [Text(f"{DASH} ({files.METRICS_FILE} has no data summary)", muted=True)]
+def _data_blocks(data: DataSummary, labels: list[str], task: Task) -> list[Block]:
     split_sizes = {split: getattr(data, f"{split}_size") for split in _SPLITS}
     sizes = Table(
         ["split", "examples", "truncated"],
@@ -335,14 +265,15 @@ def _data_blocks(data: DataSummary, labels: list[str], multi: bool) -> list[Bloc
     return [
         Text(f"Examples per split; truncated counts texts longer than {max_length} tokens.", True),
         sizes,
-        Text(
-            "Texts carrying each label, per split (a text can carry several):"
-            if multi
-            else "Label distribution per split:",
-            muted=True,
-        ),
+        Text(_DISTRIBUTION_OF_TASK[task.name], muted=True),
         Table(["label", *_SPLITS], label_rows),
     ]
+
+
+_DISTRIBUTION_OF_TASK = {
+    "single": "Label distribution per split:",
+    "multi": "Texts carrying each label, per split (a text can carry several):",
+}
 
 
 def _history_block(s: RunSummary) -> Block:
@@ -354,6 +285,6 @@ def _history_block(s: RunSummary) -> Block:
         losses = [fixed(h.train_loss), percent(h.train_accuracy), fixed(h.val_loss)]
         scores = [percent(h.val_accuracy), percent(h.val_precision), percent(h.val_recall), percent(h.val_f1)]
         rows.append([f"{h.epoch}{marker}", *losses, *scores, sci(h.learning_rate), seconds(h.epoch_seconds)])
-    val_accuracy = "val subset acc" if is_multi_label(s) else "val acc"
+    val_accuracy = "val " + task_of(s.task).accuracy_name.replace("accuracy", "acc")
     header = ["epoch", "train loss", "train acc", "val loss", val_accuracy, "val prec", "val recall", "val F1", "LR"]
     return Table([*header, "time"], rows)

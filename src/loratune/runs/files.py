@@ -1,9 +1,10 @@
-"""The run folder: its layout, atomic writes, and saving / loading the trained model with its labels and config.
+"""The run folder's files: their names, atomic writes, and reading and writing each record (config, labels,
+scores, predictions, calibration, thresholds, data checks). The weights are `runs.weights`'.
 
 Every file is written to a temporary name and renamed into place, and `COMPLETE` is written last, so a crash
 never leaves a half-written file that looks valid, and an unfinished run never looks finished. Each folder of
 weights carries `CHECKSUMS_FILE`, the sha256 of its weight and config files, written inside the temporary folder so
-that it appears in the same rename as the weights; every load checks it (`integrity`).
+that it appears in the same rename as the weights; every load checks it (`runs.integrity`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, RunError, first_line
-from loratune.schema import EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
+from loratune.schema import FORMAT_VERSION, EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
 from loratune.runs.storage import reporting_full_disk
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,10 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 BEFORE_FILE = "before.json"  # the "before" scores, written as soon as they exist so a resumed run reuses them
 COMPLETE = "COMPLETE"
-ADAPTER_DIR = "adapter"
-HEAD_FILE = "head.safetensors"
-FULL_MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
-CHECKSUMS_FILE = "checksums.json"  # in adapter/, model/, checkpoint/, and in the run folder for head.safetensors
+CHECKSUMS_FILE = "checksums.json"  # in each folder of weights (the method's, `Method.saved_in`) and checkpoint/
 PREDICTIONS_FILE = "predictions.parquet"  # the eval split, example by example, before and after (docs/run-folder.md)
 CALIBRATION_FILE = "calibration.json"  # the fitted temperature that `predict` and the export apply
 THRESHOLDS_FILE = "thresholds.json"  # multi-label runs: label -> decision threshold, chosen on validation
@@ -219,8 +217,20 @@ def save_summary(run_dir: Path, summary: RunSummary) -> None:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    """metrics.json as a `RunSummary`; a missing, truncated or tampered file is a one-line RunError."""
-    return _read_record(Path(run_dir) / METRICS_FILE, RunSummary)
+    """metrics.json as a `RunSummary`; a missing, truncated or tampered file, or one in another run-folder format,
+    is a one-line RunError."""
+    path = Path(run_dir) / METRICS_FILE
+    raw = read_json(path)
+    version = raw.get("format_version", FORMAT_VERSION) if isinstance(raw, dict) else FORMAT_VERSION
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"{path.parent} was written in run-folder format {version} and this loratune reads format "
+            f"{FORMAT_VERSION}; train the run again (or open it with the loratune that wrote it)."
+        )
+    try:
+        return from_dict(RunSummary, raw)
+    except SchemaError as error:
+        raise RunError(f"{path} is damaged ({error}); rerun training or restore the file.") from None
 
 
 def save_before(run_dir: Path, before: Metrics, logits: Any) -> None:
@@ -255,7 +265,7 @@ def save_predictions(run_dir: Path, table: Any) -> None:
 
 
 def load_predictions(run_dir: str | Path) -> Any:
-    """The predictions table as a pandas DataFrame, or None for a run folder written before it existed."""
+    """The predictions table as a pandas DataFrame, or None for a folder without one (a run stopped before it)."""
     import pandas as pd
 
     path = Path(run_dir) / PREDICTIONS_FILE
@@ -272,7 +282,7 @@ def save_calibration(run_dir: Path, calibration: dict[str, Any]) -> None:
 
 
 def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
-    """calibration.json, or None for a run folder written before runs fitted a temperature."""
+    """calibration.json, or None for a folder without one (a run stopped before it)."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
@@ -281,12 +291,6 @@ def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise RunError(f"{path} needs a positive 'temperature', got {str(temperature)[:40]}; restore or delete it.")
     return data
-
-
-def load_temperature(run_dir: str | Path) -> float:
-    """The run's fitted temperature; 1.0 (no change) for a run folder without one."""
-    calibration = load_calibration(run_dir)
-    return float(calibration["temperature"]) if calibration else 1.0
 
 
 def save_thresholds(run_dir: Path, thresholds: dict[str, float]) -> None:
@@ -317,7 +321,7 @@ def save_data_checks(run_dir: Path, checks: dict[str, Any]) -> None:
 
 
 def load_data_checks(run_dir: str | Path) -> dict[str, Any] | None:
-    """data_checks.json, or None for a run folder written before runs checked their data."""
+    """data_checks.json, or None for a folder without one (a run stopped before it)."""
     path = Path(run_dir) / DATA_CHECKS_FILE
     return read_json(path) if path.is_file() else None
 

@@ -1,54 +1,133 @@
-"""A finished run, as the Python API hands it out: its scores, its predictions and what training changed, and a
-predictor loaded on first use. Everything is read from the run folder."""
+"""`RunFolder`: the one way to open a run folder. `predict`, `evaluate`, `export`, the report, `compare` and the
+Python API all read a run through it, and a server can hold many of them.
+
+Its config, labels and scores are read when it opens; everything else (the predictions table, calibration,
+thresholds, the tokenizer, the model) on first use, and checked as it is read (`runs.files`, `runs.weights`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from loratune.runs import files
-from loratune.scoring import changes
 from loratune.config import Config
-from loratune.inference.predictor import Predictor
+from loratune.errors import RunError
+from loratune.formatting import short_name
+from loratune.model import hardware
+from loratune.model.methods import Method, method_of
+from loratune.quiet import peft_warnings_hidden
+from loratune.runs import files
 from loratune.schema import Metrics, RunSummary
+from loratune.scoring import changes
+from loratune.task import Task, task_of
+
+if TYPE_CHECKING:
+    from loratune.inference.predictor import Predictor
 
 
-@dataclass(repr=False)
-class Run:
-    """A finished run: its folder, summary (`schema.RunSummary`) and config; a predictor loaded on first use."""
+class RunFolder:
+    """A run folder: its config, labels, task, method and scores, the files its run wrote, and its model.
 
-    run_dir: Path
-    summary: RunSummary
-    config: Config
-    _predictor: Predictor | None = None
+    Attributes:
+        run_dir: the folder.
+        config: the resolved config the run ran with (`files.CONFIG_FILE`).
+        labels: the label names in id order (`files.LABELS_FILE`).
+        summary: the scores and figures of the run (`files.METRICS_FILE`); None while the run has not written it.
+    """
 
-    @property
-    def before(self) -> Metrics:
-        return self.summary.before
+    def __init__(self, path: Path, config: Config, labels: list[str], summary: RunSummary | None) -> None:
+        self.run_dir, self.config, self.labels, self.summary = path, config, labels, summary
+        self._models: dict[tuple[str, str], Any] = {}
 
-    @property
-    def after(self) -> Metrics:
-        return self.summary.after
+    @classmethod
+    def open(cls, path: str | Path, finished: bool = True, scored: bool = True) -> RunFolder:
+        """Open a run folder: a finished one (with `COMPLETE`), or with `finished=False` one its run is still
+        writing (the report, built just before the run completes; with `scored=False`, the recipe scoring the
+        model it saved, before its summary exists).
+
+        Raises:
+            RunError: for a missing, unfinished (when `finished`) or damaged folder, or one in an older format.
+        """
+        path = files.check_run(path) if finished else Path(path)
+        summary = files.load_summary(path) if scored else None
+        return cls(path, files.load_run_config(path), files.load_labels(path), summary)
 
     def __repr__(self) -> str:
         s = self.summary
+        if s is None:
+            return f"RunFolder({str(self.run_dir)!r}: {self.method.name}, unfinished)"
         return (
-            f"Run({str(self.run_dir)!r}: {s.method}, {s.eval_split} accuracy {s.before.accuracy:.4f} -> "
+            f"RunFolder({str(self.run_dir)!r}: {s.method}, {s.eval_split} accuracy {s.before.accuracy:.4f} -> "
             f"{s.after.accuracy:.4f}, f1 {s.before.f1:.4f} -> {s.after.f1:.4f})"
         )
 
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Label and probabilities for each text (see `Predictor.predict`)."""
-        if self._predictor is None:
-            self._predictor = Predictor.from_run(self.run_dir)
-        return self._predictor.predict(texts, text_pairs)
+    # -- what the run is ---------------------------------------------------------------------------------------
+    @property
+    def task(self) -> Task:
+        """The task as the run decided it (its config records it; so does its summary)."""
+        return task_of(self.summary.task if self.summary else self.config.data.task)
 
-    def predictions(self) -> pd.DataFrame:
-        """The eval split example by example, before and after (`files.PREDICTIONS_FILE`; see `changes`)."""
+    @property
+    def method(self) -> Method:
+        return method_of(self.config.lora.method)
+
+    @property
+    def before(self) -> Metrics:
+        return self._scores().before
+
+    @property
+    def after(self) -> Metrics:
+        return self._scores().after
+
+    def _scores(self) -> RunSummary:
+        if self.summary is None:
+            raise RunError(f"{self.run_dir} has no {files.METRICS_FILE} yet; its run has not finished.")
+        return self.summary
+
+    @property
+    def model_name(self) -> str:
+        summary = self.summary
+        return short_name((summary.model_name or summary.model) if summary else self.config.model.name_or_path)
+
+    @property
+    def data_name(self) -> str | None:
+        """The data set's short name, with its subset when the config names one; None when unknown."""
+        path = self.config.data.path or (self.summary.data.source if self.summary else None)
+        if not path:
+            return None
+        subset = self.config.data.subset
+        return f"{short_name(path)}/{subset}" if subset else short_name(path)
+
+    # -- the files it wrote, read on first use -----------------------------------------------------------------
+    @functools.cached_property
+    def config_text(self) -> str:
+        return (self.run_dir / files.CONFIG_FILE).read_text(encoding="utf-8")
+
+    @functools.cached_property
+    def predictions(self) -> pd.DataFrame | None:
+        """The eval split example by example, before and after (`files.PREDICTIONS_FILE`; see `scoring.changes`)."""
         return files.load_predictions(self.run_dir)
+
+    @functools.cached_property
+    def calibration(self) -> dict[str, Any] | None:
+        return files.load_calibration(self.run_dir)
+
+    @functools.cached_property
+    def data_checks(self) -> dict[str, Any] | None:
+        return files.load_data_checks(self.run_dir)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on validation, which `predict` and the after scores apply (1.0: none)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @functools.cached_property
+    def thresholds(self) -> list[float] | None:
+        """The decision thresholds in label order, for a task that decides with them; None otherwise."""
+        return files.load_thresholds(self.run_dir, self.labels)
 
     def changes(self, kind: str | None = None) -> pd.DataFrame:
         """The predictions with a `change` column: fixed, broken, still_wrong or still_right.
@@ -56,19 +135,65 @@ class Run:
         Args:
             kind: only the examples of this kind, the most confident (after training) first.
         """
-        table = self.predictions()
+        table = self.predictions
         if kind is not None:
             if kind not in (*changes.KINDS, "still_right"):
                 raise ValueError(f"kind must be one of {[*changes.KINDS, 'still_right']}, got {kind!r}")
             table = changes.examples(table, kind, limit=None)
         return table.assign(change=changes.kind_of(table))
 
+    # -- the model ---------------------------------------------------------------------------------------------
+    # torch, transformers and PEFT are imported by the methods that load a model, so that opening a run folder (for
+    # a report, a comparison) stays light.
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        from loratune.runs import weights
 
-def load_run(run_dir: str | Path) -> Run:
-    """Open a finished run folder.
+        return weights.load_tokenizer_of(self.run_dir, self.config)
+
+    def trained_model(self, device: Any = "cpu") -> Any:
+        """The classifier as training left it (fp32, a PEFT adapter still separate), weights verified first."""
+        from loratune.runs import weights
+
+        with peft_warnings_hidden():
+            return weights.load_model(self.run_dir, self.config, self.labels, self.tokenizer, device)
+
+    def inference_model(self, device: Any = "auto", precision: str = "auto") -> Any:
+        """The model as scoring runs it, loaded once per device and precision: the adapter merged into the
+        weights, the whole model cast to one dtype (no autocast, nothing cast per batch).
+
+        `auto` is the run's own precision where this device runs it fast (`hardware.inference_precision`): the one
+        its "after" was scored in, so `loratune evaluate` reproduces it; fp32 gives what an export gives.
+        """
+        device = hardware.resolve_device(device) if isinstance(device, str) else device  # or a torch device
+        dtype = hardware.inference_precision(precision, str(device).split(":")[0], self.config.train.precision)
+        key = (str(device), dtype)
+        if key not in self._models:
+            model = self.method.for_inference(self.trained_model(device))
+            self._models[key] = hardware.prepare_for_inference(model, dtype)
+        return self._models[key]
+
+    def predictor(self, device: Any = "auto", precision: str = "auto") -> Predictor:
+        """A `Predictor` on this run's model (see `inference_model`).
+
+        Raises:
+            RunError: for a task that decides with thresholds when the folder lacks them.
+        """
+        from loratune.inference.predictor import Predictor
+
+        if self.task.needs_thresholds and self.thresholds is None:
+            raise RunError(f"{self.run_dir} is a multi-label run without its {files.THRESHOLDS_FILE}; rerun training.")
+        return Predictor(self.inference_model(device, precision), self)
+
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Label and probabilities for each text (see `Predictor.predict`)."""
+        return self.predictor().predict(texts, text_pairs)
+
+
+def load_run(path: str | Path) -> RunFolder:
+    """Open a finished run folder (see `RunFolder`).
 
     Raises:
         RunError: when the folder is missing, unfinished or damaged.
     """
-    run_dir = files.check_run(run_dir)
-    return Run(run_dir, files.load_summary(run_dir), files.load_run_config(run_dir))
+    return RunFolder.open(path)

@@ -70,24 +70,6 @@ def check_finite_model(model: Any, where: Path | str) -> None:
     check_finite_tensors(dict(model.named_parameters()), where)
 
 
-def check_finite_logits(logits: Any) -> None:
-    """Refuse scores with NaN or infinite values rather than turn them into labels.
-
-    Raises:
-        RunError: with how many texts got such scores.
-    """
-    import torch
-
-    logits = torch.as_tensor(logits)
-    bad = ~torch.isfinite(logits).all(dim=-1) if logits.ndim > 1 else ~torch.isfinite(logits)
-    if bool(bad.any()):
-        raise RunError(
-            f"The model gave NaN or infinite scores for {int(bad.sum())} of {len(bad)} texts, so its labels would "
-            "be meaningless; its weights are damaged or training diverged (lower train.learning_rate, or use "
-            "--precision fp32)."
-        )
-
-
 # How far the saved model's validation loss may stray from the loop's own score of the epoch it kept: the loop
 # scores under autocast, the saved model is merged and held in the run's precision, which moves the loss by well
 # under 1% on all-MiniLM-L6-v2; a model that lost a part on the way (a pooler, a head) moves it by far more.

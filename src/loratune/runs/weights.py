@@ -1,34 +1,20 @@
-"""The trained weights in a run folder: saved with checksums, verified and checked for NaN on every load, and
-rebuilt into a classifier. Only safetensors are read: nothing in a run folder is ever unpickled."""
+"""The trained weights in a run folder: saved by the run's method (`model.methods`) into its folder with checksums,
+verified and checked for NaN on every load, and rebuilt into a classifier. Only safetensors are read: nothing in a
+run folder is ever unpickled."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from loratune.runs.files import (
-    ADAPTER_DIR,
-    CHECKSUMS_FILE,
-    FULL_MODEL_DIR,
-    HEAD_FILE,
-    LABELS_FILE,
-    TOKENIZER_DIR,
-    check_run,
-    load_labels,
-    load_run_config,
-    read_json,
-    save_directory,
-    write_file,
-    write_json,
-)
-from loratune.config import ADAPTER_METHODS
+from loratune.config import Config
 from loratune.errors import ModelError, RunError, first_line
-from loratune.runs.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
-from loratune.model.build import load_classifier, load_tokenizer, resolve_attention, resolve_model_name
+from loratune.model.loading import load_classifier, load_tokenizer, resolve_attention
+from loratune.model.methods import Method, method_of
+from loratune.model.names import resolve_model_name
 from loratune.model.pooling import use_mean_pooling
-
-log = logging.getLogger(__name__)
+from loratune.runs.files import CHECKSUMS_FILE, LABELS_FILE, TOKENIZER_DIR, read_json, save_directory, write_json
+from loratune.runs.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
 
 
 def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = None) -> None:
@@ -45,131 +31,100 @@ def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = No
 def verify_weights(folder: Path, required: list[str]) -> None:
     """Check the files of `folder` against its `CHECKSUMS_FILE`; every `required` file must be listed there.
 
-    A folder without checksums was written before loratune kept them: it loads with a warning (its weights are
-    still checked for NaN and infinity after loading), so older run folders keep working.
-
     Raises:
-        RunError: for a listed file that is missing or changed, or a required file that is not listed.
+        RunError: for a missing or damaged manifest, a listed file that is missing or changed, or a required file
+            that is not listed.
     """
     manifest = folder / CHECKSUMS_FILE
     if not manifest.is_file():
-        log.warning("%s has no %s (saved by an older loratune); its weights are unverified.", folder, CHECKSUMS_FILE)
-        return
+        raise RunError(
+            f"{manifest} is missing, so the weights in {folder} cannot be verified; restore the run folder "
+            "from a backup or train again."
+        )
     listed = read_json(manifest)
     if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
         raise RunError(f"{manifest} is damaged; restore the run folder from a backup or train again.")
     verify_checksums(folder, listed, required, manifest)
 
 
-def _weight_files(folder: Path) -> list[str]:
-    return sorted(f.name for f in folder.glob("*.safetensors"))
-
-
-def save_model(run_dir: Path, model: Any, method: str, tokenizer: Any) -> None:
-    """Save what the method trained: a PEFT adapter, the head weights, or the whole model; and the tokenizer."""
-    trainable = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)  # bytes as fp32 safetensors
-    if method in ADAPTER_METHODS:
-        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
-        save_weights_directory(run_dir / ADAPTER_DIR, save, trainable)
-    elif method == "head":
-        _save_head(run_dir, model, trainable)
-    elif method == "full":
-        save = lambda d: model.save_pretrained(d, safe_serialization=True)  # noqa: E731
-        save_weights_directory(run_dir / FULL_MODEL_DIR, save, trainable)
+def save_model(run_dir: Path, model: Any, method: Method, tokenizer: Any) -> None:
+    """Save what the method trained into its folder of the run (with checksums), and the tokenizer."""
+    if method.saved_in is not None:
+        trainable = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)  # bytes as fp32 safetensors
+        save_weights_directory(run_dir / method.saved_in, lambda folder: method.save(model, folder), trainable)
     save_directory(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
 
 
-def _save_head(run_dir: Path, model: Any, needed_bytes: int) -> None:
-    # The one weight file outside a folder of its own: its checksum goes into the run folder's CHECKSUMS_FILE,
-    # written after it (a crash in between leaves an unfinished run, with no COMPLETE, which nothing loads).
-    from safetensors.torch import save_file
-
-    state = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    write_file(run_dir / HEAD_FILE, lambda tmp: save_file(state, tmp), needed_bytes)
-    write_json(run_dir / CHECKSUMS_FILE, compute_checksums(run_dir, [HEAD_FILE]))
-
-
-def artifact_size_bytes(run_dir: Path, method: str) -> int:
+def artifact_size_bytes(run_dir: Path, method: Method) -> int:
     """Bytes on disk of what the method adds to the base model."""
-    path = {"head": run_dir / HEAD_FILE, "full": run_dir / FULL_MODEL_DIR}.get(method, run_dir / ADAPTER_DIR)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+    path = run_dir / method.saved_in if method.saved_in else None
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path and path.is_dir() else 0
 
 
-def check_weights(run_dir: Path, method: str, labels: list[str]) -> None:
-    """Refuse a run folder's weights when they are missing, changed since training (checksums), or not finite.
+def check_weights(run_dir: Path, method: Method, labels: list[str]) -> None:
+    """Refuse a run folder's weights when they are missing, changed since training (checksums), not finite, or
+    made for another number of labels.
 
     Raises:
         RunError: naming the file and what is wrong with it.
     """
-    # Weights are read from safetensors only: a pickle (.bin) planted in a run folder is never unpickled.
-    if method in ADAPTER_METHODS:
-        needed = run_dir / ADAPTER_DIR / "adapter_model.safetensors"
-    elif method == "head":
-        needed = run_dir / HEAD_FILE
-    elif method == "full":
-        folder = run_dir / FULL_MODEL_DIR
-        if not any(folder.glob("*.safetensors")):
-            raise RunError(f"{folder} holds no .safetensors weights; loratune never loads pickled (.bin) weights.")
-        verify_weights(folder, _weight_files(folder))
-        # transformers would give a head of the wrong size fresh random weights rather than fail
-        saved = read_json(folder / "config.json")  # transformers' own file
-        num_labels = len(saved.get("id2label") or {}) if isinstance(saved, dict) else 0
-        if num_labels != len(labels):
+    if method.saved_in is None:
+        return
+    folder = run_dir / method.saved_in
+    if not folder.is_dir():
+        raise RunError(f"{folder} is missing; restore the run folder from a backup or train again.")
+    names = method.weight_files(folder)
+    for name in names:
+        if not (folder / name).is_file():
             raise RunError(
-                f"{run_dir / LABELS_FILE} lists {len(labels)} labels but the saved model has {num_labels}; "
-                f"restore {LABELS_FILE} or rerun training."
+                f"{folder / name} is missing; loratune loads only safetensors weights (never pickled .bin)."
             )
-        return
-    else:
-        return
-    if not needed.is_file():
-        raise RunError(f"{needed} is missing; loratune loads only safetensors weights (never pickled .bin files).")
-    verify_weights(needed.parent, [needed.name] if method == "head" else _weight_files(needed.parent))
-    from safetensors.torch import load_file
+    verify_weights(folder, names)
+    saved = method.saved_num_labels(folder)
+    if saved is not None and saved != len(labels):  # transformers would give a head of the wrong size fresh weights
+        raise RunError(
+            f"{run_dir / LABELS_FILE} lists {len(labels)} labels but the saved model has {saved}; "
+            f"restore {LABELS_FILE} or rerun training."
+        )
+    if method.checked_before_loading():
+        from safetensors.torch import load_file
 
-    try:
-        tensors = load_file(needed)
-    except Exception as error:
-        raise RunError(f"{needed} is damaged ({first_line(error)}); restore it or train again.") from None
-    check_finite_tensors(tensors, needed)
+        for name in names:
+            try:
+                tensors = load_file(folder / name)
+            except Exception as error:
+                raise RunError(
+                    f"{folder / name} is damaged ({first_line(error)}); restore it or train again."
+                ) from None
+            check_finite_tensors(tensors, folder / name)
 
 
-def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) -> tuple[Any, Any, list[str], Any]:
-    """Rebuild the trained classifier from a run folder (`finished=False`: one whose run is still writing it).
+def load_tokenizer_of(run_dir: Path, cfg: Config) -> Any:
+    """The run's tokenizer, as saved in its folder."""
+    return load_tokenizer(str(run_dir / TOKENIZER_DIR), cfg.model.trust_remote_code)
+
+
+def load_model(run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, device: Any = "cpu") -> Any:
+    """Rebuild the trained classifier of a run folder, its weights checked first (see `check_weights`).
 
     Returns:
-        (model in eval mode, tokenizer, label names, Config)
+        The model in eval mode on `device`, in fp32, with a PEFT adapter still separate (see `Method.for_inference`).
 
     Raises:
-        RunError: for a missing, unfinished or damaged run folder.
+        RunError: for missing, changed or damaged weights.
     """
-    run_dir = check_run(run_dir) if finished else Path(run_dir)
-    cfg = load_run_config(run_dir)
-    labels = load_labels(run_dir)
-    method = cfg.lora.method
+    method = method_of(cfg.lora.method)
     check_weights(run_dir, method, labels)
     base = resolve_model_name(cfg.model.name_or_path, run_dir)
     trust = cfg.model.trust_remote_code
     attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
+    saved = run_dir / (method.saved_in or "")
     try:
-        tokenizer = load_tokenizer(str(run_dir / TOKENIZER_DIR), trust)
-        source = str(run_dir / FULL_MODEL_DIR) if method == "full" else base
-        model, _ = load_classifier(source, labels, trust, attention)
+        model, _ = load_classifier(method.load_source(saved, base), labels, trust, attention)
         model.config.pad_token_id = tokenizer.pad_token_id
         if cfg.model.pooling == "mean":  # full models too: the mean has no weights, so their folder cannot say it
             use_mean_pooling(model)
-        if method in ADAPTER_METHODS:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(run_dir / ADAPTER_DIR))
-        elif method == "head":
-            from safetensors.torch import load_file
-
-            missing = model.load_state_dict(load_file(run_dir / HEAD_FILE), strict=False).unexpected_keys
-            if missing:
-                raise RunError(f"{run_dir / HEAD_FILE} holds weights this model lacks: {missing[:3]}.")
+        model = method.attach(model, saved)
     except (RunError, ModelError):
         raise
     except Exception as error:
@@ -181,5 +136,5 @@ def load_model(run_dir: str | Path, device: Any = "cpu", finished: bool = True) 
         first = first_line(error)
         raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
     model.config.pad_token_id = tokenizer.pad_token_id
-    check_finite_model(model, run_dir)  # also covers run folders saved before checksums, and full models
-    return model.to(device).eval(), tokenizer, labels, cfg
+    check_finite_model(model, run_dir)  # full models' weights, which are not checked before loading
+    return model.to(device).eval()

@@ -4,17 +4,18 @@ Temperature scaling (Guo et al., 2017, https://arxiv.org/abs/1706.04599) divides
 on the validation split to minimise the negative log-likelihood. T > 0 keeps every row's argmax, so labels and
 accuracy never change; only how sure the model says it is. No torch and no files here.
 
-Multi-label runs (true labels given as (n, num_labels) multi-hot rows) are calibrated per label decision: every
-(text, label) probability sigmoid(logit / T) is one prediction, and a bin's "accuracy" is the share of its
-predictions whose label is true. One T for all labels; the per-label thresholds are then chosen on the calibrated
-probabilities, so decisions stay what validation chose.
+What counts as one prediction, and as right, is the task's (`Task.confidence`): the top label of a single-label
+text, or every (text, label) probability of a multi-label one, right when that label is true. One T for all
+labels; a multi-label run's thresholds are then chosen on the calibrated probabilities, so decisions stay what
+validation chose.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_expit, log_softmax, softmax
+
+from loratune.task import Task
 
 N_BINS = 15
 # log T is searched in this range (T from 0.05 to 20): wide enough for any sane model, and bounded so the
@@ -22,30 +23,30 @@ N_BINS = 15
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> float:
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, task: Task, n_bins: int = N_BINS) -> float:
     """ECE of the top-label confidence: the mean |accuracy - confidence| over equal-width confidence bins,
     weighted by the share of examples in each bin.
 
     Args:
-        probs: (n, num_labels) class probabilities.
-        y_true: (n,) true label ids.
+        probs: (n, num_labels) probabilities.
+        y_true: the true labels, as the task holds them.
+        task: what counts as a prediction and as right.
     """
-    bins = reliability_bins(probs, y_true, n_bins)
+    bins = reliability_bins(probs, y_true, task, n_bins)
     total = sum(b["count"] for b in bins)
     if not total:
         return 0.0
     return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / total)
 
 
-def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float]]:
-    """The non-empty confidence bins: lower and upper edge, examples, mean confidence and accuracy in each."""
-    probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true)
+def reliability_bins(
+    probs: np.ndarray, y_true: np.ndarray, task: Task, n_bins: int = N_BINS
+) -> list[dict[str, float]]:
+    """The non-empty confidence bins: lower and upper edge, predictions, mean confidence and accuracy in each."""
+    probs = np.asarray(probs, dtype=np.float64)
     if probs.size == 0:
         return []
-    if y_true.ndim == 2:  # multi-label: each (text, label) probability, and whether that label is true
-        confidence, correct = probs.ravel(), y_true.ravel() > 0.5
-    else:
-        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    confidence, correct = task.confidence(probs, y_true)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # Bin i holds (edges[i], edges[i + 1]] (the first bin also 0, which only a multi-label probability can be).
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
@@ -65,17 +66,7 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS
     return bins
 
 
-def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean cross-entropy of `logits / temperature` against the true label ids (multi-label: mean binary
-    cross-entropy over every label of every text)."""
-    if np.ndim(y_true) == 2:
-        scaled, y = np.asarray(logits, dtype=np.float64) / temperature, np.asarray(y_true) > 0.5
-        return float(-np.where(y, log_expit(scaled), log_expit(-scaled)).mean())
-    log_probs = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
-    return float(-log_probs[np.arange(len(y_true)), y_true].mean())
-
-
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, task: Task) -> float:
     """The temperature that minimises the negative log-likelihood of `logits` (bounded Brent search on log T).
 
     Returns:
@@ -85,13 +76,8 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     if len(y_true) == 0:
         return 1.0
     result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(logits, y_true, float(np.exp(log_t))),
+        lambda log_t: task.negative_log_likelihood(logits, y_true, float(np.exp(log_t))),
         bounds=_LOG_T_BOUNDS,
         method="bounded",
     )
     return float(np.exp(result.x))
-
-
-def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T), shape (n, num_labels); for multi-label runs see `decisions.probabilities`."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)

@@ -1,7 +1,7 @@
 """What training changed, example by example: the predictions table of a run, and what it says.
 
 The recipe builds the table from the logits the before/after evaluation already computed (no extra model pass) and
-saves it as `artifacts.PREDICTIONS_FILE`; the report and `Run.changes()` read it back. No torch here.
+saves it as `files.PREDICTIONS_FILE`; the report and `RunFolder.changes()` read it back. No torch here.
 
 The table has one row per eval-split example, in the split's order: `text` (and `text_pair` for pair tasks),
 `label` (the gold label's name), `pred_before`, `prob_before`, `pred_after`, `prob_after` (the predicted label and
@@ -21,64 +21,46 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 
 from loratune.schema import Changes
-from loratune.scoring import thresholding
-from loratune.scoring.calibration import calibrated_probabilities
+from loratune.task import Task
 
 KINDS = ("fixed", "broken", "still_wrong")
 
 
-def build_predictions_table(
-    texts: list[str],
-    y_true: np.ndarray,
-    logits_before: np.ndarray,
-    logits_after: np.ndarray,
-    labels: list[str],
-    temperature: float = 1.0,
-    text_pairs: list[str] | None = None,
-    thresholds: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """The predictions table (see the module docstring) from (n, num_labels) logits in the split's order;
-    `y_true` holds label ids, or multi-hot rows for a multi-label run (decided at `thresholds`)."""
-    if np.ndim(y_true) == 2:
-        return _multilabel_table(
-            texts, y_true, logits_before, logits_after, labels, temperature, thresholds, text_pairs
-        )
-    names = np.asarray(labels, dtype=object)
-    before = softmax(np.asarray(logits_before, dtype=np.float64), axis=1)
-    after = softmax(np.asarray(logits_after, dtype=np.float64), axis=1)
-    calibrated = calibrated_probabilities(logits_after, temperature)
-    pred_before, pred_after = before.argmax(axis=1), after.argmax(axis=1)
-    rows = np.arange(len(texts))
-    columns: dict[str, Any] = {"text": list(texts)}
-    if text_pairs is not None:
-        columns["text_pair"] = list(text_pairs)
-    columns |= {
-        "label": names[np.asarray(y_true, dtype=int)],
-        "pred_before": names[pred_before],
-        "prob_before": before[rows, pred_before].astype(np.float32),
-        "pred_after": names[pred_after],
-        "prob_after": after[rows, pred_after].astype(np.float32),
-        "prob_after_calibrated": calibrated[rows, pred_after].astype(np.float32),
-        "probs_before": list(before.astype(np.float32)),
-        "probs_after": list(after.astype(np.float32)),
-    }
-    return pd.DataFrame(columns)
+@dataclass(frozen=True)
+class ScoredSplit:
+    """One split scored before and after training: its texts (and pairs), true labels and both models' logits."""
+
+    texts: list[str]
+    text_pairs: list[str] | None
+    y_true: np.ndarray  # as the task holds labels: ids, or multi-hot rows
+    logits_before: np.ndarray  # (n, num_labels), in the split's order
+    logits_after: np.ndarray
 
 
-def _multilabel_table(texts, y_true, logits_before, logits_after, labels, temperature, thresholds, text_pairs):
-    before, after = thresholding.probabilities(logits_before), thresholding.probabilities(logits_after)
-    calibrated = thresholding.probabilities(logits_after, temperature)
-    columns: dict[str, Any] = {"text": list(texts)}
-    if text_pairs is not None:
-        columns["text_pair"] = list(text_pairs)
+@dataclass(frozen=True)
+class Decisions:
+    """What the trained model decides with, fitted on validation: the temperature, and the per-label thresholds of
+    a task that decides with them (None otherwise)."""
+
+    temperature: float = 1.0
+    thresholds: np.ndarray | None = None
+
+
+def build_predictions_table(split: ScoredSplit, labels: list[str], task: Task, decisions: Decisions) -> pd.DataFrame:
+    """The predictions table (see the module docstring). "Before" decides as an untrained model does (the default
+    thresholds); "after" as `predict` does, on calibrated probabilities with the run's thresholds."""
+    before, after = task.probabilities(split.logits_before), task.probabilities(split.logits_after)
+    calibrated = task.probabilities(split.logits_after, decisions.temperature)
+    columns: dict[str, Any] = {"text": list(split.texts)}
+    if split.text_pairs is not None:
+        columns["text_pair"] = list(split.text_pairs)
     columns |= {
-        "label": thresholding.label_sets(np.asarray(y_true) > 0.5, labels),
-        "pred_before": thresholding.label_sets(thresholding.decide(before), labels),
+        "label": task.names(split.y_true, labels),
+        "pred_before": task.names(task.decide(before), labels),
         "prob_before": before.max(axis=1).astype(np.float32),
-        "pred_after": thresholding.label_sets(thresholding.decide(calibrated, thresholds), labels),
+        "pred_after": task.names(task.decide(calibrated, decisions.thresholds), labels),
         "prob_after": after.max(axis=1).astype(np.float32),
         "prob_after_calibrated": calibrated.max(axis=1).astype(np.float32),
         "probs_before": list(before.astype(np.float32)),

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 
 from loratune.schema import Calibration, Changes, Significance
-from loratune.scoring import calibration, significance, thresholding
-from loratune.scoring.changes import build_predictions_table, count_changes
+from loratune.scoring import calibration, significance
+from loratune.scoring.changes import Decisions, ScoredSplit, build_predictions_table, count_changes
+from loratune.task import Task
 
 
 @dataclass(frozen=True)
@@ -25,74 +25,44 @@ class Findings:
     reliability: dict[str, Any]  # the calibration file: temperature and reliability bins before / after
 
 
-def fit_decisions(val_logits: np.ndarray, val_true: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """The temperature fitted on validation and, for a multi-label run, each label's threshold chosen on the
-    calibrated validation probabilities (so `predict` applies T first, then the thresholds).
-
-    Returns:
-        (temperature, thresholds or None for a single-label run).
-    """
-    temperature = calibration.fit_temperature(val_logits, val_true)
-    if np.ndim(val_true) != 2:
-        return temperature, None
-    return temperature, thresholding.tune_thresholds(thresholding.probabilities(val_logits, temperature), val_true)
+def fit_decisions(val_logits: np.ndarray, val_true: np.ndarray, task: Task) -> Decisions:
+    """The temperature fitted on validation and, for a task that decides with thresholds, each label's threshold
+    chosen on the calibrated validation probabilities (so `predict` applies T first, then the thresholds)."""
+    temperature = calibration.fit_temperature(val_logits, val_true, task)
+    return Decisions(temperature, task.fit_thresholds(task.probabilities(val_logits, temperature), val_true))
 
 
 def compute_findings(
-    texts: list[str],
-    text_pairs: list[str] | None,
-    y_true: np.ndarray,
-    logits_before: np.ndarray,
-    logits_after: np.ndarray,
-    val_logits: np.ndarray,
-    val_true: np.ndarray,
-    labels: list[str],
-    temperature: float = 1.0,
-    thresholds: np.ndarray | None = None,
-    fitted_on: str = "validation",
-    seed: int = 0,
+    split: ScoredSplit, validation: ScoredSplit, labels: list[str], task: Task, decisions: Decisions, seed: int = 0
 ) -> Findings:
-    """Everything the report adds to the scores, for (n, num_labels) eval-split logits before and after.
+    """Everything the report adds to the scores of the eval split.
 
     Args:
-        y_true: label ids, or multi-hot rows for a multi-label run.
-        val_logits, val_true: the trained model's logits on the split the temperature was fitted on (`fitted_on`).
-        temperature, thresholds: as `fit_decisions` chose them.
+        split: the eval split, scored before and after.
+        validation: the split `decisions` were fitted on; its `logits_after` are the trained model's.
+        decisions: as `fit_decisions` chose them.
     """
-    multi = np.ndim(y_true) == 2
-    table = build_predictions_table(
-        texts, y_true, logits_before, logits_after, labels, temperature, text_pairs, thresholds
-    )
-    if multi:
-        probs = {
-            "before": thresholding.probabilities(logits_before),
-            "after": thresholding.probabilities(logits_after),
-            "after_calibrated": thresholding.probabilities(logits_after, temperature),
-        }
-        pred_before = thresholding.decide(probs["before"])
-        pred_after = thresholding.decide(probs["after_calibrated"], thresholds)
-        right_before, right_after = (pred_before == (y_true > 0.5)).all(1), (pred_after == (y_true > 0.5)).all(1)
-    else:
-        probs = {
-            "before": softmax(np.asarray(logits_before, dtype=np.float64), axis=1),
-            "after": softmax(np.asarray(logits_after, dtype=np.float64), axis=1),
-            "after_calibrated": calibration.calibrated_probabilities(logits_after, temperature),
-        }
-        pred_before, pred_after = probs["before"].argmax(axis=1), probs["after"].argmax(axis=1)
-        right_before, right_after = pred_before == y_true, pred_after == y_true
-    ece = {k: calibration.expected_calibration_error(p, y_true) for k, p in probs.items()}
-    n = len(labels)
+    y_true, temperature = split.y_true, decisions.temperature
+    table = build_predictions_table(split, labels, task, decisions)
+    probs = {
+        "before": task.probabilities(split.logits_before),
+        "after": task.probabilities(split.logits_after),
+        "after_calibrated": task.probabilities(split.logits_after, temperature),
+    }
+    pred_before = task.decide(probs["before"])
+    pred_after = task.decide(probs["after_calibrated"], decisions.thresholds)
+    ece = {k: calibration.expected_calibration_error(p, y_true, task) for k, p in probs.items()}
 
     def interval(pred: np.ndarray, metric: str) -> list[float]:
-        return list(significance.bootstrap_ci(y_true, pred, n, metric, seed=seed))
+        return list(significance.bootstrap_ci(task, y_true, pred, len(labels), metric, seed=seed))
 
-    _, _, p_value = significance.mcnemar_exact(right_before, right_after)
+    _, _, p_value = significance.mcnemar_exact(task.correct(pred_before, y_true), task.correct(pred_after, y_true))
     return Findings(
         table=table,
         changes=count_changes(table),
         calibration=Calibration(
             temperature=temperature,
-            fitted_on=fitted_on,
+            fitted_on="validation",
             ece_before=ece["before"],
             ece_after=ece["after"],
             ece_after_calibrated=ece["after_calibrated"],
@@ -107,13 +77,20 @@ def compute_findings(
             f1_after=interval(pred_after, "f1"),
             mcnemar_p=p_value,
         ),
-        reliability={
-            "temperature": temperature,
-            "fitted_on": fitted_on,
-            "validation_nll": calibration.negative_log_likelihood(val_logits, val_true) if len(val_true) else None,
-            "validation_nll_calibrated": (
-                calibration.negative_log_likelihood(val_logits, val_true, temperature) if len(val_true) else None
-            ),
-            "bins": {k: calibration.reliability_bins(p, y_true) for k, p in probs.items()},
-        },
+        reliability=_reliability(validation, task, temperature, {k: (p, y_true) for k, p in probs.items()}),
     )
+
+
+def _reliability(validation: ScoredSplit, task: Task, temperature: float, scored: dict[str, Any]) -> dict[str, Any]:
+    """The calibration file: the temperature, the validation loss without and with it, and the reliability bins."""
+    val_logits, val_true = validation.logits_after, validation.y_true
+    fitted = len(val_true) > 0
+    return {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "validation_nll": task.negative_log_likelihood(val_logits, val_true) if fitted else None,
+        "validation_nll_calibrated": task.negative_log_likelihood(val_logits, val_true, temperature)
+        if fitted
+        else None,
+        "bins": {k: calibration.reliability_bins(p, y, task) for k, (p, y) in scored.items()},
+    }

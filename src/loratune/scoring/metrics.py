@@ -16,10 +16,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from loratune.model.hardware import attention_kernels, autocast
-from loratune.runs.integrity import check_finite_logits
 from loratune.schema import ClassScores, Metrics
-from loratune.scoring import thresholding
+from loratune.task import Task
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], loss: float | None = None) -> Metrics:
@@ -86,70 +84,24 @@ def compute_multilabel_metrics(
     )
 
 
-def predict_logits(
-    model: torch.nn.Module, loader: Any, accelerator: Any = None, precision: str = "fp32"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model over a loader under inference mode; returns (logits, labels) in the loader's order.
-
-    With an Accelerate `accelerator`, each process scores its shard and the results are gathered. `precision`
-    is the autocast of training (a model prepared for inference holds its own dtype and needs none).
-    """
-    model.eval()
-    all_logits, all_labels = [], []
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    with torch.inference_mode(), autocast(precision, device.type), attention_kernels(device.type):
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels", None)
-            logits = model(**batch).logits.float()
-            if accelerator is not None:
-                logits, labels = accelerator.gather_for_metrics((logits, labels))
-            all_logits.append(logits)  # kept on the device until the end: copying each batch would wait for it
-            if labels is not None:
-                all_labels.append(labels)
-    # Several processes: Accelerate evens out their batches by repeating examples at the end, and drops the repeats
-    # when gathering only where it knows the batch size, which a batch sampler (`batching.eval_batches`) does not
-    # tell it; so the repeats are cut here (the gathered batches keep the loader's order, repeats last).
-    n = len(loader.dataset) if hasattr(loader, "dataset") else None
-    logits = torch.cat(all_logits)[:n].cpu().numpy() if all_logits else np.zeros((0, 0))
-    check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
-    labels = torch.cat(all_labels)[:n].cpu().numpy() if all_labels else np.zeros((0,), dtype=int)
-    return logits, labels
-
-
-def evaluate(
-    model: torch.nn.Module, loader: Any, labels: list[str], accelerator: Any = None, precision: str = "fp32"
-) -> Metrics:
-    """Metrics (and mean loss) of `model` on every example of `loader`; the validation score of each epoch.
-
-    Multi-label: each label's threshold is tuned on these very examples (as the run's final thresholds are on
-    validation), so an epoch is judged by the F1 its probabilities can reach, not by how near 0.5 they happen to be.
-    """
-    logits, y_true = predict_logits(model, loader, accelerator, precision)
-    thresholds = None
-    if y_true.ndim == 2:
-        thresholds = thresholding.tune_thresholds(thresholding.probabilities(logits), y_true)
-    return metrics_from_logits(logits, y_true, labels, thresholds=thresholds)
-
-
 def metrics_from_logits(
     logits: np.ndarray,
     y_true: np.ndarray,
     labels: list[str],
+    task: Task,
     temperature: float = 1.0,
     thresholds: np.ndarray | list[float] | None = None,
 ) -> Metrics:
-    """Metrics and mean loss (unweighted cross-entropy, or binary cross-entropy per label) of (n, num_labels)
-    logits against label ids, or against multi-hot rows for a multi-label task. Multi-label decisions are
-    sigmoid(logits / `temperature`) >= `thresholds` (0.5 when None); single-label ones the argmax."""
-    if y_true.ndim == 2:
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(logits).float(), torch.from_numpy(y_true).float(), reduction="none"
-        )
-        predicted = thresholding.decide(thresholding.probabilities(logits, temperature), thresholds)
-        return compute_multilabel_metrics(y_true, predicted, labels, loss=_exact_mean(losses))
-    losses = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_true), reduction="none")
-    return compute_metrics(y_true, logits.argmax(-1), labels, loss=_exact_mean(losses))
+    """Metrics and mean loss (the task's unweighted loss) of (n, num_labels) logits against the true labels, with
+    the task's decision: the most probable class, or each label whose probability of logits / `temperature`
+    reaches its threshold (0.5 when None)."""
+    predicted = task.decide(task.probabilities(logits, temperature), thresholds)
+    compute = _METRICS_OF_TASK[task.name]
+    return compute(y_true, predicted, labels, loss=_exact_mean(task.elementwise_loss(logits, y_true)))
+
+
+# Which metrics apply to a task: one label per text, or a set per text.
+_METRICS_OF_TASK = {"single": compute_metrics, "multi": compute_multilabel_metrics}
 
 
 def _exact_mean(losses: torch.Tensor) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from loratune.task import Task
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
 
@@ -29,29 +31,22 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> np.ndar
 
 
 def bootstrap_ci(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    num_labels: int,
-    metric: str = "accuracy",
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
+    task: Task, y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, metric: str = "accuracy", seed: int = 0
 ) -> tuple[float, float]:
-    """A percentile bootstrap confidence interval for accuracy or macro-F1, resampling examples.
+    """A percentile bootstrap confidence interval (`CONFIDENCE`, `N_RESAMPLES` resamples) for accuracy or
+    macro-F1, resampling examples: class ids, or for a multi-label task whole label sets ((n, num_labels) 0/1
+    rows), so that `accuracy` is subset accuracy and `f1` macro-F1 over labels.
 
     Percentile rather than BCa: BCa's jackknife scores the metric once per example (slow on a large test split),
     and at a few thousand examples the two agree to a tenth of a point.
 
-    Multi-label label sets, (n, num_labels) 0/1 arrays, are resampled as whole examples: `accuracy` is then
-    subset accuracy and `f1` macro-F1 over labels.
-
     Returns:
         (low, high); both equal to the score itself for fewer than two examples.
     """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.ndim == 2:
-        return _multilabel_ci(y_true > 0.5, y_pred > 0.5, metric, confidence, n_resamples, seed)
+    return _INTERVAL_OF_TASK[task.name](np.asarray(y_true), np.asarray(y_pred), num_labels, metric, seed)
 
+
+def _class_ci(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, metric: str, seed: int) -> tuple[float, float]:
     def statistic(t: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.mean(t == p, axis=axis) if metric == "accuracy" else macro_f1(t, p, num_labels)
 
@@ -63,19 +58,20 @@ def bootstrap_ci(
         statistic,
         paired=True,
         vectorized=True,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
+        n_resamples=N_RESAMPLES,
+        confidence_level=CONFIDENCE,
         method="percentile",
         rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _multilabel_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, metric: str, confidence: float, n_resamples: int, seed: int
+def _label_set_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, num_labels: int, metric: str, seed: int
 ) -> tuple[float, float]:
     # Resampling example indices keeps each example's label set together; per-example counts make a resample's
     # score a few sums, so all resamples are scored at once.
+    y_true, y_pred = y_true > 0.5, y_pred > 0.5
     right = (y_true == y_pred).all(axis=1).astype(np.float64)
     counts = np.stack([y_true & y_pred, y_true, y_pred]).astype(np.float64)  # (3, n, labels)
 
@@ -94,13 +90,17 @@ def _multilabel_ci(
         (index,),
         statistic,
         vectorized=True,
-        n_resamples=n_resamples,
+        n_resamples=N_RESAMPLES,
         batch=100,
-        confidence_level=confidence,
+        confidence_level=CONFIDENCE,
         method="percentile",
         rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+# How an example is resampled: one class per text, or a whole label set.
+_INTERVAL_OF_TASK = {"single": _class_ci, "multi": _label_set_ci}
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:

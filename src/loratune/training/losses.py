@@ -1,5 +1,4 @@
-"""The training loss: cross-entropy for single-label tasks, binary cross-entropy per label for multi-label ones,
-optionally weighted (`train.class_weights`).
+"""The weights of the training loss (`train.class_weights`); the loss itself is the task's (`Task.loss`).
 
 Written here rather than left to the model: transformers' classifiers compute an unweighted loss, and weighting it
 means replacing it (the standard answer to "class weights with Trainer" is to subclass `compute_loss`).
@@ -8,19 +7,16 @@ means replacing it (the standard answer to "class weights with Trainer" is to su
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from loratune.errors import ConfigError, first_line
+from loratune.task import Task
 
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def compute_class_weights(spec: str, train_labels: np.ndarray, labels: list[str]) -> np.ndarray | None:
+def compute_class_weights(spec: str, train_labels: np.ndarray, labels: list[str], task: Task) -> np.ndarray | None:
     """The loss weight of each label (in `labels` order) for `train.class_weights`, or None for `none`.
 
     `balanced`: for single-label data (label ids, shape (n,)) each class weighs n / (classes x its count), so every
@@ -36,15 +32,7 @@ def compute_class_weights(spec: str, train_labels: np.ndarray, labels: list[str]
         return None
     train_labels = np.asarray(train_labels)
     if spec == "balanced":
-        if train_labels.ndim == 2:
-            positives = train_labels.sum(axis=0)
-            return (len(train_labels) - positives) / np.maximum(positives, 1)
-        from sklearn.utils.class_weight import compute_class_weight
-
-        present = np.unique(train_labels)
-        weights = np.ones(len(labels))
-        weights[present] = compute_class_weight("balanced", classes=present, y=train_labels)
-        return weights
+        return task.class_weights(train_labels, len(labels))
     return _weights_from_file(Path(spec).expanduser(), labels)
 
 
@@ -70,19 +58,3 @@ def _weights_from_file(path: Path, labels: list[str]) -> np.ndarray:
             raise ConfigError(f"{path}: the weight of {name!r} must be a positive number, got {value!r}.")
         weights[labels.index(str(name))] = float(value)
     return weights
-
-
-def build_loss(multi_label: bool, weights: np.ndarray | None = None) -> LossFunction:
-    """loss(logits, labels): mean cross-entropy over label ids, or mean binary cross-entropy over multi-hot labels.
-
-    Computed in fp32 whatever precision the logits come in, as transformers' own losses are under autocast.
-    """
-    weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        w = None if weight is None else weight.to(logits.device)
-        if multi_label:
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w)
-        return torch.nn.functional.cross_entropy(logits.float(), targets, weight=w)
-
-    return loss

@@ -13,14 +13,13 @@ from loratune.config import Config
 from loratune.data.splits import Splits, load_splits
 from loratune.errors import ConfigError, LoratuneError, PreflightError, RunError
 from loratune.formatting import size
-from loratune.model.build import default_model_path, display_name, max_positions
+from loratune.model.loading import max_positions
+from loratune.model.methods import method_of
+from loratune.model.names import default_model_path, display_name
 from loratune.runs.storage import free_bytes, writable_problem
 
 # What a run writes besides weights: tokenizer (MiniLM's is 0.9 MB), report plots and pages, JSON and CSV files.
 SLACK_BYTES = 8 * 2**20
-# Trainable weights of an adapter or head as a share of the model's, at most: LoRA r=8 on all four attention
-# projections plus the head is 1.3% of all-MiniLM-L6-v2 and 1.1% of BERT-base; 3% leaves room for larger r.
-ADAPTER_SHARE = 0.03
 
 
 def check_training(cfg: Config, run_dir: Path) -> Splits:
@@ -83,7 +82,7 @@ def estimate_run_bytes(name_or_path: str, method: str) -> int | None:
     params = _parameter_count(name_or_path)
     if params is None:
         return None
-    trainable = {"full": params, "none": 0}.get(method, round(params * ADAPTER_SHARE))
+    trainable = round(params * method_of(method).trainable_share)
     return 36 * trainable + SLACK_BYTES
 
 

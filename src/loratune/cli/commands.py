@@ -1,0 +1,184 @@
+"""The subcommands of `loratune`: each a few lines that call the library and print what it returns."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from loratune.config import Config, load_config
+from loratune.errors import ConfigError, DataError, DiskFullError
+from loratune.runs import files
+from loratune.runs.storage import check_writable_file, disk_full_message, is_out_of_space
+from loratune.schema import RunSummary, to_dict
+from loratune.task import task_of
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    overrides = dict(item.partition("=")[::2] for item in args.overrides if "=" in item)
+    bad = [item for item in args.overrides if "=" not in item]
+    if bad:
+        raise ConfigError(f"Unexpected argument {bad[0]!r}; overrides look like train.learning_rate=3e-4.")
+    return load_config(args.config, {**given, **overrides})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import loratune
+
+    if args.resume:
+        if args.config is None:
+            args.config = str(files.resume_config_path(args.resume))
+        setattr(args, "train.output_dir", args.resume)
+    cfg = _config_from_args(args)
+    # The folder is named now, so that an interrupted run can say where it is.
+    run_dir = str(files.run_dir_for(cfg))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=run_dir))
+    try:
+        result = loratune.run(cfg, resume=bool(args.resume))
+    except Exception as error:
+        if not isinstance(error, DiskFullError) and not is_out_of_space(error):
+            raise
+        problem = error.problem if isinstance(error, DiskFullError) else disk_full_message(Path(run_dir), error)
+        resumable = (Path(run_dir) / files.CONFIG_FILE).is_file()
+        then = f"continue with: loratune train --resume {run_dir}" if resumable else "run the command again"
+        raise DiskFullError(problem, then) from error
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; finished epochs are saved. Continue with: loratune train --resume {cfg.train.output_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    _print_summary(result.summary, result.run_dir)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if args.example:
+        from loratune.config import example_yaml
+
+        print(example_yaml(), end="")
+        return 0
+    cfg = _config_from_args(args)
+    print(cfg.to_yaml(), end="")
+    print("config OK", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from loratune.runs.folder import RunFolder
+    from loratune.scoring.evaluation import evaluate_run
+
+    run = RunFolder.open(args.run)
+    if args.output:
+        check_writable_file(args.output, "--output")  # before the model loads
+    result = evaluate_run(run, args.data, args.split, args.max_samples, args.device, args.precision)
+    m = result.metrics
+    if args.output:
+        files.write_json(Path(args.output), {**to_dict(m), "truncated": result.truncated})
+    extra = "".join(f"  {name} {getattr(m, key):.4f}" for key, name in _EVALUATE_EXTRAS[run.task.name])
+    print(f"{args.split}: {run.task.accuracy_name} {m.accuracy:.4f}  f1 {m.f1:.4f}{extra}  ({m.num_samples} texts)")
+    return 0
+
+
+# The scores `loratune evaluate` prints beside accuracy and macro F1, per task.
+_EVALUATE_EXTRAS = {"single": (), "multi": (("micro_f1", "micro-f1"),)}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from loratune.cli.texts import format_prediction, read_texts, write_predictions
+    from loratune.runs.folder import RunFolder
+
+    texts = list(args.text or [])
+    if args.input:
+        texts += read_texts(args.input, args.text_column)
+    if not texts:
+        raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
+    if args.output:
+        check_writable_file(args.output, "--output")  # before the model loads
+    predictor = RunFolder.open(args.run).predictor(device=args.device, precision=args.precision)
+    predictions = predictor.predict(texts)
+    truncated = predictor.count_truncated(texts)
+    if truncated:
+        print(
+            f"note: {truncated} of {len(texts)} texts were longer than {predictor.max_length} tokens; "
+            "only their first tokens were read",
+            file=sys.stderr,
+        )
+    empty = sum(not text.strip() for text in texts)
+    if empty:  # kept, so that every input row has its prediction; training drops such rows
+        print(
+            f"note: {empty} of {len(texts)} texts are empty; their labels are guesses from no words", file=sys.stderr
+        )
+    if args.output:
+        write_predictions(args.output, texts, predictions)
+        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for text, p in zip(texts, predictions, strict=True):
+            print(f"{format_prediction(p)}\t{text}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loratune.training.compare import compare, parse_methods
+
+    methods = parse_methods(args.methods)
+    cfg = _config_from_args(args)
+    print(compare(cfg, methods, args.compare_dir, seeds=args.seeds))
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from loratune.data.checks import SPLITS, check_strict, compute_data_checks, format_block
+    from loratune.data.splits import load_texts
+
+    cfg = _config_from_args(args)
+    splits, dropped, task = load_texts(cfg.data)
+    checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, task, dropped)
+    print(format_block(checks))
+    if args.output:
+        files.write_json(Path(args.output), checks)
+    if cfg.data.strict:
+        check_strict(checks, args.output or "the checks above")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from loratune.report.run_report import write_report
+
+    print(write_report(args.run))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from loratune.export.plain import export_run
+
+    folder = export_run(args.run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
+    form = "PEFT adapter" if args.adapter_only else "transformers model"
+    print(f"exported {args.run} as a {form} to {folder}")
+    return 0
+
+
+def _print_summary(summary: RunSummary, run_dir: Path) -> None:
+    task = task_of(summary.task)
+    print(f"run folder: {run_dir}")
+    print(f"{'metric':<17} {'before':>8} {'after':>8}")
+    for key in ("accuracy", "precision", "recall", "f1", *_SUMMARY_EXTRAS[task.name]):
+        name = task.accuracy_name if key == "accuracy" else key
+        before, after = getattr(summary.before, key), getattr(summary.after, key)
+        if before is not None and after is not None:
+            print(f"{name:<17} {before:>8.4f} {after:>8.4f}")
+    if summary.after_fp32_accuracy is not None:
+        print(
+            f"after scored in {summary.after_precision}; in fp32 (as exported) accuracy "
+            f"{summary.after_fp32_accuracy:.4f}"
+        )
+    print(
+        f"trained {summary.trainable_params:,} of {summary.total_params:,} parameters "
+        f"in {summary.train_seconds:.1f}s; best epoch {summary.best_epoch}"
+    )
+
+
+# The scores the summary after training shows beside accuracy and the macro averages, per task.
+_SUMMARY_EXTRAS = {"single": ("balanced_accuracy",), "multi": ("micro_f1", "samples_f1", "hamming_loss")}

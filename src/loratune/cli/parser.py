@@ -1,0 +1,176 @@
+"""The `loratune` command line's parser: one flag per config field (help text from the field), one subcommand per
+entry of `_COMMANDS`; argparse's own mistakes become one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Any, NoReturn
+
+from loratune.cli import commands
+from loratune.config import DEVICES, PRECISIONS, field_flags
+from loratune.errors import ConfigError
+from loratune.model.methods import METHODS
+from loratune.training.compare import DEFAULT_METHODS
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
+    """One flag per config field, help text taken from the field; values stay strings until `Config.from_dict`."""
+    parser.add_argument("--config", metavar="YAML", help="Config file; flags and key=value overrides win over it.")
+    for section in ("data", "model", "lora", "train"):
+        group = parser.add_argument_group(f"{section} options")
+        for flag, key, f in field_flags():
+            if not key.startswith(section + ".") or key in skip:
+                continue
+            default = f.default if f.default is not None else "unset"
+            kwargs: dict[str, Any] = {
+                "dest": key,
+                "default": argparse.SUPPRESS,
+                "help": f"{f.metadata['help']} [{key}, default: {default}]",
+            }
+            if f.type in (bool, "bool"):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(flag, metavar=f.name.upper(), **kwargs)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="Overrides such as train.learning_rate=3e-4."
+    )
+
+
+# Checked by precision.resolve_device (one line), not by argparse choices (a usage block, then the error).
+_DEVICE_HELP = f"Where to run the model: {', '.join(DEVICES)}."
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 where this CPU or GPU runs it fast (as in training), else fp32; fp32 gives exact scores.",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing or unknown option, a bad choice) as one line, like loratune's: argparse
+    prints the whole usage block before them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; `{self.prog} --help` lists the options.")
+
+
+def unknown_options(extras: list[str], command: argparse.ArgumentParser) -> str:
+    """One line for options the command does not have, with the nearest known one (`--lora.rank` -> `--lora-r`)."""
+    known = [flag for action in command._actions for flag in action.option_strings]  # argparse has no public list
+    wrong = next((e for e in extras if e.startswith("-")), extras[0]).split("=")[0]
+    near = difflib.get_close_matches(wrong.replace(".", "-").replace("_", "-"), known, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown option {wrong!r} for {command.prog}; {hint}`{command.prog} --help` lists the options."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `loratune` parser: one subcommand per entry of `_COMMANDS`, each calling its `commands.cmd_*`."""
+    parser = _Parser(prog="loratune", description="LoRA fine-tuning of text classifiers, measured.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks for user errors too.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, func) in _COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(func=func)
+    parser.commands = sub.choices  # each command's parser, for unknown_options
+    return parser
+
+
+def _train_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--resume", metavar="RUN", help="Continue an interrupted run from its last finished epoch.")
+    _add_config_flags(train)
+
+
+def _validate_arguments(validate: argparse.ArgumentParser) -> None:
+    validate.add_argument("--example", action="store_true", help="Print every option as an annotated YAML file.")
+    _add_config_flags(validate)
+
+
+def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    evaluate.add_argument("run", help="Run folder.")
+    evaluate.add_argument(
+        "--data",
+        help="Folder or file with labelled texts (default: the run's own data, split and subsampled as it ran, "
+        "which reproduces the run's own after score).",
+    )
+    evaluate.add_argument("--split", default="test", help="Split to score: train, validation or test (default).")
+    evaluate.add_argument(
+        "--max-samples", type=int, default=None, help="Score at most this many texts (drawn with the run's seed)."
+    )
+    evaluate.add_argument("--output", help="Write the metrics as JSON here.")
+    evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    _add_precision(evaluate)
+
+
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
+    predict.add_argument("run", help="Run folder.")
+    predict.add_argument("--text", action="append", help="A text to classify (repeatable).")
+    predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
+    predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
+    predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
+    predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    _add_precision(predict)
+
+
+def _compare_arguments(compare: argparse.ArgumentParser) -> None:
+    methods = ", ".join(["base", *[name for name, m in METHODS.items() if m.trains]])
+    compare.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"Comma-separated: {methods}.")
+    compare.add_argument("--output-dir", dest="compare_dir", required=True, help="Folder for all runs.")
+    compare.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="Runs per method (seeds train.seed, train.seed + 1, ...); the table shows mean ± std and a paired "
+        "significance test of LoRA against each other method.",
+    )
+    _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
+
+
+def _check_data_arguments(check: argparse.ArgumentParser) -> None:
+    check.add_argument("--output", help="Write the checks as JSON here.")
+    _add_config_flags(check)
+
+
+def _export_arguments(export: argparse.ArgumentParser) -> None:
+    export.add_argument("run", help="Run folder.")
+    export.add_argument("--output-dir", required=True, help="Folder to write; must be missing or empty.")
+    export.add_argument(
+        "--adapter-only", action="store_true", help="Copy the PEFT adapter, tokenizer and labels instead of merging."
+    )
+    export.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+
+
+def _report_arguments(report: argparse.ArgumentParser) -> None:
+    report.add_argument("run", help="Run folder.")
+
+
+_COMMANDS = {
+    "train": (
+        "Evaluate, fine-tune with LoRA, evaluate again; write a run folder.",
+        _train_arguments,
+        commands.cmd_train,
+    ),
+    "validate": ("Check a config (and flags) without loading a model.", _validate_arguments, commands.cmd_validate),
+    "evaluate": ("Score a finished run on a labelled dataset.", _evaluate_arguments, commands.cmd_evaluate),
+    "predict": ("Label texts with a finished run.", _predict_arguments, commands.cmd_predict),
+    "compare": (
+        "Train several methods on the same data and compare them in one table.",
+        _compare_arguments,
+        commands.cmd_compare,
+    ),
+    "check-data": (
+        "Check a dataset's files (duplicates, shared texts, conflicting labels) without a model.",
+        _check_data_arguments,
+        commands.cmd_check_data,
+    ),
+    "export": (
+        "Write a run as a plain transformers model (LoRA merged) or its adapter.",
+        _export_arguments,
+        commands.cmd_export,
+    ),
+    "report": ("Rebuild plots, report.md and report.html from a run folder.", _report_arguments, commands.cmd_report),
+}
