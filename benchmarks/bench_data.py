@@ -57,9 +57,10 @@ def main() -> None:
         import datasets
 
         from loratune.config import DataArgs
-        from loratune.data.splits import load_splits, tokenize
-        from loratune.model.names import default_model_path
+        from loratune.data.batches import tokenize
+        from loratune.data.splits import load_splits
         from loratune.model.loading import load_tokenizer
+        from loratune.model.names import default_model_path
 
         datasets.disable_progress_bars()
         tokenizer = load_tokenizer(default_model_path())

@@ -66,8 +66,8 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 import loratune
-from loratune.training.compare import compare, parse_methods
 from loratune.data.splits import load_splits
+from loratune.training.compare import compare, parse_methods
 
 %matplotlib inline""",
         [],

@@ -103,10 +103,10 @@ def test_token_budget_batches_keep_each_batch_within_budget_and_cover_every_text
 
 
 def test_cpu_evaluation_keeps_fixed_batches_and_a_gpu_gets_a_token_budget():
-    from loratune.model import hardware
+    from loratune.data import batches
 
-    assert hardware.eval_batch_tokens("cpu") is None and not hardware.pin_memory("cpu")
-    assert hardware.eval_batch_tokens("cuda") > 0 and hardware.pin_memory("cuda")
+    assert batches.eval_batch_tokens("cpu") is None and not batches.pin_memory("cpu")
+    assert batches.eval_batch_tokens("cuda") > 0 and batches.pin_memory("cuda")
 
 
 def test_several_processes_evaluate_in_batches_of_one_size():

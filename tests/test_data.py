@@ -7,7 +7,8 @@ from conftest import make_rows, write_csv, write_jsonl
 
 from loratune import DataError
 from loratune.config import DataArgs
-from loratune.data.splits import load_eval_split, load_splits, tokenize
+from loratune.data.batches import tokenize
+from loratune.data.splits import load_eval_split, load_splits
 
 
 def test_folder_gives_its_three_splits(data_dir):

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from loratune.config import DataArgs
-from loratune.data.splits import load_splits, tokenize
+from loratune.data.batches import tokenize
+from loratune.data.splits import load_splits
 from loratune.errors import DataError
 
 datasets.disable_caching()

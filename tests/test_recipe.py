@@ -106,8 +106,8 @@ def test_saved_config_repeats_the_run(arch_run):
 
 def test_reloaded_run_scores_the_eval_split_exactly_as_the_trained_model(arch_run, data_dir):
     from loratune.config import DataArgs
-    from loratune.data.batches import build_eval_loader
-    from loratune.data.splits import load_eval_split, tokenize
+    from loratune.data.batches import build_eval_loader, tokenize
+    from loratune.data.splits import load_eval_split
     from loratune.scoring.inference import evaluate
 
     _, result = arch_run

@@ -9,8 +9,8 @@ import torch
 from conftest import make_rows, tiny_config, write_csv
 
 from loratune.config import Config
-from loratune.data.batches import build_eval_loader
-from loratune.data.splits import load_splits, tokenize
+from loratune.data.batches import build_eval_loader, tokenize
+from loratune.data.splits import load_splits
 from loratune.model.build import build_model
 from loratune.model.methods import FULL_HEAD_LEARNING_RATE, method_of
 from loratune.runs import files, weights

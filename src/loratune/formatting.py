@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,6 @@ def finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def mean(values: Iterable[Any]) -> float | None:
-    """The mean of the finite values, or None when there are none."""
-    numbers = [v for v in map(finite, values) if v is not None]
-    return sum(numbers) / len(numbers) if numbers else None
 
 
 def _or_dash(render: Callable[..., str]) -> Callable[..., str]:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, log_expit, log_softmax, softmax
 
-from loratune.errors import DataError
+from loratune.errors import ConfigError, DataError
 from loratune.schema import SET_SEPARATOR
 
 # A multi-label decision threshold is kept inside (0, 1), so it is always a probability the model can reach or miss.
@@ -98,6 +97,8 @@ class Task:
 
 class _SingleLabel(Task):
     def probabilities(self, logits, temperature=1.0):
+        from scipy.special import softmax
+
         return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
     def decide(self, probs, thresholds=None):
@@ -107,6 +108,8 @@ class _SingleLabel(Task):
         return np.asarray(predicted) == np.asarray(y_true)
 
     def negative_log_likelihood(self, logits, y_true, temperature=1.0):
+        from scipy.special import log_softmax
+
         log_probs = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
         return float(-log_probs[np.arange(len(y_true)), y_true].mean())
 
@@ -161,6 +164,8 @@ class _SingleLabel(Task):
 
 class _MultiLabel(Task):
     def probabilities(self, logits, temperature=1.0):
+        from scipy.special import expit
+
         return expit(np.asarray(logits, dtype=np.float64) / temperature)
 
     def decide(self, probs, thresholds=None):
@@ -171,6 +176,8 @@ class _MultiLabel(Task):
         return (np.asarray(predicted, dtype=bool) == (np.asarray(y_true) > 0.5)).all(axis=1)
 
     def negative_log_likelihood(self, logits, y_true, temperature=1.0):
+        from scipy.special import log_expit
+
         scaled, y = np.asarray(logits, dtype=np.float64) / temperature, np.asarray(y_true) > 0.5
         return float(-np.where(y, log_expit(scaled), log_expit(-scaled)).mean())
 
@@ -264,6 +271,21 @@ def task_of(name: str) -> Task:
 
 
 # -- the decision, made once from the data ----------------------------------------------------------------------
+
+# What `data.task` may say: auto decides from the data.
+SETTINGS = ("auto", *TASKS)
+
+
+def check_setting(setting: str, label_columns: list[str] | None) -> None:
+    """Refuse a `data.task` that is no task, or that contradicts `data.label_columns` (which are label sets).
+
+    Raises:
+        ConfigError: naming the setting and the fix.
+    """
+    if setting not in SETTINGS:
+        raise ConfigError(f"data.task must be one of {list(SETTINGS)}, got {setting!r}.")
+    if label_columns is not None and setting == SINGLE.name:
+        raise ConfigError("data.label_columns describes multi-label data; drop it or set data.task=multi.")
 
 
 def holds_sets(feature: Any) -> bool:

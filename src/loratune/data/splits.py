@@ -291,36 +291,6 @@ def _subsample(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
 
 
-def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int]:
-    """Tokenise once (cached by `datasets`) and add a `length` column for length-grouped batching.
-
-    Returns:
-        The tokenised dataset (input_ids, attention_mask, [token_type_ids], label, length) and how many texts
-        were longer than `max_length` and so truncated.
-    """
-    pair = "text_pair" in ds.column_names
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        args = (batch["text"], batch["text_pair"]) if pair else (batch["text"],)
-        full = tokenizer(*args, truncation=False, verbose=False)
-        over = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
-        if over:
-            # Only the few long texts are encoded a second time, so the truncation count costs almost nothing.
-            cut = tokenizer(*[[a[i] for i in over] for a in args], truncation=True, max_length=max_length)
-            for key in full:
-                for j, i in enumerate(over):
-                    full[key][i] = cut[key][j]
-        over_set = set(over)
-        full["length"] = [len(ids) for ids in full["input_ids"]]
-        full["truncated"] = [i in over_set for i in range(len(batch["text"]))]
-        return dict(full)
-
-    remove = [c for c in ds.column_names if c != "label"]
-    encoded = ds.map(encode, batched=True, batch_size=1000, remove_columns=remove, desc="Tokenising")
-    truncated = int(sum(encoded["truncated"]))
-    return encoded.remove_columns("truncated"), truncated
-
-
 def load_run_split(args: DataArgs, split: str, labels: list[str], seed: int) -> Dataset:
     """The `split` a run was measured on, rebuilt as the run built it (for `loratune evaluate RUN` without --data):
     the run's data read, carved and subsampled by `load_splits` with the run's `seed`.

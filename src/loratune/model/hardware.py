@@ -156,23 +156,6 @@ def prepare_for_inference(model: Any, precision: str) -> Any:
     return model.to(dtype(precision)).eval()
 
 
-def eval_batch_tokens(device: str) -> int | None:
-    """Padded tokens per evaluation batch, or None for fixed batches of `train.eval_batch_size` texts.
-
-    None on a CPU, where batches beyond 128 texts ran slower (256: -17% on SST-2 validation); on a GPU, a budget
-    that gives it enough work per launch: with 16,384 tokens, all-MiniLM-L6-v2 scored SST-2 validation at 21,600
-    texts/s on an H200 (10x the PEFT + Trainer recipe), but the run's peak GPU memory came out 12% above that
-    recipe's; half of it keeps one batch's activations (8,192 tokens x its 1,536-wide feed-forward layer, fp32:
-    50 MB) below what a training step holds.
-    """
-    return 8192 if device == "cuda" else None
-
-
-def pin_memory(device: str) -> bool:
-    """Page-locked batches, so the copy to a GPU overlaps the step before it; pointless on a CPU."""
-    return device == "cuda"
-
-
 def peak_memory_mb(device: str) -> float:
     """Peak memory so far: the process's resident-set high-water mark on CPU, allocated memory on CUDA."""
     if device == "cuda":

@@ -58,10 +58,23 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
         method: [RunFolder.open(p, finished=False) for p in (paths if isinstance(paths, list) else [paths])]
         for method, paths in runs.items()
     }
-    total = _shared_total(loaded)
     task = _task(loaded)
-    how = _COMPARING[task.name]
-    keys = [key for key, _ in METRICS] + list(how.extra_keys)
+    rows = _rows(loaded, output_dir, task)
+    files.write_json(output_dir / "comparison.json", rows)
+    figures = _write_plots(loaded, output_dir, task)
+    title = "Method comparison"
+    blocks = _comparison_blocks(loaded, rows, figures, task)
+    files.write_text(output_dir / "comparison.md", render_markdown(title, blocks))
+    html_path = output_dir / "comparison.html"
+    page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
+    files.write_text(html_path, page)
+    return html_path
+
+
+def _rows(loaded: dict[str, list[RunFolder]], output_dir: Path, task: Task) -> list[dict[str, Any]]:
+    """One row per method (see `write_comparison`), with its paired test against LoRA."""
+    total = _shared_total(loaded)
+    keys = [key for key, _ in METRICS] + list(_COMPARING[task.name].extra_keys)
     rows = [_comparison_row(method, folders, output_dir, total, keys) for method, folders in loaded.items()]
     if REFERENCE in loaded:
         for row in rows:
@@ -75,14 +88,16 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
                 row["single_class"],
                 loaded[row["method"]][0].summary.eval_split,
             )
-    files.write_json(output_dir / "comparison.json", rows)
+    return rows
 
+
+def _write_plots(loaded: dict[str, list[RunFolder]], output_dir: Path, task: Task) -> list[Figure]:
     summaries = {method: folders[0].summary for method, folders in loaded.items()}  # curves: the first seed's
-    key, name = how.headline
+    key, name = _COMPARING[task.name].headline
     plots.plot_comparison_curves(summaries, output_dir / f"comparison_val_{key}.png", key)
     plots.plot_score_vs_time(summaries, output_dir / f"comparison_{key}_vs_time.png", key)
     first_seed = " (first seed)" if any(len(f) > 1 for f in loaded.values()) else ""
-    figures = [
+    return [
         Figure(
             f"comparison_val_{key}.png",
             f"Validation {name} per epoch{first_seed}; epoch 0 is each run's untrained score",
@@ -92,13 +107,6 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
             f"{name[:1].upper()}{name[1:]} after training against training time, one point per method{first_seed}",
         ),
     ]
-    title = "Method comparison"
-    blocks = _comparison_blocks(loaded, rows, figures, task)
-    files.write_text(output_dir / "comparison.md", render_markdown(title, blocks))
-    html_path = output_dir / "comparison.html"
-    page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
-    files.write_text(html_path, page)
-    return html_path
 
 
 REFERENCE = "lora"

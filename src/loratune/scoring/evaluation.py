@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from loratune.data.batches import build_eval_loader
-from loratune.data.splits import load_eval_split, load_run_split, tokenize
+from loratune.data.batches import build_eval_loader, tokenize
+from loratune.data.splits import load_eval_split, load_run_split
 from loratune.schema import Metrics
 from loratune.scoring.inference import predict_logits
 from loratune.scoring.metrics import metrics_from_logits

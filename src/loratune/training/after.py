@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +23,7 @@ from loratune.scoring.findings import Findings, compute_findings, fit_decisions
 from loratune.scoring.inference import predict_logits
 from loratune.scoring.metrics import metrics_from_logits
 from loratune.training.loop import LoopState
-
-if TYPE_CHECKING:  # the recipe imports this module
-    from loratune.training.recipe import RunState
+from loratune.training.state import RunState
 
 log = logging.getLogger(__name__)
 

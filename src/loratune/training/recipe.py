@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +19,10 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from loratune.config import Config
 from loratune.data import checks as data_checks
+from loratune.data.batches import pin_memory, tokenize
 from loratune.data.sources import recorded_path
-from loratune.data.splits import Splits, tokenize
 from loratune.model import hardware
 from loratune.model.build import BuiltModel, build_model
-from loratune.model.methods import Method, method_of
 from loratune.model.names import portable_model_name
 from loratune.quiet import quiet_libraries
 from loratune.runs import files, weights
@@ -37,36 +34,10 @@ from loratune.training.checkpoint import verify_checkpoint
 from loratune.training.compiling import resolve_compile
 from loratune.training.loop import LoopState, TrainingJob, train
 from loratune.training.losses import compute_class_weights
+from loratune.training.state import RunState
 from loratune.training.summary import save_results, summarise
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunState:
-    """What the stages of one run share, set once each as the stages produce it."""
-
-    cfg: Config
-    resume: bool
-    run_dir: Path
-    device: str
-    dtype: str  # the resolved precision: fp32, bf16 or fp16
-    method: Method
-    splits: Splits | None = None
-    accelerator: Accelerator | None = None
-    tokenised: dict[str, Any] = field(default_factory=dict)  # split name -> tokenised dataset
-    truncated: dict[str, int] = field(default_factory=dict)  # split name -> texts cut to max_length
-    class_weights: np.ndarray | None = None
-
-    @classmethod
-    def start(cls, cfg: Config, resume: bool) -> RunState:
-        device = hardware.resolve_device(cfg.train.device)
-        dtype = hardware.resolve_precision(cfg.train.precision, device)
-        return cls(cfg, resume, files.run_dir_for(cfg), device, dtype, method_of(cfg.lora.method))
-
-    @property
-    def is_main(self) -> bool:
-        return self.accelerator.is_main_process
 
 
 def run(cfg: Config, resume: bool = False) -> RunFolder:
@@ -150,8 +121,8 @@ def _start_accelerator(state: RunState) -> Accelerator:
     train = state.cfg.train
     return Accelerator(
         cpu=state.device == "cpu",
-        # pinned batches (`hardware.pin_memory`) copied without waiting, so the copy overlaps the step before
-        dataloader_config=DataLoaderConfiguration(non_blocking=hardware.pin_memory(state.device)),
+        # pinned batches (`batches.pin_memory`) copied without waiting, so the copy overlaps the step before
+        dataloader_config=DataLoaderConfiguration(non_blocking=pin_memory(state.device)),
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=None if train.report_to == "none" else train.report_to,
         project_dir=str(state.run_dir / files.LOGS_DIR),

@@ -4,7 +4,7 @@ everything else."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loratune.model import hardware
 from loratune.model.names import display_name
@@ -14,9 +14,7 @@ from loratune.schema import DataSummary, RunSummary
 from loratune.scoring.findings import Findings
 from loratune.training.after import After, Scored
 from loratune.training.loop import LoopState
-
-if TYPE_CHECKING:  # the recipe imports this module
-    from loratune.training.recipe import RunState
+from loratune.training.state import RunState
 
 
 def summarise(
