@@ -156,10 +156,10 @@ def profile_run(argv: list[str], device: str, warmup: int, steps: int, use_cprof
 
     sessions = {"train_step": _Session("train_step", device, use_cprofile)}
     sessions["eval_batch"] = _Session("eval_batch", device, use_cprofile)
-    train_epoch, evaluate = loop._train_epoch, loop.evaluate
+    train_steps, evaluate = loop._Loop._steps, loop.evaluate
 
-    def profiled_epoch(model, loader, *args, **kwargs):
-        return train_epoch(model, _Window(loader, sessions["train_step"], warmup, steps), *args, **kwargs)
+    def profiled_steps(self, loader, epoch):  # one epoch's optimizer steps, through the profiling window
+        return train_steps(self, _Window(loader, sessions["train_step"], warmup, steps), epoch)
 
     def profiled_evaluate(model, loader, *args, **kwargs):
         session = sessions["eval_batch"]
@@ -167,11 +167,11 @@ def profile_run(argv: list[str], device: str, warmup: int, steps: int, use_cprof
             return evaluate(model, loader, *args, **kwargs)
         return evaluate(model, _Window(loader, session, 0, None), *args, **kwargs)
 
-    loop._train_epoch, loop.evaluate = profiled_epoch, profiled_evaluate
+    loop._Loop._steps, loop.evaluate = profiled_steps, profiled_evaluate
     try:
         code = main(argv)
     finally:
-        loop._train_epoch, loop.evaluate = train_epoch, evaluate
+        loop._Loop._steps, loop.evaluate = train_steps, evaluate
     if code != 0:
         raise SystemExit(f"loratune train exited with {code}")
     return sessions

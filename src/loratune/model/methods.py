@@ -92,7 +92,7 @@ class Method:
 
 
 @dataclass(frozen=True)
-class _Untrained(Method):
+class Untrained(Method):
     """The model as loaded, evaluated and nothing trained: the "before" of every method, as its own row."""
 
     def prepare(self, model, lora_args, head):
@@ -108,7 +108,7 @@ HEAD_WEIGHTS = "head.safetensors"
 
 
 @dataclass(frozen=True)
-class _HeadOnly(Method):
+class HeadOnly(Method):
     """A frozen encoder with a trained classification head (and the pooler, where it has one)."""
 
     def prepare(self, model, lora_args, head):
@@ -136,7 +136,7 @@ class _HeadOnly(Method):
 
 
 @dataclass(frozen=True)
-class _Full(Method):
+class Full(Method):
     """Every weight trains; the whole classifier is saved in transformers' format."""
 
     def prepare(self, model, lora_args, head):
@@ -165,7 +165,7 @@ class _Full(Method):
 
 
 @dataclass(frozen=True)
-class _PeftAdapter(Method):
+class PeftAdapter(Method):
     """A PEFT adapter on the frozen model; the head layers train in full through PEFT's `modules_to_save`."""
 
     peft_config: Callable[[Any, Any, list[str], list[str]], Any] | None = None
@@ -230,7 +230,7 @@ def _ia3_config(model: Any, lora_args: Any, targets: list[str], head: list[str])
     )
 
 
-def _attention_targets(model: Any, head: list[str]) -> list[str]:
+def attention_targets(model: Any, head: list[str]) -> list[str]:
     from loratune.model.targets import choose_target_modules
 
     return choose_target_modules(model, head)
@@ -254,23 +254,23 @@ FULL_HEAD_LEARNING_RATE = 2e-3
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        _PeftAdapter(
+        PeftAdapter(
             "lora", "LoRA", 2e-3, saved_in="adapter", adapter=True, shares_base_in_batch=True,
-            peft_config=_lora_config, default_targets=_attention_targets,
+            peft_config=_lora_config, default_targets=attention_targets,
         ),
-        _PeftAdapter(
+        PeftAdapter(
             "dora", "DoRA", 2e-3, saved_in="adapter", adapter=True,
-            peft_config=_dora_config, default_targets=_attention_targets,
+            peft_config=_dora_config, default_targets=attention_targets,
         ),
-        _PeftAdapter(
+        PeftAdapter(
             "ia3", "IA3", 5e-3, saved_in="adapter", adapter=True, peft_config=_ia3_config, default_targets=_ia3_targets
         ),
-        _HeadOnly("head", "Head-only", 5e-3, saved_in="head", pools_sentence_models_by_mean=True),
-        _Full(
+        HeadOnly("head", "Head-only", 5e-3, saved_in="head", pools_sentence_models_by_mean=True),
+        Full(
             "full", "Full", 2e-4, head_learning_rate=FULL_HEAD_LEARNING_RATE, saved_in="model", frozen_base=False,
             trainable_share=1.0,
         ),
-        _Untrained("none", "Base (untrained)", None, trainable_share=0.0),
+        Untrained("none", "Base (untrained)", None, trainable_share=0.0),
     )
 }  # fmt: skip
 
