@@ -644,8 +644,9 @@ def write_fake_multilabel_run(
 
     from loratune.runs import files
     from loratune.schema import Calibration, Significance
-    from loratune.scoring import significance
+    from loratune.scoring import calibration, significance
     from loratune.scoring.changes import count_changes
+    from loratune.task import MULTI
 
     summary = fake_multilabel_summary(labels, **kw)
     save_run_folder(run_dir, summary, config=FAKE_MULTI_CONFIG)
@@ -682,24 +683,12 @@ def write_fake_multilabel_run(
     )
     right_before, right_after = table["pred_before"] == table["label"], table["pred_after"] == table["label"]
 
+    # The report draws what these give; tests/test_calibration.py checks them against hand-worked examples.
     def bins(probs: np.ndarray) -> list[dict[str, float]]:
-        # Over every (example, label) probability: the mean probability and the fraction of true labels per bin.
-        flat, truth = probs.ravel(), gold.ravel()
-        index = np.minimum((flat * 15).astype(int), 14)
-        return [
-            {
-                "low": i / 15,
-                "high": (i + 1) / 15,
-                "count": int((index == i).sum()),
-                "confidence": float(flat[index == i].mean()),
-                "accuracy": float(truth[index == i].mean()),
-            }
-            for i in range(15)
-            if (index == i).any()
-        ]
+        return calibration.reliability_bins(probs, gold, MULTI)
 
-    def ece(found: list[dict[str, float]]) -> float:
-        return sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in found) / gold.size
+    def ece(probs: np.ndarray) -> float:
+        return calibration.expected_calibration_error(probs, gold, MULTI)
 
     reliability = {"before": bins(before), "after": bins(after), "after_calibrated": bins(after)}
     _, _, p_value = significance.mcnemar_exact(right_before.to_numpy(), right_after.to_numpy())
@@ -710,9 +699,9 @@ def write_fake_multilabel_run(
         changes=count_changes(table),
         calibration=Calibration(
             temperature=1.3,
-            ece_before=ece(reliability["before"]),
-            ece_after=ece(reliability["after"]),
-            ece_after_calibrated=ece(reliability["after"]),
+            ece_before=ece(before),
+            ece_after=ece(after),
+            ece_after_calibrated=ece(after),
         ),
         significance=Significance(
             n_resamples=1000,

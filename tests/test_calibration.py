@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.special import softmax
 
 from loratune.scoring.calibration import expected_calibration_error, fit_temperature, reliability_bins
-from loratune.task import SINGLE
+from loratune.task import MULTI, SINGLE
 
 
 def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +39,21 @@ def test_a_calibrated_model_keeps_a_temperature_near_one():
     logits = rng.normal(0, 2, (5000, 4))
     y_true = np.array([rng.choice(4, p=p) for p in softmax(logits, axis=1)])  # labels drawn from its own scores
     assert abs(fit_temperature(logits, y_true, SINGLE) - 1.0) < 0.1
+
+
+def test_ece_of_a_hand_worked_single_label_example():
+    # Two texts at confidence 0.9 with one right, two at 0.6 both right: each bin is 0.4 off, so ECE is 0.4.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y_true = np.array([0, 1, 1, 1])
+    bins = reliability_bins(probs, y_true, SINGLE)
+    assert [(b["count"], b["confidence"], b["accuracy"]) for b in bins] == [(2, 0.6, 1.0), (2, 0.9, 0.5)]
+    assert expected_calibration_error(probs, y_true, SINGLE) == pytest.approx(0.4)
+
+
+def test_ece_of_a_hand_worked_multi_label_example():
+    # Each (text, label) probability is a prediction: 0.9 for a true label (0.1 off), 0.2 for a false one (0.2 off).
+    probs, y_true = np.array([[0.9, 0.2]]), np.array([[1.0, 0.0]])
+    assert expected_calibration_error(probs, y_true, MULTI) == pytest.approx(0.15)
 
 
 def test_reliability_bins_count_every_example_once():

@@ -19,7 +19,7 @@ import torch
 from conftest import tiny_config, write_csv
 
 from loratune.cli import main
-from loratune.errors import RunError
+from loratune.errors import ModelError, RunError
 from loratune.export.plain import export_run
 from loratune.model.names import HUB_DEFAULT_MODEL, default_model_path
 from loratune.runs import files
@@ -125,7 +125,7 @@ def test_a_failed_run_releases_its_lock(tmp_path, tiny_bert, data_dir):
         assert (out / files.LOCK_FILE).exists()
         raise RunError("boom")
     assert not (out / files.LOCK_FILE).exists()
-    with pytest.raises(Exception, match="is not a sequence-classification|Could not load|does not exist"):
+    with pytest.raises(ModelError, match=r"Model path '.*no-model' does not exist; check the path"):
         run(tiny_config(tmp_path / "no-model", data_dir, out))
     assert not (out / files.LOCK_FILE).exists()
 

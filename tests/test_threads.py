@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -70,6 +73,23 @@ def _with_count(machine) -> threads.ThreadGovernor:
     return governor
 
 
-def test_the_machines_busy_time_is_read_from_proc_stat():
-    busy = threads.busy_cpu_seconds()
-    assert busy is None or busy > 0
+def test_the_machines_busy_time_is_read_from_proc_stat(monkeypatch):
+    # user nice system idle iowait irq softirq steal: 1000 ticks, of which idle + iowait are 850
+    stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n"
+    monkeypatch.setattr(threads, "Path", lambda path: SimpleNamespace(read_text=lambda: stat))
+    assert threads.busy_cpu_seconds() == pytest.approx(150 / os.sysconf("SC_CLK_TCK"))
+
+
+def test_without_proc_stat_the_busy_time_is_unknown(monkeypatch):
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(threads, "Path", lambda path: SimpleNamespace(read_text=lambda: missing(path)))
+    assert threads.busy_cpu_seconds() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat on this system")
+def test_the_real_busy_time_grows():
+    first = threads.busy_cpu_seconds()
+    sum(i * i for i in range(2_000_000))  # some CPU time of our own
+    assert 0 < first <= threads.busy_cpu_seconds()

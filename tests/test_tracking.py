@@ -52,7 +52,7 @@ def test_cli_report_to_tensorboard(tiny_bert, data_dir, tmp_path, capsys):
 
 def test_no_tracker_writes_no_logs(tiny_bert, data_dir, tmp_path):
     run = loratune.run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1))
-    assert not (run.run_dir / "logs").exists() or not any((run.run_dir / "logs").rglob("events.out.tfevents.*"))
+    assert not (run.run_dir / "logs").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (optional tracker)")
