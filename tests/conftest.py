@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# The repository, and the shared datasets beside it (`../shared/data`).
+REPO = Path(__file__).resolve().parent.parent
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 import loratune
 from loratune.cli import main
@@ -14,7 +15,7 @@ from loratune.runs.folder import load_run
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = REPO.parent / "shared" / "data"
 
 
 def dataset(name: str) -> Path:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).parents[1]
+REPO = REPO
 NOTEBOOK = REPO / "notebooks" / "lightweight_fine_tuning.ipynb"
 SST2 = REPO.parent / "shared" / "data" / "sst2"
 # Every method, so the LoRA-against-full summary runs too; full fine-tuning is the slowest of them.

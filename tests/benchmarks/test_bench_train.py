@@ -2,9 +2,10 @@
 
 import importlib.util
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+from conftest import REPO
+
+BENCH = REPO / "benchmarks" / "bench_train.py"
 
 
 def _bench():

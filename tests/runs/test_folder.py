@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_csv
+from conftest import REPO, tiny_config, write_csv
 
 from loratune.cli import main
 from loratune.errors import ModelError, RunError
@@ -317,7 +317,7 @@ def test_printing_a_run_shows_a_short_summary(bert_run):
 
 
 def test_the_readme_says_how_to_get_torchs_cpu_build_on_a_plain_machine():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert "pip install torch==2.13.0 && pip install -e" in readme  # the setup command CI and this machine use
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
 

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import write_csv, write_jsonl, write_parquet
+from conftest import REPO, write_csv, write_jsonl, write_parquet
 from datasets import ClassLabel, Dataset, Features, List, Value
 
 from loratune.config import DataArgs
@@ -19,7 +19,7 @@ from loratune.errors import DataError
 from loratune.task import MULTI
 
 NAMES = ["joy", "anger", "love"]  # deliberately unsorted: the label map sorts them
-GO_EMOTIONS = Path(__file__).parents[2] / "shared" / "data" / "go_emotions"
+GO_EMOTIONS = REPO.parent / "shared" / "data" / "go_emotions"
 
 
 def label_sets(n: int, seed: int) -> list[list[str]]:

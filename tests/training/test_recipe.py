@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_rows, tiny_config, write_csv
+from conftest import REPO, make_rows, tiny_config, write_csv
 
 import loratune
 from loratune import ModelError, RunError
@@ -317,7 +317,7 @@ def test_only_runs_files_names_the_run_folder_files():
 
 
 def test_the_docs_list_every_metrics_key_of_the_schema():
-    doc = (Path(__file__).parents[1] / "docs" / "run-folder.md").read_text()
+    doc = (REPO / "docs" / "run-folder.md").read_text()
     section = doc[doc.index("## metrics.json") :]
     documented = re.findall(r"^\| `(\w+)` \|", section.split("\n## ")[0], flags=re.MULTILINE)
     assert documented == [f.name for f in dataclasses.fields(RunSummary)]

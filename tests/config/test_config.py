@@ -6,12 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from loratune import Config, ConfigError, load_config
 from loratune.config import all_keys
 from loratune.model.methods import FULL_HEAD_LEARNING_RATE, method_of
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.y*ml"))
+CONFIGS = sorted((REPO / "configs").glob("*.y*ml"))
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:
