@@ -243,11 +243,9 @@ def packed_eval_loader(packed: PackedTokens, batch_size: int, device: str = "cpu
 def eval_batch_tokens(device: str) -> int | None:
     """Padded tokens per evaluation batch, or None for fixed batches of `train.eval_batch_size` texts.
 
-    None on a CPU, where batches beyond 128 texts ran slower (256: -17% on SST-2 validation); on a GPU, a budget
-    that gives it enough work per launch: with 16,384 tokens, all-MiniLM-L6-v2 scored SST-2 validation at 21,600
-    texts/s on an H200 (10x the PEFT + Trainer recipe), but the run's peak GPU memory came out 12% above that
-    recipe's; half of it keeps one batch's activations (8,192 tokens x its 1,536-wide feed-forward layer, fp32:
-    50 MB) below what a training step holds.
+    None on a CPU, where batches larger than 128 texts ran slower; on a GPU, a token budget that gives it enough
+    work per launch while one batch's activations stay below what a training step holds (8,192 tokens x a
+    1,536-wide feed-forward layer in fp32: 50 MB). The figures: benchmarks/README.md, "Figures behind the code".
     """
     return 8192 if device == "cuda" else None
 

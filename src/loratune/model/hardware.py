@@ -109,10 +109,9 @@ def attention_kernels(device: str) -> contextlib.AbstractContextManager:
     """The attention kernels a GPU may pick (scaled_dot_product_attention): flash, memory-efficient or math, not
     cuDNN's.
 
-    Why: cuDNN's attention builds a graph on the host for each new shape, and batch lengths vary from step to step.
-    In a profiled training step of all-MiniLM-L6-v2 on an H200 its calls took 5-6 ms of host time each, 73% of
-    the step's host time, while the GPU worked 1.3 ms per step; the PEFT + Trainer recipe in bf16, which PyTorch
-    sends to cuDNN, trained 2.7x slower than in fp32, which it does not (benchmarks/README.md, "GPU").
+    Why: cuDNN's attention builds a graph on the host for each new shape, and batch lengths vary from step to step,
+    so a small model's step waits on the host far longer than the GPU works (profiled: benchmarks/README.md, "GPU"
+    and "Figures behind the code").
     """
     if device != "cuda":
         return contextlib.nullcontext()

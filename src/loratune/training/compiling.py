@@ -17,10 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_compile(setting: str) -> str:
-    """`auto` becomes `off`: on this project's 2-core CPU compiling all-MiniLM-L6-v2's training step took 49 s
-    (18 s with Inductor's cache warm) for steps 7% faster, which repays it only after about 100,000 sentences; on
-    an H200 machine a 1,600-sentence run with it did not finish within 95 s (2,000 sentences without it, profiled:
-    39 s).
+    """`auto` becomes `off`: where measured (a 2-core CPU, an H200), compiling the training step took longer than
+    the faster steps gave back on runs of usual size (benchmarks/README.md, "Figures behind the code").
 
     Raises:
         ConfigError: for an unknown mode.

@@ -324,8 +324,8 @@ def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:
     """The torch optimizer inside Accelerate's wrapper, where the wrapper does nothing loratune needs.
 
     Why: `AcceleratedOptimizer.step` asks importlib twice per call whether the `lomo_optim` package is installed,
-    and its `zero_grad` inspects a signature: 0.5 ms a step on this project's CPU (benchmarks/profile_step.py
-    --cprofile), host time that a GPU step of a small model waits for. The rest of its work is for XLA, LOMO,
+    and its `zero_grad` inspects a signature: host time that a GPU step of a small model waits for (measured with
+    `benchmarks/profile_step.py --cprofile`; benchmarks/README.md, "Figures behind the code"). The rest of its work is for XLA, LOMO,
     Accelerate's GradScaler (loratune scales fp16 itself: `hardware.grad_scaler`) and DeepSpeed / FSDP, which
     keep it.
     """

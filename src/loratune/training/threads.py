@@ -2,8 +2,8 @@
 
 Why: PyTorch's CPU kernels run on OpenMP (libgomp in the PyPI wheels), whose idle threads spin for a while after
 every parallel region. Two processes that each run one thread per core on the same cores spin through each other's
-time slices: two loratune runs started together on this project's 2-core CPU ran 5.9x slower each than one alone
-(benchmarks/README.md, "A busy CPU"); `OMP_WAIT_POLICY=PASSIVE` avoids it but costs 28% alone. Instead, every few
+time slices, and each run becomes several times slower than alone; `OMP_WAIT_POLICY=PASSIVE` avoids that but slows
+a run alone (the figures: benchmarks/README.md, "A busy CPU", and "Figures behind the code"). Instead, every few
 seconds the CPU time other processes took (from /proc/stat) sets the thread count: a run alone keeps every core,
 and two runs side by side take one each. Only on a CPU device, and never where the user fixed the count
 (`OMP_NUM_THREADS`, or `torch.set_num_threads` to anything but the default).
