@@ -325,9 +325,9 @@ def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:
 
     Why: `AcceleratedOptimizer.step` asks importlib twice per call whether the `lomo_optim` package is installed,
     and its `zero_grad` inspects a signature: host time that a GPU step of a small model waits for (measured with
-    `benchmarks/profile_step.py --cprofile`; benchmarks/README.md, "Figures behind the code"). The rest of its work is for XLA, LOMO,
-    Accelerate's GradScaler (loratune scales fp16 itself: `hardware.grad_scaler`) and DeepSpeed / FSDP, which
-    keep it.
+    `benchmarks/profile_step.py --cprofile`; benchmarks/README.md, "Figures behind the code"). The rest of its
+    work is for XLA, LOMO, Accelerate's GradScaler (loratune scales fp16 itself: `hardware.grad_scaler`) and
+    DeepSpeed / FSDP, which keep it.
     """
     from accelerate.utils import DistributedType
 
