@@ -2,9 +2,9 @@
 
 A `Task` owns everything that differs between the two: how labels are stored (a class id, or a multi-hot row),
 the training loss, the activation (softmax, or a sigmoid per label), the decision (the most probable class, or
-every label at or above its threshold), when an example counts as right, which metrics apply and what they are
-called, how a temperature is fitted, and the shape of `predict`'s answer. Every other module asks the run's task
-(`task_of(name)`) and never tests the shape of a label itself; `tests/test_layout.py` checks that.
+every label at or above its threshold, fitted on validation), when an example counts as right, what its accuracy
+is called, the loss a temperature is fitted to, and the shape of `predict`'s answer. Every other module asks the
+run's task (`task_of(name)`) and never tests the shape of a label itself; `tests/test_layout.py` checks that.
 
 No torch at import time: `loss` imports it when a run trains.
 """

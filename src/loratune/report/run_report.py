@@ -174,30 +174,26 @@ def _report_blocks(run: RunFolder, figures: list[list[Figure]], reliability: lis
 
 def _headline(s: RunSummary, num_labels: int) -> str:
     """The one-sentence summary above the tables."""
-    return _HEADLINE_OF_TASK[s.task](s, num_labels)
+    where = f"on the {s.eval_split} split ({count(s.after.num_samples)} examples"
+    return _HEADLINE_OF_TASK[s.task](s, num_labels, where) + f", trained in {seconds(s.train_seconds)}."
 
 
-def _label_set_headline(s: RunSummary, num_labels: int) -> str:
+def _label_set_headline(s: RunSummary, num_labels: int, where: str) -> str:
     before, after = s.before, s.after
-    where = f"on the {s.eval_split} split ({count(after.num_samples)} examples"
-    trained = f"trained in {seconds(s.train_seconds)}."
     return (
         f"Subset accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
         f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → {percent(after.f1)} "
         f"({change(after.f1, before.f1)}), micro F1 {percent(before.micro_f1)} → {percent(after.micro_f1)} "
-        f"({change(after.micro_f1, before.micro_f1)}) {where}, {count(num_labels)} labels, any number per "
-        f"text), {trained}"
+        f"({change(after.micro_f1, before.micro_f1)}) {where}, {count(num_labels)} labels, any number per text)"
     )
 
 
-def _class_headline(s: RunSummary, num_labels: int) -> str:
+def _class_headline(s: RunSummary, num_labels: int, where: str) -> str:
     before, after = s.before, s.after
-    where = f"on the {s.eval_split} split ({count(after.num_samples)} examples"
-    trained = f"trained in {seconds(s.train_seconds)}."
     return (
         f"Accuracy {percent(before.accuracy)} → {percent(after.accuracy)} "
         f"({change(after.accuracy, before.accuracy)}), macro F1 {percent(before.f1)} → "
-        f"{percent(after.f1)} ({change(after.f1, before.f1)}) {where}), {trained}"
+        f"{percent(after.f1)} ({change(after.f1, before.f1)}) {where})"
     )
 
 
