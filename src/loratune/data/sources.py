@@ -43,14 +43,17 @@ def load_raw(args: DataArgs) -> DatasetDict:
         raise DataError(f"Data path {args.path!r} does not exist; check the path, or give a hub dataset id.")
     else:
         return _load_hub(args)
-    loaded = {}
-    for split, file in files.items():
-        if file.stat().st_size == 0:
-            raise DataError(f"{file} is empty; it needs a header row and at least one labelled row.")
-        loaded[split] = read_file(file, args.label_column)
-        if len(loaded[split]) == 0:
-            raise DataError(f"{file} has a header but no rows; add labelled rows.")
-    return DatasetDict(loaded)
+    return DatasetDict({split: read_split_file(file, args.label_column) for split, file in files.items()})
+
+
+def read_split_file(file: Path, label_column: str | None = None) -> Dataset:
+    """One split's file (see `read_file`), refused in one line when it is empty or holds a header alone."""
+    if file.stat().st_size == 0:
+        raise DataError(f"{file} is empty; it needs a header row and at least one labelled row.")
+    ds = read_file(file, label_column)
+    if len(ds) == 0:
+        raise DataError(f"{file} has a header but no rows; add labelled rows.")
+    return ds
 
 
 def recorded_path(path: str) -> str:

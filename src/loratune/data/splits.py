@@ -20,7 +20,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value
 from loratune.config import DataArgs
 from loratune.data import labelsets
 from loratune.data.labelsets import label_name as _label_name
-from loratune.data.sources import LABEL_COLUMNS, load_raw, read_file, split_files
+from loratune.data.sources import LABEL_COLUMNS, load_raw, read_split_file, split_files
 from loratune.errors import DataError
 from loratune.task import SINGLE, Task, holds_sets, single_task_refusal, task_from_data
 
@@ -326,18 +326,12 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: Task = 
         raise DataError("No dataset given; pass --data PATH.")
     path = Path(args.path).expanduser()
     if path.is_file():
-        raw = {split: read_file(path, args.label_column)}
-        if len(raw[split]) == 0:
-            raise DataError(f"{path} has a header but no rows; add labelled rows.")
+        raw = {split: read_split_file(path, args.label_column)}
     elif path.is_dir():
         files = split_files(path)  # by name only: a folder holding just test.csv has a test split, not a train one
         if split not in files:
             raise DataError(f"{path} has no {split} file (it has {sorted(files) or 'none'}); choose one with --split.")
-        if files[split].stat().st_size == 0:
-            raise DataError(f"{files[split]} is empty; it needs a header row and labelled rows.")
-        raw = {split: read_file(files[split])}
-        if len(raw[split]) == 0:
-            raise DataError(f"{files[split]} has a header but no rows; add labelled rows.")
+        raw = {split: read_split_file(files[split], args.label_column)}
     else:
         loaded = load_raw(args)
         if split not in loaded:
