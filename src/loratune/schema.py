@@ -1,6 +1,6 @@
-"""What a run measured, as typed records: the schema of a run folder's metrics file (`artifacts.METRICS_FILE`).
+"""What a run measured, as typed records: the schema of a run folder's metrics file (`runs.files.METRICS_FILE`).
 
-The writer (`recipe`), the reader (`artifacts.read_summary`), the report, `load_run`, export and the tests'
+The writer (`training.summary`), the reader (`runs.files.load_summary`), the report, `load_run`, export and the tests'
 fixtures all use these classes, so a key is named in one place. No torch and no files here: `from_dict` checks
 the shape and types of parsed JSON and raises `SchemaError`, which the reader turns into a one-line `RunError`
 naming the file.
@@ -35,7 +35,7 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Scores of one model on one split (see `evaluate.compute_metrics`); averages are macro.
+    """Scores of one model on one split (see `scoring.metrics.compute_metrics`); averages are macro.
 
     Multi-label runs: `accuracy` is subset accuracy (the whole label set right), precision/recall/f1 are macro over
     labels, `per_class` is per label, `confusion_matrix` is empty, and the micro/samples averages and Hamming loss

@@ -67,7 +67,7 @@ class PackedTokens(torch.utils.data.Dataset):
 
     @classmethod
     def from_dataset(cls, ds: Dataset, pad_token_id: int, bucket: bool = False) -> PackedTokens:
-        """From a tokenised `datasets.Dataset` (see `data.tokenize`), read as Arrow columns without a Python row."""
+        """From a tokenised `datasets.Dataset` (see `tokenize`), read as Arrow columns without a Python row."""
         table = ds.with_format("arrow")[:]  # follows an indices mapping (select, shuffle) where one is set
         inputs, lengths = {}, None
         for key in MODEL_INPUTS:

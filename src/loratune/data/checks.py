@@ -4,7 +4,7 @@ label balance, very short texts, and truncation. They warn and never stop a run,
 The checks compare texts only (exact, and normalised: case-folded with whitespace collapsed), never what labels
 mean. A multi-label text's label is its set of names, so texts conflict when their label sets differ, and the label
 counts are how many train texts carry each label. They run on the splits as the run uses them (after subsampling).
-No torch here; the result is plain JSON (`artifacts.DATA_CHECKS_FILE`).
+No torch here; the result is plain JSON (`runs.files.DATA_CHECKS_FILE`).
 """
 
 from __future__ import annotations

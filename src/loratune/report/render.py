@@ -3,7 +3,7 @@
 A document is a flat list of blocks (headings, paragraphs, tables, code and rows of figures that point to PNG files
 in a folder). `render_markdown` and `render_html` turn the same list into the two formats, which keeps them in step;
 the HTML inlines its CSS and images, so it can be opened or moved on its own. This module knows nothing about runs,
-models or plots: `loratune.report.run_report` decides what goes into a document, this module only decides how it looks.
+models or plots: `report.run_report` decides what goes into a document, this module only decides how it looks.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Everything here is rendered from the files a run leaves on disk (see docs/run-folder.md), read through
 `loratune.runs.files`, so a report can be rebuilt, moved or tested without a model. This module decides what a
-report says, as one list of blocks; `loratune.report.render` turns that list into both the Markdown and the HTML, which
-keeps the two outputs in step. The plots are drawn by `loratune.report.plots`, numbers are written by
+report says, as one list of blocks; `report.render` turns that list into both the Markdown and the HTML, which
+keeps the two outputs in step. The plots are drawn by `report.plots`, numbers are written by
 `loratune.formatting`, what is said about the labels (which depends on the task: single- or multi-label) by
-`loratune.report.label_tables`, and the side-by-side comparison of several runs lives in `loratune.training.compare`.
+`report.label_tables`, and the side-by-side comparison of several runs lives in `report.comparison`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ PER_LABEL_PLOT = "per_label_f1.png"
 def write_report(run_dir: str | Path) -> Path:
     """Render plots, `report.md` and a self-contained `report.html` into a run folder.
 
-    Reads the run's summary, labels and, when present, config (through `artifacts`). Writes
+    Reads the run folder through `RunFolder` (summary, labels, config and the files beside them). Writes
     `accuracy.png`, `loss.png`, then for a single-label run `confusion_matrix.png` and `per_class_f1.png` (only for
     more than two classes), or for a multi-label run `per_label_f1.png` (a multi-label run has no confusion matrix);
     `reliability.png` (when the folder has a calibration file), `report.md` and `report.html`. Optional values the

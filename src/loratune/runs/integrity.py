@@ -2,8 +2,8 @@
 
 A weight file damaged inside its tensor data (its header intact, its size unchanged) still loads, and the model
 then answers every text with NaN, or worse, with plausible wrong labels. Checksums catch any change to the bytes;
-the finiteness checks also cover run folders written before checksums existed. `artifacts` decides where the
-checksums are stored (`artifacts.CHECKSUMS_FILE`).
+the finiteness checks also catch weights that were saved already broken. `runs.files` decides where the checksums
+are stored (`files.CHECKSUMS_FILE`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The run folder's lock: one run writes into a folder at a time.
 
 Two runs into one folder would share its checkpoint and overwrite each other's files. The lock is a file
-(`artifacts.LOCK_FILE`) created atomically (O_CREAT | O_EXCL) holding the writer's pid and host.
+(`files.LOCK_FILE`) created atomically (O_CREAT | O_EXCL) holding the writer's pid and host.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def predict_logits(
             if labels is not None:
                 all_labels.append(labels)
     # Several processes: Accelerate evens out their batches by repeating examples at the end, and drops the repeats
-    # when gathering only where it knows the batch size, which a batch sampler (`batching.eval_batches`) does not
+    # when gathering only where it knows the batch size, which a batch sampler (`data.batches.eval_batches`) does not
     # tell it; so the repeats are cut here (the gathered batches keep the loader's order, repeats last).
     n = len(loader.dataset) if hasattr(loader, "dataset") else None
     logits = torch.cat(all_logits)[:n].cpu().numpy() if all_logits else np.zeros((0, 0))

@@ -37,12 +37,23 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class ScoringLoaders:
-    """(loader, tokenised dataset) of the split scored before and after, and of validation (for the temperature
-    and the thresholds): sorted batches, as `loratune evaluate` runs them."""
+class SplitLoader:
+    """A tokenised split and its loader: sorted batches, as `loratune evaluate` runs them."""
 
-    eval: tuple[Any, Any]
-    validation: tuple[Any, Any]
+    loader: Any
+    dataset: Any
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset["label"])
+
+
+@dataclass(frozen=True)
+class ScoringLoaders:
+    """The split scored before and after, and validation (for the temperature and the thresholds)."""
+
+    eval: SplitLoader
+    validation: SplitLoader
 
 
 @dataclass(frozen=True)
@@ -61,20 +72,20 @@ class After:
 def scoring_loaders(state: RunState, pad_token_id: int) -> ScoringLoaders:
     accelerator = state.accelerator
 
-    def loader(name: str) -> tuple[Any, Any]:
+    def loader(name: str) -> SplitLoader:
         ds = state.tokenised[name]
         batches = build_eval_loader(
             ds, state.cfg.train.eval_batch_size, pad_token_id, state.device, accelerator.num_processes
         )
-        return accelerator.prepare(batches), ds
+        return SplitLoader(accelerator.prepare(batches), ds)
 
     return ScoringLoaders(loader(state.splits.eval_name), loader("validation"))
 
 
-def _score(state: RunState, model: Any, data: tuple[Any, Any], dtype: str) -> Scored:
+def _score(state: RunState, model: Any, data: SplitLoader, dtype: str) -> Scored:
     """Metrics as `evaluate` computes them (in the loader's order, so even the loss's last digit agrees with
     `loratune evaluate`), and the logits in the dataset's order."""
-    loader, ds = data
+    loader, ds = data.loader, data.dataset
     logits, y_true = predict_logits(model, loader, state.accelerator, dtype)
     metrics = metrics_from_logits(logits, y_true, state.splits.labels, state.splits.task)
     order = longest_first(list(ds["length"]))  # the order the eval loader runs in; gathering keeps it
@@ -105,7 +116,7 @@ def evaluate_after(
     task = state.splits.task
     if loop is None:  # calibrated all the same, so the report shows how far the untrained model can be trusted
         val_logits = _score(state, model, loaders.validation, state.dtype).logits
-        fitted = fit_decisions(val_logits, np.asarray(loaders.validation[1]["label"]), task)
+        fitted = fit_decisions(val_logits, loaders.validation.labels, task)
         decisions = Decisions(fitted.temperature)
         return After(before.metrics, before.logits, val_logits, decisions, None, _throughput(None, 0, 0.0))
     saved = RunFolder.open(state.run_dir, finished=False, scored=False)
@@ -115,10 +126,10 @@ def evaluate_after(
     scorer = hardware.prepare_for_inference(scorer, state.dtype)  # as `RunFolder.inference_model` casts it
     started = time.perf_counter()
     logits = _score(state, scorer, loaders.eval, "fp32").logits  # no autocast: the model holds its dtype
-    throughput = _throughput(loop, len(loaders.eval[1]), time.perf_counter() - started)
-    same = loaders.validation[1] is loaders.eval[1]
+    throughput = _throughput(loop, len(loaders.eval.dataset), time.perf_counter() - started)
+    same = loaders.validation.dataset is loaders.eval.dataset
     val_logits = logits if same else _score(state, scorer, loaders.validation, "fp32").logits
-    y_val = np.asarray(loaders.validation[1]["label"])
+    y_val = loaders.validation.labels
     _check_reload(loop, task.negative_log_likelihood(val_logits, y_val))  # the loss alone, as the loop measured it
     decisions = fit_decisions(val_logits, y_val, task)
     metrics = _decided(state, logits, loaders, decisions)
@@ -129,7 +140,7 @@ def evaluate_after(
 def _decided(state: RunState, logits: np.ndarray, loaders: ScoringLoaders, decisions: Decisions) -> Metrics:
     """The eval split's metrics with the run's decisions (temperature; thresholds) applied, as `predict` applies
     them."""
-    y_true = np.asarray(loaders.eval[1]["label"])
+    y_true = loaders.eval.labels
     task, labels = state.splits.task, state.splits.labels
     return metrics_from_logits(logits, y_true, labels, task, decisions.temperature, decisions.thresholds)
 

@@ -29,7 +29,7 @@ def save_checkpoint(
     best_weights: dict[str, torch.Tensor] | None,
 ) -> None:
     """Write `RUN/checkpoint/` in one atomic rename: weights, optimizer, scheduler, RNG and the loop's state
-    (`state`, JSON-ready: `train.LoopState` as a dict)."""
+    (`state`, JSON-ready: `training.loop.LoopState` as a dict)."""
     from safetensors.torch import save_file
 
     tensors = {f"param.{n}": p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}

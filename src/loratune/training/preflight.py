@@ -26,7 +26,7 @@ def check_training(cfg: Config, run_dir: Path) -> Splits:
     """Load the data and check the output folder and the model's limits, before anything slow.
 
     Returns:
-        The loaded splits (see `data.load_splits`).
+        The loaded splits (see `data.splits.load_splits`).
 
     Raises:
         LoratuneError: the one problem found, or a `PreflightError` listing several, separated by "; ".
