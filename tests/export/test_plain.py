@@ -82,12 +82,14 @@ def test_adapter_export_gives_the_probabilities_of_predict(lora_run, tmp_path):
 def test_the_temperature_changes_probabilities_not_labels_and_the_merged_export_carries_it(lora_run, tmp_path):
     import shutil
 
-    from loratune.runs import files
+    from loratune.runs import files, manifest
 
     run = shutil.copytree(lora_run, tmp_path / "run")
     files.save_calibration(run, {"temperature": 1.0})
+    manifest.seal(run)  # as if the run had fitted this temperature
     plain = load_run(run).predictor(device="cpu", precision="fp32")
     files.save_calibration(run, {"temperature": 2.5})
+    manifest.seal(run)
     scaled = load_run(run).predictor(device="cpu", precision="fp32")
     assert scaled.temperature == 2.5
     before, after = plain.predict_proba(TEXTS), scaled.predict_proba(TEXTS)

@@ -16,6 +16,7 @@ from conftest import pipeline_probabilities, write_csv
 import loratune
 from loratune import RunError
 from loratune.export.plain import export_run
+from loratune.runs import manifest
 from loratune.runs.folder import load_run
 
 
@@ -179,6 +180,9 @@ def test_tampered_metrics_give_a_run_error(run_copy):
 def test_a_full_run_with_a_wrong_label_count_is_refused(trained_run, tiny_models, data_dir, tmp_path):
     run = Path(shutil.copytree(trained_run(tiny_models["distilbert"], data_dir, lora__method="full"), tmp_path / "r"))
     (run / "labels.json").write_text('["bad", "good", "meh"]')
+    with pytest.raises(RunError, match=r"labels\.json does not match its checksum"):
+        load_run(run)
+    manifest.seal(run)  # as if the run had written them so: the saved model itself then disagrees
     with pytest.raises(RunError, match="3 labels but the saved model has 2"):
         load_run(run).trained_model()
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, RunError, first_line
+from loratune.scoring.calibration import TEMPERATURES
 from loratune.schema import FORMAT_VERSION, EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
 from loratune.runs.storage import reporting_full_disk
 
@@ -40,7 +41,9 @@ COMPLETE = "COMPLETE"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
-CHECKSUMS_FILE = "checksums.json"  # in each folder of weights (the method's, `Method.saved_in`) and checkpoint/
+# In each folder of weights (the method's, `Method.saved_in`) and checkpoint/, and in the run folder itself for the
+# files that change an answer (`runs.manifest`).
+CHECKSUMS_FILE = "checksums.json"
 PREDICTIONS_FILE = "predictions.parquet"  # the eval split, example by example, before and after (docs/run-folder.md)
 CALIBRATION_FILE = "calibration.json"  # the fitted temperature that `predict` and the export apply
 THRESHOLDS_FILE = "thresholds.json"  # multi-label runs: label -> decision threshold, chosen on validation
@@ -288,8 +291,12 @@ def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     data = read_json(path)
     temperature = data.get("temperature") if isinstance(data, dict) else None
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise RunError(f"{path} needs a positive 'temperature', got {str(temperature)[:40]}; restore or delete it.")
+    low, high = TEMPERATURES
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not low <= temperature <= high:
+        raise RunError(
+            f"{path} needs a 'temperature' from {low:g} to {high:g} (the range it is fitted in), got "
+            f"{str(temperature)[:40]}; restore the file or train again."
+        )
     return data
 
 

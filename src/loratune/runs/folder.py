@@ -19,7 +19,7 @@ from loratune.formatting import short_name
 from loratune.model import hardware
 from loratune.model.methods import Method, method_of
 from loratune.quiet import peft_warnings_hidden
-from loratune.runs import files
+from loratune.runs import files, manifest
 from loratune.schema import Metrics, RunSummary
 from loratune.scoring import changes
 from loratune.task import Task, task_of
@@ -53,7 +53,10 @@ class RunFolder:
         """
         path = files.check_run(path) if finished else Path(path)
         summary = files.load_summary(path) if scored else None
-        return cls(path, files.load_run_config(path), files.load_labels(path), summary)
+        opened = cls(path, files.load_run_config(path), files.load_labels(path), summary)
+        if (path / files.COMPLETE).exists():
+            manifest.verify(path)  # after the files parse, so a damaged one is named as such
+        return opened
 
     def __repr__(self) -> str:
         s = self.summary
@@ -126,8 +129,16 @@ class RunFolder:
 
     @functools.cached_property
     def thresholds(self) -> list[float] | None:
-        """The decision thresholds in label order, for a task that decides with them; None otherwise."""
-        return files.load_thresholds(self.run_dir, self.labels)
+        """The decision thresholds in label order, for a task that decides with them; None otherwise.
+
+        Raises:
+            RunError: for thresholds in a run whose task decides without them.
+        """
+        found = files.load_thresholds(self.run_dir, self.labels)
+        if found is not None and not self.task.needs_thresholds:
+            path = self.run_dir / files.THRESHOLDS_FILE
+            raise RunError(f"{path} holds decision thresholds, but {self.run_dir} is a single-label run; remove it.")
+        return found
 
     def changes(self, kind: str | None = None) -> pd.DataFrame:
         """The predictions with a `change` column: fixed, broken, still_wrong or still_right.

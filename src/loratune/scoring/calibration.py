@@ -18,9 +18,10 @@ from scipy.optimize import minimize_scalar
 from loratune.task import Task
 
 N_BINS = 15
-# log T is searched in this range (T from 0.05 to 20): wide enough for any sane model, and bounded so the
-# optimiser cannot run off on a validation split the model already gets 100% right.
-_LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
+# T is searched in this range: wide enough for any sane model, and bounded so the optimiser cannot run off on a
+# validation split the model already gets 100% right. A saved temperature outside it is refused (`runs.files`).
+TEMPERATURES = (0.05, 20.0)
+_LOG_T_BOUNDS = (np.log(TEMPERATURES[0]), np.log(TEMPERATURES[1]))
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, task: Task, n_bins: int = N_BINS) -> float:
@@ -80,4 +81,4 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, task: Task) -> float
         bounds=_LOG_T_BOUNDS,
         method="bounded",
     )
-    return float(np.exp(result.x))
+    return float(np.clip(np.exp(result.x), *TEMPERATURES))  # exp(log T) may land a hair outside the bounds
