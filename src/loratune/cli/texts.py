@@ -4,6 +4,7 @@ and how a prediction reads on the terminal."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -16,36 +17,75 @@ from loratune.schema import SET_SEPARATOR
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
-    """Texts from a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file."""
+    """Texts from a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file.
+
+    Raises:
+        DataError: one line naming the file, the line and the fix, for bytes that are not UTF-8, a line that is not
+            a JSON object, a row without the text, or a text that is not a string (null, a number, a list).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Input file {str(path)!r} does not exist; check the path.")
     suffix = path.suffix.lower()
+    if suffix not in (".txt", ".csv", ".tsv", ".jsonl", ".json"):
+        raise DataError(f"Cannot read {path.name}: use a .csv, .tsv, .jsonl or .txt file.")
+    text = _utf8(path)
     if suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in text.splitlines() if line.strip()]
     if suffix in (".csv", ".tsv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = _csv_rows(handle, "\t" if suffix == ".tsv" else ",", path)
-    elif suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        numbered = _csv_rows(io.StringIO(text, newline=""), "\t" if suffix == ".tsv" else ",", path)
     else:
-        raise DataError(f"Cannot read {path.name}: use a .csv, .tsv, .jsonl or .txt file.")
-    if not rows:
+        numbered = [(n, _json_row(line, n, path)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise DataError(f"{path} has no rows to predict.")
-    columns = list(rows[0])
+    columns = list(numbered[0][1])
     column = text_column or ("text" if "text" in columns else columns[0] if len(columns) == 1 else None)
     if column is None or column not in columns:
         raise DataError(
             f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
         )
-    return [str(row[column]) for row in rows]
+    return [_text_of(row, column, n, path) for n, row in numbered]
+
+
+def _utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{data[error.start]:02x} is not UTF-8 text; save the file as UTF-8."
+        ) from None
+
+
+def _json_row(line: str, number: int, path: Path) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f'{path}, line {number}: not JSON ({error.msg}); each line holds one object such as {{"text": "..."}}.'
+        ) from None
+    if not isinstance(row, dict):
+        raise DataError(f'{path}, line {number} is not a JSON object; each line holds one, such as {{"text": "..."}}.')
+    return row
+
+
+def _text_of(row: dict[str, Any], column: str, number: int, path: Path) -> str:
+    """The row's text; anything but a string is an error, never its printed form ("None", "12345", "['a']")."""
+    if column not in row:
+        raise DataError(f"{path}, line {number} has no {column!r}; its keys are {list(row)[:10]}. Give every row one.")
+    value = row[column]
+    if not isinstance(value, str):
+        kind = "null" if value is None else f"a {type(value).__name__} ({json.dumps(value)[:30]})"
+        raise DataError(f"{path}, line {number}: {column!r} is {kind}, not a text; give every row a text.")
+    return value
 
 
 _EXTRA = object()  # DictReader's key for the fields of a row beyond its header
 
 
-def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[dict[str, Any]]:
+def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
     """Rows as dicts; a row wider than the header is an error naming its line, never a silently shortened text,
     except in a one-column file, where an unquoted delimiter is part of the text and the whole line is kept."""
     reader = csv.DictReader(handle, delimiter=delimiter, restkey=_EXTRA)
@@ -60,7 +100,7 @@ def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[dict[str, Any]]:
                     f"{len(columns)}; quote texts that hold a {delimiter!r}."
                 )
             row[columns[0]] = delimiter.join([row[columns[0]], *extra])
-        rows.append(row)
+        rows.append((reader.line_num, row))
     return rows
 
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, RunError, first_line
-from loratune.scoring.calibration import TEMPERATURES
-from loratune.schema import FORMAT_VERSION, EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
 from loratune.runs.storage import reporting_full_disk
+from loratune.schema import FORMAT_VERSION, EpochRecord, Metrics, RunSummary, SchemaError, from_dict, to_dict
+from loratune.scoring.calibration import TEMPERATURES
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from loratune.runs.files import LOCK_FILE
 from loratune.errors import RunError
+from loratune.runs.files import LOCK_FILE
 
 log = logging.getLogger(__name__)
 

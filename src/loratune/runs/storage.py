@@ -57,6 +57,8 @@ def check_writable_file(path: str | Path, flag: str) -> None:
     Raises:
         RunError: one line naming `flag` and the path.
     """
+    if Path(path).is_dir():
+        raise RunError(f"{flag} {path} is a folder; name a file in it instead.")
     problem = writable_problem(Path(os.path.abspath(path)).parent, f"{flag} {path}")
     if problem:
         raise RunError(problem + ".")
