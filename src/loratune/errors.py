@@ -21,6 +21,10 @@ class RunError(LoratuneError):
     """A run folder that is missing, unfinished or damaged."""
 
 
+class TrainingError(LoratuneError):
+    """Training ran but did not train: weights that did not move, or moved to non-finite values."""
+
+
 class DiskFullError(RunError):
     """A write that ran out of disk space, a quota or the file-size limit.
 

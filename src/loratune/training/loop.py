@@ -9,7 +9,6 @@ weights, the checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import get_linear_schedule_with_warmup
 
 from loratune.config import TrainArgs
 from loratune.data.batches import PackedTokens, build_eval_loader, build_train_loader
@@ -31,6 +29,7 @@ from loratune.scoring.inference import evaluate
 from loratune.task import Task
 from loratune.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from loratune.training.compiling import StepModel, resolve_compile
+from loratune.training.schedule import build_scheduler, optimizer_steps
 from loratune.training.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
@@ -87,14 +86,12 @@ class _Loop:
     def __init__(self, model: torch.nn.Module, job: TrainingJob, args: TrainArgs, accelerator: Any) -> None:
         self.job, self.args, self.accelerator = job, args, accelerator
         self.loss_fn = job.task.loss(job.class_weights)
-        # Counted as if on one process: Accelerate's prepared scheduler advances once per process on every optimizer
-        # step, so the schedule spans the run whatever the number of processes.
-        steps_per_epoch = math.ceil(len(job.train_ds) / args.batch_size / args.gradient_accumulation_steps)
         optimizer = build_optimizer(model, args, job.head_modules)
-        scheduler = build_scheduler(optimizer, steps_per_epoch * args.num_epochs, args.warmup_ratio)
+        processes = accelerator.num_processes
+        total_steps = optimizer_steps(len(job.train_ds), args, processes)
+        scheduler = build_scheduler(optimizer, total_steps, args.warmup_ratio, processes)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.device = accelerator.device.type
-        processes = accelerator.num_processes
         val = build_eval_loader(job.val_ds, args.eval_batch_size, job.pad_token_id, self.device, processes)
         self.val_loader = accelerator.prepare(val)
         self.state, self.best_weights = LoopState(patience_left=args.early_stopping_patience), None
@@ -265,10 +262,6 @@ def build_optimizer(
     # costs more than the work (a GPU and a small adapter). On CPU the foreach default is kept.
     fused = all(p.is_cuda for p in params)
     return torch.optim.AdamW(param_groups, lr=args.learning_rate, fused=fused or None)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
-    return get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * warmup_ratio), total_steps)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

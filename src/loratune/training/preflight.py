@@ -1,6 +1,6 @@
-"""Checks made before a run loads its model or trains: the data reads, the output folder is writable and has room
-for what the run will write, and `data.max_length` fits the model. All problems are reported together, in one
-line, so that one edit fixes them all.
+"""Checks made before a run loads its model or trains: the data reads, the schedule has room to train, the output
+folder is writable and has room for what the run will write, and `data.max_length` fits the model. All problems
+are reported together, in one line, so that one edit fixes them all.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from loratune.errors import ConfigError, LoratuneError, PreflightError, RunError
 from loratune.formatting import size
 from loratune.model.loading import max_positions
 from loratune.model.methods import method_of
-from loratune.model.names import default_model_path, display_name
+from loratune.model.names import display_name, resolve_model_name
 from loratune.runs.storage import free_bytes, writable_problem
+from loratune.training.schedule import check_schedule, launched_processes
 
 # What a run writes besides weights: tokenizer (MiniLM's is 0.9 MB), report plots and pages, JSON and CSV files.
 SLACK_BYTES = 8 * 2**20
@@ -35,9 +36,12 @@ def check_training(cfg: Config, run_dir: Path) -> Splits:
     splits = None
     try:
         splits = load_splits(cfg.data, seed=cfg.train.seed)
+        if method_of(cfg.lora.method).trains:
+            check_schedule(len(splits.train), cfg.train, launched_processes())
     except LoratuneError as error:
         problems.append(error)
-    name = cfg.model.name_or_path or default_model_path()
+    # resolved as the model will be loaded: a resumed run's config names the packaged default by its hub id
+    name = resolve_model_name(cfg.model.name_or_path, run_dir)
     try:
         limit = max_positions(name, cfg.model.trust_remote_code)
         if limit is not None and cfg.data.max_length > limit:

@@ -28,12 +28,13 @@ from loratune.quiet import quiet_libraries
 from loratune.runs import files, weights
 from loratune.runs.folder import RunFolder
 from loratune.runs.lock import run_lock
-from loratune.training import preflight
+from loratune.training import movement, preflight
 from loratune.training.after import evaluate_after, evaluate_before, examine, scoring_loaders
 from loratune.training.checkpoint import verify_checkpoint
 from loratune.training.compiling import resolve_compile
 from loratune.training.loop import LoopState, TrainingJob, train
 from loratune.training.losses import compute_class_weights
+from loratune.training.schedule import optimizer_steps
 from loratune.training.state import RunState
 from loratune.training.summary import save_results, summarise
 
@@ -204,12 +205,18 @@ def _train(state: RunState, model: Any, built: BuiltModel) -> LoopState | None:
         class_weights=state.class_weights,
         head_modules=built.head_modules,
     )
-    return train(model, job, state.cfg.train, accelerator)
+    start = movement.snapshot(model)
+    loop = train(model, job, state.cfg.train, accelerator)
+    # Before anything is saved: a run whose weights did not move (or became NaN) must never look finished.
+    steps = optimizer_steps(len(job.train_ds), state.cfg.train) * loop.epoch // state.cfg.train.num_epochs
+    movement.check_trained(accelerator.unwrap_model(model), start, built.head_modules, steps)
+    return loop
 
 
 def _save_model(state: RunState, model: Any, built: BuiltModel) -> None:
     if state.is_main:
-        weights.save_model(state.run_dir, state.accelerator.unwrap_model(model), state.method, built.tokenizer)
+        unwrapped = state.accelerator.unwrap_model(model)
+        weights.save_model(state.run_dir, unwrapped, state.method, built.tokenizer, state.cfg.model.name_or_path)
     state.accelerator.wait_for_everyone()
 
 
