@@ -78,6 +78,26 @@ def test_a_run_without_its_manifest_is_refused(copy, capsys):
     assert "cannot be verified" in capsys.readouterr().err
 
 
+def test_trust_unverified_loads_a_run_without_manifests_with_a_warning_and_the_same_answers(copy, capsys, caplog):
+    expected = main(["predict", str(copy), "--text", "great movie", "--device", "cpu", "--precision", "fp32"])
+    answer = capsys.readouterr().out
+    (copy / "checksums.json").unlink()
+    (copy / "adapter" / "checksums.json").unlink()
+    assert "--trust-unverified" in refused(capsys, copy)  # the error names the way out
+    argv = ["predict", str(copy), "--text", "great movie", "--device", "cpu", "--precision", "fp32"]
+    assert main([*argv, "--trust-unverified"]) == expected == 0
+    assert capsys.readouterr().out == answer
+    assert "loaded unverified" in caplog.text and "adapter" in caplog.text
+    for command in (["evaluate", str(copy), "--device", "cpu"], ["report", str(copy)]):
+        assert main([*command, "--trust-unverified"]) == 0, command
+
+
+def test_trust_unverified_still_verifies_every_file_a_manifest_lists(copy, capsys):
+    (copy / "adapter" / "checksums.json").unlink()
+    (copy / "labels.json").write_text(json.dumps(json.loads((copy / "labels.json").read_text())[::-1]))
+    assert "labels.json does not match its checksum" in refused(capsys, copy, "--trust-unverified")
+
+
 def test_the_report_of_a_finished_run_is_verified_too(copy, capsys):
     (copy / "labels.json").write_text(json.dumps(json.loads((copy / "labels.json").read_text())[::-1]))
     assert main(["report", str(copy)]) == 2

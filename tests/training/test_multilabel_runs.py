@@ -46,7 +46,7 @@ def tagged_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def multi_run(tiny_bert, tagged_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("multi") / "run"
-    cfg = tiny_config(tiny_bert, tagged_dir, out, train__num_epochs=8, train__learning_rate=2e-2, data__max_length=16)
+    cfg = tiny_config(tiny_bert, tagged_dir, out, train__num_epochs=12, train__learning_rate=2e-2, data__max_length=16)
     return loratune.run(cfg)
 
 

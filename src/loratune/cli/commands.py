@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.runs.folder import RunFolder
     from loratune.scoring.evaluation import evaluate_run
 
-    run = RunFolder.open(args.run)
+    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     if args.output:
         check_writable_file(args.output, "--output")  # before the model loads
     result = evaluate_run(run, args.data, args.split, args.max_samples, args.device, args.precision)
@@ -97,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
     if args.output:
         check_writable_file(args.output, "--output")  # before the model loads
-    predictor = RunFolder.open(args.run).predictor(device=args.device, precision=args.precision)
+    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
+    predictor = run.predictor(device=args.device, precision=args.precision)
     predictions = predictor.predict(texts)
     truncated = predictor.count_truncated(texts)
     if truncated:
@@ -147,14 +148,16 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from loratune.report.run_report import write_report
 
-    print(write_report(args.run))
+    print(write_report(args.run, args.trust_unverified))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from loratune.export.plain import export_run
+    from loratune.runs.folder import RunFolder
 
-    folder = export_run(args.run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
+    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
+    folder = export_run(run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
     form = "PEFT adapter" if args.adapter_only else "transformers model"
     print(f"exported {args.run} as a {form} to {folder}")
     return 0

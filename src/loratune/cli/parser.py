@@ -90,8 +90,18 @@ def _validate_arguments(validate: argparse.ArgumentParser) -> None:
     _add_config_flags(validate)
 
 
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="Load a run folder whose checksums.json is missing (a warning says so); files a manifest lists are "
+        "always verified.",
+    )
+
+
 def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run", help="Run folder.")
+    _add_trust_flag(evaluate)
     evaluate.add_argument(
         "--data",
         help="Folder or file with labelled texts (default: the run's own data, split and subsampled as it ran, "
@@ -108,6 +118,7 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
 
 def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("run", help="Run folder.")
+    _add_trust_flag(predict)
     predict.add_argument("--text", action="append", help="A text to classify (repeatable).")
     predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
@@ -137,6 +148,7 @@ def _check_data_arguments(check: argparse.ArgumentParser) -> None:
 
 def _export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("run", help="Run folder.")
+    _add_trust_flag(export)
     export.add_argument("--output-dir", required=True, help="Folder to write; must be missing or empty.")
     export.add_argument(
         "--adapter-only", action="store_true", help="Copy the PEFT adapter, tokenizer and labels instead of merging."
@@ -146,6 +158,7 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
 
 def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("run", help="Run folder.")
+    _add_trust_flag(report)
 
 
 _COMMANDS = {

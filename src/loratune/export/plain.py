@@ -167,7 +167,7 @@ def _fold_temperature(model: Any, temperature: float, num_labels: int) -> None:
 
 
 def _write_adapter(run: RunFolder, folder: Path, name: str) -> None:
-    weights.check_weights(run.run_dir, run.method, run.labels)
+    weights.check_weights(run.run_dir, run.method, run.labels, run.trust_unverified)
     adapter = run.run_dir / run.method.saved_in
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / file).is_file():

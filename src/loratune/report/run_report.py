@@ -49,7 +49,7 @@ _SPLITS = ("train", "validation", "test")
 PER_LABEL_PLOT = "per_label_f1.png"
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, trust_unverified: bool = False) -> Path:
     """Render plots, `report.md` and a self-contained `report.html` into a run folder.
 
     Reads the run folder through `RunFolder` (summary, labels, config and the files beside them). Writes
@@ -60,6 +60,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     Args:
         run_dir: A run folder written by `loratune train`.
+        trust_unverified: open it even where its checksum manifest is missing (see `RunFolder`).
 
     Returns:
         The path of `report.html`.
@@ -67,7 +68,8 @@ def write_report(run_dir: str | Path) -> Path:
     Raises:
         RunError: If the folder's summary is missing or damaged, or its label file is damaged.
     """
-    run = RunFolder.open(run_dir, finished=False)  # the recipe writes the report just before COMPLETE
+    # not finished: the recipe writes the report just before COMPLETE
+    run = RunFolder.open(run_dir, finished=False, trust_unverified=trust_unverified)
     figures = _write_plots(run)
     title = _title(run)
     blocks = _report_blocks(run, figures, _write_reliability(run))

@@ -36,17 +36,22 @@ class RunFolder:
         config: the resolved config the run ran with (`files.CONFIG_FILE`).
         labels: the label names in id order (`files.LABELS_FILE`).
         summary: the scores and figures of the run (`files.METRICS_FILE`); None while the run has not written it.
+        trust_unverified: load its files and weights even where their checksum manifest is missing (with a
+            warning); a file that a manifest lists is always verified.
     """
 
     def __init__(self, path: Path, config: Config, labels: list[str], summary: RunSummary | None) -> None:
         self.run_dir, self.config, self.labels, self.summary = path, config, labels, summary
+        self.trust_unverified = False
         self._models: dict[tuple[str, str], Any] = {}
 
     @classmethod
-    def open(cls, path: str | Path, finished: bool = True, scored: bool = True) -> RunFolder:
+    def open(
+        cls, path: str | Path, finished: bool = True, scored: bool = True, trust_unverified: bool = False
+    ) -> RunFolder:
         """Open a run folder: a finished one (with `COMPLETE`), or with `finished=False` one its run is still
         writing (the report, built just before the run completes; with `scored=False`, the recipe scoring the
-        model it saved, before its summary exists).
+        model it saved, before its summary exists). `trust_unverified`: see the class.
 
         Raises:
             RunError: for a missing, unfinished (when `finished`) or damaged folder, or one in an older format.
@@ -54,8 +59,9 @@ class RunFolder:
         path = files.check_run(path) if finished else Path(path)
         summary = files.load_summary(path) if scored else None
         opened = cls(path, files.load_run_config(path), files.load_labels(path), summary)
+        opened.trust_unverified = trust_unverified
         if (path / files.COMPLETE).exists():
-            manifest.verify(path)  # after the files parse, so a damaged one is named as such
+            manifest.verify(path, trust_unverified)  # after the files parse, so a damaged one is named as such
         return opened
 
     def __repr__(self) -> str:
@@ -167,7 +173,9 @@ class RunFolder:
         from loratune.runs import weights
 
         with peft_warnings_hidden():
-            return weights.load_model(self.run_dir, self.config, self.labels, self.tokenizer, device)
+            return weights.load_model(
+                self.run_dir, self.config, self.labels, self.tokenizer, device, self.trust_unverified
+            )
 
     def inference_model(self, device: Any = "auto", precision: str = "auto") -> Any:
         """The model as scoring runs it, loaded once per device and precision: the adapter merged into the
@@ -201,10 +209,11 @@ class RunFolder:
         return self.predictor().predict(texts, text_pairs)
 
 
-def load_run(path: str | Path) -> RunFolder:
-    """Open a finished run folder (see `RunFolder`).
+def load_run(path: str | Path, trust_unverified: bool = False) -> RunFolder:
+    """Open a finished run folder (see `RunFolder`; `trust_unverified` loads one whose checksum manifests are
+    missing, with a warning).
 
     Raises:
-        RunError: when the folder is missing, unfinished or damaged.
+        RunError: when the folder is missing, unfinished or damaged, or its manifests are missing.
     """
-    return RunFolder.open(path)
+    return RunFolder.open(path, trust_unverified=trust_unverified)

@@ -9,11 +9,33 @@ are stored (`files.CHECKSUMS_FILE`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from loratune.errors import RunError
+
+log = logging.getLogger(__name__)
+TRUST_FLAG = "--trust-unverified"
+
+
+def missing_manifest(manifest: Path, what: str, trust_unverified: bool) -> bool:
+    """Whether `manifest` is missing, so the `what` it covers goes unchecked: allowed only when the user asked
+    for it (`TRUST_FLAG`), with a warning; an error otherwise.
+
+    Raises:
+        RunError: for a missing manifest without `trust_unverified`.
+    """
+    if manifest.is_file():
+        return False
+    if not trust_unverified:
+        raise RunError(
+            f"{manifest} is missing, so {what} cannot be verified; restore the run folder from a backup or train "
+            f"again (or pass {TRUST_FLAG} to load it anyway)."
+        )
+    log.warning("%s is missing: %s loaded unverified, as %s asks.", manifest, what, TRUST_FLAG)
+    return True
 
 
 def sha256_file(path: Path) -> str:

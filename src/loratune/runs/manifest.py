@@ -13,7 +13,7 @@ from pathlib import Path
 
 from loratune.errors import RunError
 from loratune.runs import files
-from loratune.runs.integrity import compute_checksums, verify_checksums
+from loratune.runs.integrity import compute_checksums, missing_manifest, verify_checksums
 
 _FIX = "restore the run folder from a backup or train again"
 
@@ -32,16 +32,16 @@ def seal(run_dir: Path) -> None:
     files.write_json(run_dir / files.CHECKSUMS_FILE, compute_checksums(run_dir, answer_files(run_dir)))
 
 
-def verify(run_dir: Path) -> None:
+def verify(run_dir: Path, trust_unverified: bool = False) -> None:
     """Check a finished run's answer files against its manifest; a file added to the tokenizer, changed or removed
-    since the run finished, or a missing manifest, is a one-line error.
+    since the run finished, or a missing manifest (unless `trust_unverified`), is a one-line error.
 
     Raises:
         RunError: naming the file and the fix.
     """
     manifest = run_dir / files.CHECKSUMS_FILE
-    if not manifest.is_file():
-        raise RunError(f"{manifest} is missing, so the files of {run_dir} cannot be verified; {_FIX}.")
+    if missing_manifest(manifest, f"the files of {run_dir}", trust_unverified):
+        return
     listed = files.read_json(manifest)
     if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
         raise RunError(f"{manifest} is damaged; {_FIX}.")

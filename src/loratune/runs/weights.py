@@ -14,7 +14,13 @@ from loratune.model.methods import Method, method_of
 from loratune.model.names import resolve_model_name
 from loratune.model.pooling import use_mean_pooling
 from loratune.runs.files import CHECKSUMS_FILE, LABELS_FILE, TOKENIZER_DIR, read_json, save_directory, write_json
-from loratune.runs.integrity import check_finite_model, check_finite_tensors, compute_checksums, verify_checksums
+from loratune.runs.integrity import (
+    check_finite_model,
+    check_finite_tensors,
+    compute_checksums,
+    missing_manifest,
+    verify_checksums,
+)
 
 
 def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = None) -> None:
@@ -28,19 +34,16 @@ def save_weights_directory(path: Path, write: Any, needed_bytes: int | None = No
     save_directory(path, write_with_checksums, needed_bytes)
 
 
-def verify_weights(folder: Path, required: list[str]) -> None:
+def verify_weights(folder: Path, required: list[str], trust_unverified: bool = False) -> None:
     """Check the files of `folder` against its `CHECKSUMS_FILE`; every `required` file must be listed there.
 
     Raises:
-        RunError: for a missing or damaged manifest, a listed file that is missing or changed, or a required file
-            that is not listed.
+        RunError: for a missing (unless `trust_unverified`) or damaged manifest, a listed file that is missing or
+            changed, or a required file that is not listed.
     """
     manifest = folder / CHECKSUMS_FILE
-    if not manifest.is_file():
-        raise RunError(
-            f"{manifest} is missing, so the weights in {folder} cannot be verified; restore the run folder "
-            "from a backup or train again."
-        )
+    if missing_manifest(manifest, f"the weights in {folder}", trust_unverified):
+        return
     listed = read_json(manifest)
     if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
         raise RunError(f"{manifest} is damaged; restore the run folder from a backup or train again.")
@@ -64,7 +67,7 @@ def artifact_size_bytes(run_dir: Path, method: Method) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path and path.is_dir() else 0
 
 
-def check_weights(run_dir: Path, method: Method, labels: list[str]) -> None:
+def check_weights(run_dir: Path, method: Method, labels: list[str], trust_unverified: bool = False) -> None:
     """Refuse a run folder's weights when they are missing, changed since training (checksums), not finite, or
     made for another number of labels.
 
@@ -82,7 +85,7 @@ def check_weights(run_dir: Path, method: Method, labels: list[str]) -> None:
             raise RunError(
                 f"{folder / name} is missing; loratune loads only safetensors weights (never pickled .bin)."
             )
-    verify_weights(folder, names)
+    verify_weights(folder, names, trust_unverified)
     saved = method.saved_num_labels(folder)
     if saved is not None and saved != len(labels):  # transformers would give a head of the wrong size fresh weights
         raise RunError(
@@ -107,8 +110,11 @@ def load_tokenizer_of(run_dir: Path, cfg: Config) -> Any:
     return load_tokenizer(str(run_dir / TOKENIZER_DIR), cfg.model.trust_remote_code)
 
 
-def load_model(run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, device: Any = "cpu") -> Any:
-    """Rebuild the trained classifier of a run folder, its weights checked first (see `check_weights`).
+def load_model(
+    run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, device: Any = "cpu", trust_unverified: bool = False
+) -> Any:
+    """Rebuild the trained classifier of a run folder, its weights checked first (see `check_weights`; a missing
+    checksum manifest only with `trust_unverified`).
 
     Returns:
         The model in eval mode on `device`, in fp32, with a PEFT adapter still separate (see `Method.for_inference`).
@@ -117,7 +123,7 @@ def load_model(run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, de
         RunError: for missing, changed or damaged weights.
     """
     method = method_of(cfg.lora.method)
-    check_weights(run_dir, method, labels)
+    check_weights(run_dir, method, labels, trust_unverified)
     base = resolve_model_name(cfg.model.name_or_path, run_dir)
     trust = cfg.model.trust_remote_code
     attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
