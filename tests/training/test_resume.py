@@ -116,7 +116,12 @@ def test_a_new_run_in_an_unfinished_folder_starts_over_instead_of_resuming(tmp_p
     assert first != pytest.approx(stale)
 
 
-def test_ctrl_c_stops_with_a_resume_hint_and_the_run_resumes(tmp_path, tiny_bert, data_dir):
+@pytest.mark.parametrize(
+    ("signum", "status", "said"), [("SIGINT", 130, "interrupted;"), ("SIGTERM", 143, "terminated (SIGTERM);")]
+)
+def test_ctrl_c_or_sigterm_stops_with_a_resume_hint_and_the_run_resumes(
+    tmp_path, tiny_bert, data_dir, signum, status, said
+):
     import signal
     import time
 
@@ -138,10 +143,11 @@ def test_ctrl_c_stops_with_a_resume_hint_and_the_run_resumes(tmp_path, tiny_bert
     deadline = time.monotonic() + 120
     while not state.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(getattr(signal, signum))
     _, err = child.communicate(timeout=120)
-    assert child.returncode == 130, err[-2000:]
-    assert f"loratune train --resume {run_dir}" in err
+    assert child.returncode == status, err[-2000:]
+    assert f"{said} finished epochs are saved. Continue with: loratune train --resume {run_dir}" in err
+    assert "Traceback" not in err
     assert not (run_dir / "COMPLETE").exists()
     finished = json.loads(state.read_text())["state"]["epoch"]
     assert 1 <= finished < 200

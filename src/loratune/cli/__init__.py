@@ -4,11 +4,13 @@ status 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 
 from loratune.cli.parser import build_parser, unknown_options
+from loratune.cli.signals import exit_status, sigterm_as_interrupt, what_stopped
 from loratune.errors import ConfigError, LoratuneError
 from loratune.quiet import quiet_command_line, quiet_libraries
 from loratune.runs.storage import disk_full_message, is_out_of_space
@@ -32,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    with sigterm_as_interrupt():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command, its mistakes as one line and exit 2, an interrupt or SIGTERM as one line and 130 or 143."""
     try:
         if args.command in _LOADS_LIBRARIES:  # train's run() quiets them itself
             with quiet_libraries():
@@ -47,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {disk_full_message(Path('.'), error)}, then run the command again.", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(what_stopped(interrupt), file=sys.stderr)
+        return exit_status(interrupt)
 
 
 if __name__ == "__main__":

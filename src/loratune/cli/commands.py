@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from loratune.cli.signals import exit_status, what_stopped
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, DataError, DiskFullError
 from loratune.runs import files
@@ -44,12 +45,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         resumable = (Path(run_dir) / files.CONFIG_FILE).is_file()
         then = f"continue with: loratune train --resume {run_dir}" if resumable else "run the command again"
         raise DiskFullError(problem, then) from error
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print(
-            f"interrupted; finished epochs are saved. Continue with: loratune train --resume {cfg.train.output_dir}",
+            f"{what_stopped(interrupt)}; finished epochs are saved. Continue with: loratune train --resume "
+            f"{cfg.train.output_dir}",
             file=sys.stderr,
         )
-        return 130
+        return exit_status(interrupt)
     _print_summary(result.summary, result.run_dir)
     return 0
 
