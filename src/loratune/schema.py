@@ -33,6 +33,12 @@ class ClassScores:
     support: int
 
 
+# A confusion matrix (and each example's probability of every label in the predictions table) is kept for runs of
+# at most this many labels: at 5,000 classes one matrix is 25 million counts, hundreds of MB of JSON that nobody
+# can read. Past it `confusion_matrix` is [] and the per-class scores stay complete.
+DETAILED_LABELS = 100
+
+
 @dataclass(frozen=True)
 class Metrics:
     """Scores of one model on one split (see `scoring.metrics.compute_metrics`); averages are macro.
@@ -47,7 +53,8 @@ class Metrics:
     recall: float
     f1: float
     per_class: dict[str, ClassScores]
-    confusion_matrix: list[list[int]]  # rows = true label, columns = predicted label; [] for multi-label
+    # rows = true label, columns = predicted label; [] for multi-label or past DETAILED_LABELS labels
+    confusion_matrix: list[list[int]]
     num_samples: int
     loss: float | None = None
     balanced_accuracy: float | None = None

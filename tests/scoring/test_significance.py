@@ -51,3 +51,14 @@ def test_bootstrap_interval_holds_the_score_and_shrinks_with_more_examples():
         big_low, big_high, big_score = interval(5000, metric)
         assert big_low < big_score < big_high
         assert big_high - big_low < (high - low) / 2  # 25x the data: about 1/5 the width
+
+
+def test_macro_f1_of_many_resamples_of_many_classes_matches_sklearn_row_by_row():
+    rng = np.random.default_rng(1)
+    y_true, y_pred = rng.integers(0, 300, size=(4, 250)), rng.integers(0, 300, size=(4, 250))
+    y_pred[:, ::3] = y_true[:, ::3]  # some right
+    expected = [
+        f1_score(t, p, average="macro", labels=range(300), zero_division=0)
+        for t, p in zip(y_true, y_pred, strict=True)
+    ]
+    np.testing.assert_allclose(macro_f1(y_true, y_pred, 300), expected)

@@ -171,8 +171,20 @@ def _shared_total(runs: dict[str, list[RunFolder]]) -> int:
 
 def _single_class(s: Any, labels: list[str]) -> str | None:
     """The one label a trained method gave every text, or None."""
-    predicted = [j for j in range(len(labels)) if any(row[j] for row in s.after.confusion_matrix if j < len(row))]
-    return labels[predicted[0]] if s.trained and len(predicted) == 1 and len(labels) > 1 else None
+    if not s.trained or len(labels) < 2:
+        return None
+    matrix = s.after.confusion_matrix
+    if matrix:
+        predicted = [j for j in range(len(labels)) if any(row[j] for row in matrix if j < len(row))]
+        return labels[predicted[0]] if len(predicted) == 1 else None
+    # Runs of many labels keep no matrix: one label predicted for every text is the one with all of its texts
+    # right (recall 1) and a precision of its share of the split, every other label recalling nothing.
+    recalled = [label for label, c in s.after.per_class.items() if c.recall > 0]
+    if len(recalled) != 1 or s.after.num_samples == 0:
+        return None
+    only = s.after.per_class[recalled[0]]
+    share = only.support / s.after.num_samples
+    return recalled[0] if only.recall == 1.0 and abs(only.precision - share) < 1e-9 else None
 
 
 def _comparison_row(

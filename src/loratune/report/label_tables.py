@@ -13,6 +13,7 @@ from loratune.formatting import DASH, METRICS, change, count, fixed, percent, sh
 from loratune.report.render import Block, Heading, Table, Text
 from loratune.runs import files
 from loratune.schema import ClassScores, Metrics, RunSummary
+from loratune.task import task_of
 
 SINGLE_LABEL_RESULTS = (*METRICS, ("balanced_accuracy", "balanced accuracy"))
 MULTI_LABEL_RESULTS = (
@@ -30,12 +31,35 @@ MULTI_LABEL_RESULTS = (
 )
 # Past this many classes the first table leaves per-class recall to the per-class table, or it would bury the rest.
 RECALL_ROWS = 10
+# Past this many labels the report's tables and charts show the most frequent ones, and say so: a table of 5,000
+# rows or a chart of 5,000 bars is one nobody reads, and takes minutes to draw. metrics.json keeps every label.
+SHOWN_LABELS = 30
 
 
 def by_support(s: RunSummary, labels: list[str]) -> list[str]:
     """The labels, those with the most eval-split examples first (ties keep the label order)."""
     scores = s.after.per_class
     return sorted(labels, key=lambda label: -scores[label].support if label in scores else 0)
+
+
+def shown_labels(s: RunSummary, labels: list[str]) -> list[str]:
+    """The labels the report lists: all of them in label order, or past `SHOWN_LABELS` the most frequent ones."""
+    return list(labels) if len(labels) <= SHOWN_LABELS else by_support(s, labels)[:SHOWN_LABELS]
+
+
+def shown_note(s: RunSummary, labels: list[str]) -> list[Block]:
+    """The note under a table or chart that lists only `shown_labels`; nothing when it lists them all."""
+    if len(labels) <= SHOWN_LABELS:
+        return []
+    noun = task_of(s.task).unit
+    nouns = noun + ("es" if noun.endswith("s") else "s")
+    return [
+        Text(
+            f"Only the {SHOWN_LABELS} {nouns} with the most {s.eval_split} examples, of {count(len(labels))}; "
+            f"{files.METRICS_FILE} has every {noun}'s scores.",
+            muted=True,
+        )
+    ]
 
 
 def _row(name: str, before: float | None, after: float | None) -> list[str]:
@@ -112,7 +136,7 @@ def _f1_change(s: RunSummary, label: str) -> tuple[ClassScores | None, list[str]
 def per_class_table(s: RunSummary, labels: list[str]) -> Table:
     """Single-label: each class's scores after training, and its F1 before with the change."""
     rows = []
-    for label in labels:
+    for label in shown_labels(s, labels):
         after, f1_change = _f1_change(s, label)
         if after is None:
             scores = [DASH] * 4
@@ -129,7 +153,7 @@ def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] |
     threshold_of = dict(zip(labels, thresholds, strict=True)) if thresholds else {}
     n = s.after.num_samples
     rows = []
-    for label in by_support(s, labels):
+    for label in by_support(s, labels)[:SHOWN_LABELS]:
         after, f1_change = _f1_change(s, label)
         if after is None:
             scores = [DASH] * 4
@@ -149,6 +173,7 @@ def per_label_blocks(s: RunSummary, labels: list[str], thresholds: list[float] |
             muted=True,
         ),
         Table(header, rows, signed=(6,)),
+        *shown_note(s, labels),
     ]
 
 
@@ -158,7 +183,7 @@ def per_label_section(s: RunSummary, labels: list[str], thresholds: list[float] 
 
 
 def _per_class_section(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
-    return [Heading("Per class"), per_class_table(s, labels)]
+    return [Heading("Per class"), per_class_table(s, labels), *shown_note(s, labels)]
 
 
 def _per_label_section(s: RunSummary, labels: list[str], thresholds: list[float] | None) -> list[Block]:
@@ -174,11 +199,13 @@ def class_weight_blocks(s: RunSummary, labels: list[str]) -> list[Block]:
     if not weights:
         return []
     text, header, by_frequency = _WEIGHTS_OF_TASK[s.task]
-    order = by_support(s, labels) if by_frequency else list(labels)
-    order += [label for label in weights if label not in order]  # a weight for a label the run lacks still shows
+    order = by_support(s, labels) if by_frequency else shown_labels(s, labels)
+    order = order[:SHOWN_LABELS]
+    order += [label for label in weights if label not in labels]  # a weight for a label the run lacks still shows
     return [
         Text(text, muted=True),
         Table(["label", header], [[label, fixed(weights.get(label), digits=2)] for label in order]),
+        *shown_note(s, labels),
     ]
 
 

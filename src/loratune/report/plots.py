@@ -85,12 +85,16 @@ def plot_curves(summary: RunSummary, key: str, path: Path, name: str | None = No
     _save(figure, path)
 
 
-def plot_confusion(matrix: Sequence[Sequence[Any]], labels: Sequence[str], path: Path) -> None:
-    """Counts and row-normalised matrices side by side; rows are true labels, columns predictions."""
+def plot_confusion(
+    matrix: Sequence[Sequence[Any]], labels: Sequence[str], path: Path, row_totals: Sequence[Any] | None = None
+) -> None:
+    """Counts and row-normalised matrices side by side; rows are true labels, columns predictions. `row_totals`:
+    each row's whole count when the matrix shows only some of the columns (default: the row's sum)."""
     counts = [[finite(c) or 0.0 for c in row] for row in matrix]
     n = len(counts)
     names = [_mpl(_short(label)) for label in (list(labels) + [str(i) for i in range(len(labels), n)])[:n]]
-    normalised = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts]
+    totals = [finite(t) or 0.0 for t in row_totals] if row_totals is not None else [sum(row) for row in counts]
+    normalised = [[c / total if total else 0.0 for c in row] for row, total in zip(counts, totals, strict=True)]
 
     side = min(max(3.4, 0.42 * n + 1.8), 11.0)
     # Past ten classes the panels are stacked, so each one gets the full page width and its numbers stay legible.

@@ -107,21 +107,37 @@ def _write_plots(run: RunFolder) -> list[list[Figure]]:
 def _label_set_plots(run: RunFolder) -> list[list[Figure]]:
     # Sorted as the per-label table is, so the chart and the table read together.
     summary = run.summary
-    plots.plot_per_label_f1(summary, label_tables.by_support(summary, run.labels), run.run_dir / PER_LABEL_PLOT)
+    shown = label_tables.by_support(summary, run.labels)[: label_tables.SHOWN_LABELS]
+    plots.plot_per_label_f1(summary, shown, run.run_dir / PER_LABEL_PLOT)
     caption = f"Per-label F1 before and after training ({summary.eval_split} split), the most frequent labels first"
-    return [[Figure(PER_LABEL_PLOT, caption, wide=len(run.labels) > 8)]]
+    return [[Figure(PER_LABEL_PLOT, caption + _of_all(shown, run.labels), wide=len(shown) > 8)]]
 
 
 def _class_plots(run: RunFolder) -> list[list[Figure]]:
     summary, split, figures = run.summary, run.summary.eval_split, []
+    shown = label_tables.shown_labels(summary, run.labels)
     if summary.after.confusion_matrix:
-        plots.plot_confusion(summary.after.confusion_matrix, run.labels, run.run_dir / "confusion_matrix.png")
-        figures.append([Figure("confusion_matrix.png", f"Confusion matrix after training ({split} split)", wide=True)])
+        matrix, totals = _confusion_of(summary.after.confusion_matrix, run.labels, shown)
+        plots.plot_confusion(matrix, shown, run.run_dir / "confusion_matrix.png", totals)
+        caption = f"Confusion matrix after training ({split} split)" + _of_all(shown, run.labels)
+        figures.append([Figure("confusion_matrix.png", caption, wide=True)])
     if len(run.labels) > 2:
-        plots.plot_per_class_f1(summary, run.labels, run.run_dir / "per_class_f1.png")
-        caption = f"Per-class F1 before and after training ({split} split)"
-        figures.append([Figure("per_class_f1.png", caption, wide=len(run.labels) > 8)])
+        plots.plot_per_class_f1(summary, shown, run.run_dir / "per_class_f1.png")
+        caption = f"Per-class F1 before and after training ({split} split)" + _of_all(shown, run.labels)
+        figures.append([Figure("per_class_f1.png", caption, wide=len(shown) > 8)])
     return figures
+
+
+def _confusion_of(matrix: list[list[int]], labels: list[str], shown: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The rows and columns of the `shown` labels, and each shown label's whole row total (so that the
+    row-normalised panel is still each class's recall, predictions of classes left out included)."""
+    index = [labels.index(label) for label in shown]
+    return [[matrix[i][j] for j in index] for i in index], [sum(matrix[i]) for i in index]
+
+
+def _of_all(shown: list[str], labels: list[str]) -> str:
+    """A caption's note when a chart shows only the most frequent labels."""
+    return "" if len(shown) == len(labels) else f"; the {len(shown)} most frequent of {count(len(labels))} labels"
 
 
 # What a task plots of its labels: a confusion matrix and per-class F1, or per-label F1.
@@ -255,16 +271,28 @@ def _data_blocks(data: DataSummary, labels: list[str], task: Task) -> list[Block
         ["split", "examples", "truncated"],
         [[split, count(n), share_of_count(data.truncated.get(split), n)] for split, n in split_sizes.items()],
     )
+    # Past SHOWN_LABELS labels, the ones with the most training examples.
+    train_counts = data.label_counts.get("train", {})
+    shown = (
+        sorted(labels, key=lambda x: -train_counts.get(x, 0)) if len(labels) > label_tables.SHOWN_LABELS else labels
+    )
+    shown = shown[: label_tables.SHOWN_LABELS]
     label_rows = [
         [label, *[share_of_count(data.label_counts.get(split, {}).get(label), n) for split, n in split_sizes.items()]]
-        for label in labels
+        for label in shown
     ]
     max_length = DASH if data.max_length is None else data.max_length
+    left_out = len(labels) - len(shown)
     return [
         Text(f"Examples per split; truncated counts texts longer than {max_length} tokens.", True),
         sizes,
         Text(_DISTRIBUTION_OF_TASK[task.name], muted=True),
         Table(["label", *_SPLITS], label_rows),
+        *(
+            [Text(f"The {len(shown)} labels with the most training examples, of {count(len(labels))}.", True)]
+            if left_out
+            else []
+        ),
     ]
 
 

@@ -6,7 +6,8 @@ saves it as `files.PREDICTIONS_FILE`; the report and `RunFolder.changes()` read 
 The table has one row per eval-split example, in the split's order: `text` (and `text_pair` for pair tasks),
 `label` (the gold label's name), `pred_before`, `prob_before`, `pred_after`, `prob_after` (the predicted label and
 its probability), `prob_after_calibrated` (that probability after temperature scaling), and `probs_before` /
-`probs_after`, every label's probability as a list in the run's label order.
+`probs_after`, every label's probability as a list in the run's label order (only in runs of at most
+`schema.DETAILED_LABELS` labels).
 
 In a multi-label run `label`, `pred_before` and `pred_after` are label sets, the names joined with "|" in label
 order ("" for none): "before" decides at probability 0.5, "after" at the run's thresholds on calibrated
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loratune.schema import Changes
+from loratune.schema import DETAILED_LABELS, Changes
 from loratune.task import Task
 
 KINDS = ("fixed", "broken", "still_wrong")
@@ -63,9 +64,9 @@ def build_predictions_table(split: ScoredSplit, labels: list[str], task: Task, d
         "pred_after": task.names(task.decide(calibrated, decisions.thresholds), labels),
         "prob_after": after.max(axis=1).astype(np.float32),
         "prob_after_calibrated": calibrated.max(axis=1).astype(np.float32),
-        "probs_before": list(before.astype(np.float32)),
-        "probs_after": list(after.astype(np.float32)),
     }
+    if len(labels) <= DETAILED_LABELS:  # past it, one list per example of thousands of numbers: hundreds of MB
+        columns |= {"probs_before": list(before.astype(np.float32)), "probs_after": list(after.astype(np.float32))}
     return pd.DataFrame(columns)
 
 

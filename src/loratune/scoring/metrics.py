@@ -16,7 +16,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from loratune.schema import ClassScores, Metrics
+from loratune.schema import DETAILED_LABELS, ClassScores, Metrics
 from loratune.task import Task
 
 
@@ -25,15 +25,16 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], l
 
     Returns:
         accuracy, precision, recall, f1 (macro), per-class scores, the confusion matrix (rows = true,
-        columns = predicted), the number of samples, and the loss when given.
+        columns = predicted; [] past `DETAILED_LABELS` labels), the number of samples, and the loss when given.
     """
     ids = list(range(len(labels)))
+    matrix = confusion_matrix(y_true, y_pred, labels=ids).tolist() if len(ids) <= DETAILED_LABELS else []
     return Metrics(
         accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         **_by_class(
             labels, precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
         ),
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        confusion_matrix=matrix,
         num_samples=int(len(y_true)),
         loss=None if loss is None else float(loss),
         # over the classes the split has (sklearn's definition): a class absent from it has no recall to average

@@ -19,15 +19,23 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> np.ndar
     """Macro-F1 over the last axis, vectorised so a bootstrap scores all its resamples at once.
 
     Matches sklearn's `f1_score(average="macro", labels=range(num_labels), zero_division=0)`: a class with no
-    true and no predicted example scores 0.
+    true and no predicted example scores 0. Counted with one `bincount` per count over (resample, class) pairs,
+    so the cost grows with resamples x (examples + classes), not their product: 5,000 classes stay seconds.
     """
-    scores = []
-    for k in range(num_labels):
-        true_k, pred_k = y_true == k, y_pred == k
-        tp = np.sum(true_k & pred_k, axis=-1)
-        denominator = np.sum(true_k, axis=-1) + np.sum(pred_k, axis=-1)
-        scores.append(np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp)), where=denominator > 0))
-    return np.mean(scores, axis=0)
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    lead = t.shape[:-1]
+    t, p = t.reshape(-1, t.shape[-1]), p.reshape(-1, p.shape[-1])
+    rows = t.shape[0]
+    cells = (np.arange(rows, dtype=np.int64) * num_labels)[:, None]
+    size = rows * num_labels
+    true_n = np.bincount((t + cells).ravel(), minlength=size)
+    pred_n = np.bincount((p + cells).ravel(), minlength=size)
+    tp = np.bincount((t + cells)[t == p], minlength=size)
+    denominator = (true_n + pred_n).reshape(rows, num_labels)
+    f1 = np.divide(
+        2 * tp.reshape(rows, num_labels), denominator, out=np.zeros((rows, num_labels)), where=denominator > 0
+    )
+    return f1.mean(axis=-1).reshape(lead)
 
 
 def bootstrap_ci(
