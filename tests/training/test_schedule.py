@@ -61,9 +61,7 @@ def test_one_optimizer_step_under_warmup_is_refused_with_the_numbers(tiny_bert, 
 
 
 def test_gradient_accumulation_that_leaves_one_step_is_refused(tiny_bert, data_dir, tmp_path):
-    cfg = tiny_config(
-        tiny_bert, data_dir, tmp_path / "r", train__gradient_accumulation_steps=16, train__num_epochs=1
-    )
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "r", train__gradient_accumulation_steps=16, train__num_epochs=1)
     assert optimizer_steps(40, cfg.train) == 1
     with pytest.raises(ConfigError, match=r"x 16 accumulated.*--warmup-ratio 0"):
         run(cfg)
@@ -75,9 +73,7 @@ def test_a_schedule_with_room_passes_the_check(tiny_bert, data_dir):
 
 
 def test_weights_that_did_not_move_fail_the_run_before_it_is_complete(tiny_bert, data_dir, tmp_path):
-    cfg = tiny_config(
-        tiny_bert, data_dir, tmp_path / "r", train__learning_rate=1e-30, train__head_learning_rate=1e-30
-    )
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "r", train__learning_rate=1e-30, train__head_learning_rate=1e-30)
     with pytest.raises(TrainingError, match=r"did not change the adapter or the head weights in 10 optimizer"):
         run(cfg)
     assert not (tmp_path / "r" / COMPLETE).exists()
@@ -98,7 +94,9 @@ def test_weights_that_became_nan_fail_the_run(tiny_bert, data_dir, tmp_path, mon
     def poisoned(self):
         state = real(self)
         with torch.no_grad():
-            next(p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad).fill_(float("nan"))
+            next(p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad).fill_(
+                float("nan")
+            )
         return state
 
     monkeypatch.setattr(loop._Loop, "finish", poisoned)
