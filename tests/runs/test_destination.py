@@ -263,3 +263,17 @@ def test_a_finished_run_holds_only_names_the_destination_check_knows(bert_run):
     names = {p.name for p in bert_run.run_dir.iterdir()}
     assert names <= destination.RUN_NAMES, names - destination.RUN_NAMES
     assert holds_in(bert_run.run_dir) == FINISHED_RUN
+
+
+def test_a_base_model_kept_in_the_run_folder_is_never_deleted_by_overwrite(tmp_path, tiny_bert, data_dir):
+    from loratune.training.recipe import run
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_bert, out / "base")  # a new run keeps it beside itself (recorded relative to the folder)
+    run(tiny_config(out / "base", data_dir, out, train__num_epochs=1))
+    before = snapshot(out)
+    with pytest.raises(RunError, match=r"holds the base model .*which --overwrite would delete"):
+        run(tiny_config(out / "base", data_dir, out, train__num_epochs=1, train__overwrite=True))
+    with pytest.raises(RunError, match=r"already holds a finished run"):
+        run(tiny_config(out / "base", data_dir, out, train__num_epochs=1))
+    assert snapshot(out) == before

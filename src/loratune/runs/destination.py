@@ -53,6 +53,7 @@ RUN_NAMES = frozenset(
         *(method.saved_in for method in METHODS.values() if method.saved_in),
     }
 )
+BASE_MODEL = "the base model"  # how `run_inputs` names a run's model, which may live in the run folder
 STAGING_SUFFIX = ".new"  # `.NAME.new`: where --overwrite builds the new folder, beside NAME
 
 
@@ -130,23 +131,40 @@ def check_destination(
     where = Path(os.path.abspath(path)).resolve()
     name = f"{flag} {path}"
     _refuse_special_folders(where, name)
-    _refuse_inputs(where, name, inputs or {})
+    sources = {label: Path(p).resolve() for label, p in (inputs or {}).items() if p and Path(p).exists()}
+    kept = _kept_model(where, name, sources, makes, overwrite)
+    _refuse_inputs(where, name, {label: p for label, p in sources.items() if not (kept and label == BASE_MODEL)})
     _refuse_inside_loratune_folders(where, name)
     if makes == "file":
         check_writable_file(path, flag)
         return Destination(Path(path))
     if where.exists() and not where.is_dir():
         raise RunError(f"{name} is a file; choose a folder.")
-    holds = holds_in(where) if where.is_dir() else NOTHING
+    holds = holds_in(where, kept) if where.is_dir() else NOTHING
     if holds == OTHER and makes != "comparison":
         raise RunError(
-            f"{name} holds files loratune did not write ({_foreign(where)}); choose a new or empty folder "
+            f"{name} holds files loratune did not write ({_foreign(where, kept)}); choose a new or empty folder "
             "(--overwrite replaces only a folder loratune made)."
         )
     found = Destination(Path(path), holds, _replaces(name, makes, holds, overwrite))
     if found.replace and found.staging.exists() and holds_in(found.staging) == OTHER:
         raise RunError(f"{found.staging} holds files loratune did not write; move it away and run the command again.")
     return found
+
+
+def _kept_model(where: Path, name: str, sources: dict[str, Path], makes: str, overwrite: bool) -> frozenset[str]:
+    """A base model placed in the run folder itself (a run then records it relative to the folder, which travels
+    with it): the name of its entry there, which a new run keeps beside it. `--overwrite` would delete it with the
+    earlier run, and is refused."""
+    model = sources.get(BASE_MODEL)
+    if makes != "run" or model is None or model.parent != where:
+        return frozenset()
+    if overwrite:
+        raise RunError(
+            f"{name} holds {BASE_MODEL} ({model}), which --overwrite would delete with the earlier run; move the "
+            "model out of it, or choose another --output-dir."
+        )
+    return frozenset([model.name])
 
 
 def _replaces(name: str, makes: str, holds: str, overwrite: bool) -> bool:
@@ -178,12 +196,9 @@ def _refuse_special_folders(where: Path, name: str) -> None:
         )
 
 
-def _refuse_inputs(where: Path, name: str, inputs: Mapping[str, Any]) -> None:
+def _refuse_inputs(where: Path, name: str, sources: Mapping[str, Path]) -> None:
     """The command's own inputs: never the output, never inside the output, and no output inside a folder of them."""
-    for label, given in inputs.items():
-        if not given or not Path(given).exists():
-            continue
-        source = Path(given).resolve()
+    for label, source in sources.items():
         if where == source:
             raise RunError(f"{name} is {label} this command reads ({source}); choose another path.")
         if where in source.parents:
@@ -219,11 +234,12 @@ def made_by_loratune(folder: Path) -> str | None:
     return FINISHED_RUN if (folder / files.COMPLETE).exists() else RUN
 
 
-def holds_in(folder: Path) -> str:
+def holds_in(folder: Path, kept: frozenset[str] = frozenset()) -> str:
     """What an existing folder holds: NOTHING (empty, or only leftovers of a killed run's writes), a loratune
-    RUN, FINISHED_RUN or EXPORT and nothing else, or OTHER (anything else: the user's files)."""
+    RUN, FINISHED_RUN or EXPORT and nothing else, or OTHER (anything else: the user's files). `kept`: names of
+    the command's own inputs in the folder (a base model kept in the run folder), which count as neither."""
     try:
-        names = [entry.name for entry in folder.iterdir()]
+        names = [entry.name for entry in folder.iterdir() if entry.name not in kept]
     except OSError as error:
         raise RunError(
             f"Cannot list {folder} ({error.strerror}); check its permissions or choose another path."
@@ -256,13 +272,13 @@ def _leftover(name: str, known: frozenset[str]) -> bool:
     return name == files.LOCK_FILE or (name.startswith(".") and any(name.startswith(f".{k}.") for k in known))
 
 
-def _foreign(folder: Path) -> str:
+def _foreign(folder: Path, kept: frozenset[str]) -> str:
     """The first few names in `folder` that loratune did not write, for a message."""
-    names = [entry.name for entry in folder.iterdir()]
+    names = [entry.name for entry in folder.iterdir() if entry.name not in kept]
     foreign = _foreign_names(folder, names, made_by_loratune(folder)) or sorted(names)
     return ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
 
 
 def run_inputs(cfg: Any) -> dict[str, Any]:
     """What a training run reads, for `check_destination`: its data and its base model."""
-    return {"the data": cfg.data.path, "the base model": cfg.model.name_or_path}
+    return {"the data": cfg.data.path, BASE_MODEL: cfg.model.name_or_path}
