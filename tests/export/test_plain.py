@@ -153,16 +153,18 @@ def test_head_run_with_mean_pooling_cannot_be_exported(trained_run, tiny_models,
 
 
 @pytest.mark.parametrize("lora_run", ["bert"], indirect=True)
-def test_export_refuses_a_non_empty_folder_unless_overwrite(lora_run, tmp_path):
+def test_export_replaces_an_earlier_export_only_with_overwrite_and_never_the_users_files(lora_run, tmp_path):
     out = tmp_path / "merged"
     out.mkdir()
     export_run(lora_run, out)  # an empty folder is fine
     with pytest.raises(RunError, match="not empty.*--overwrite"):
         export_run(lora_run, out)
-    (out / "stale.txt").write_text("old")
     export_run(lora_run, out, overwrite=True)
-    assert not (out / "stale.txt").exists()
     assert (out / "model.safetensors").is_file()
+    (out / "notes.txt").write_text("mine")  # a file loratune did not write
+    with pytest.raises(RunError, match=r"holds files loratune did not write \(notes.txt\)"):
+        export_run(lora_run, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("lora_run", ["bert"], indirect=True)

@@ -136,3 +136,31 @@ def test_multilabel_runs_compare_by_macro_f1_micro_f1_and_subset_accuracy(tmp_pa
     assert rows["head"]["vs_lora"]["accuracy_difference"] == pytest.approx(exact)
     assert rows["head"]["vs_lora"]["significant"] is True and rows["full"]["vs_lora"]["significant"] is False
     assert "| method | subset accuracy vs LoRA |" in page.split("Is the difference from LoRA real?")[1]
+
+
+def test_compare_refuses_an_earlier_run_in_its_folder_unless_overwrite(
+    bert_run, tmp_path, tiny_bert, data_dir, capsys
+):
+    import shutil
+
+    out = tmp_path / "cmp"
+    earlier = shutil.copytree(bert_run.run_dir, out / "lora")
+    metrics = (earlier / "metrics.json").read_bytes()
+    argv = ["compare", "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(out)]
+    argv += ["--methods", "lora", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"{earlier} already holds a finished run" in err and "--overwrite" in err
+    assert (earlier / "metrics.json").read_bytes() == metrics  # refused before anything trained
+
+    assert main([*argv, "--overwrite"]) == 0
+    assert len(json.loads((earlier / "metrics.json").read_text())["history"]) == 1  # the new one-epoch run
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # swapped in, nothing left beside
+
+
+def test_compare_never_writes_its_runs_into_a_run_folder(bert_run, data_dir, capsys):
+    argv = ["compare", "--data", str(data_dir), "--output-dir", str(bert_run.run_dir), "--methods", "lora"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a loratune finished run folder, not a folder of runs" in err and err.count("\n") == 1

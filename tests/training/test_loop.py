@@ -139,7 +139,7 @@ def test_saved_model_reloads_to_identical_logits(method, pooling, tiny_bert, dat
     built, train_ds, val_ds, labels = prepare(cfg)
     train_loop(built, train_ds, val_ds, labels, cfg, 1e-2)
     run_dir = tmp_path / "run"
-    files.prepare_run_dir(run_dir, overwrite=False)
+    files.prepare_run_dir(run_dir)
     files.save_start(run_dir, cfg, labels)
     weights.save_model(run_dir, built.model, method_of(method), built.tokenizer)
 

@@ -188,12 +188,15 @@ def test_failing_run_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir):
     assert not (tmp_path / "run" / "COMPLETE").exists()
 
 
-def test_failing_overwrite_leaves_no_complete_marker(tmp_path, tiny_bert, data_dir):
+def test_failing_overwrite_leaves_the_earlier_run_whole(tmp_path, tiny_bert, data_dir):
     run(tiny_config(tiny_bert, data_dir, tmp_path / "run", train__num_epochs=1))
+    metrics = (tmp_path / "run" / "metrics.json").read_bytes()
     bad = tiny_config(tiny_bert, data_dir, tmp_path / "run", train__overwrite=True, lora__target_modules="nonexistent")
     with pytest.raises(ModelError):
         run(bad)
-    assert not (tmp_path / "run" / "COMPLETE").exists()
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == metrics
+    assert load_run(tmp_path / "run").summary.history[-1].epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the folder it was building is gone
 
 
 def test_crash_during_training_leaves_no_complete_marker_but_keeps_the_before_scores(

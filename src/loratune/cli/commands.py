@@ -11,7 +11,8 @@ from loratune.cli.signals import exit_status, what_stopped
 from loratune.config import Config, load_config
 from loratune.errors import ConfigError, DataError, DiskFullError
 from loratune.runs import files
-from loratune.runs.storage import check_writable_file, disk_full_message, is_out_of_space
+from loratune.runs.destination import check_destination
+from loratune.runs.storage import disk_full_message, is_out_of_space
 from loratune.schema import RunSummary, to_dict
 from loratune.task import task_of
 
@@ -42,18 +43,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not isinstance(error, DiskFullError) and not is_out_of_space(error):
             raise
         problem = error.problem if isinstance(error, DiskFullError) else disk_full_message(Path(run_dir), error)
-        resumable = (Path(run_dir) / files.CONFIG_FILE).is_file()
-        then = f"continue with: loratune train --resume {run_dir}" if resumable else "run the command again"
+        then = f"continue with: loratune train --resume {run_dir}" if _resumable(run_dir) else "run the command again"
         raise DiskFullError(problem, then) from error
     except KeyboardInterrupt as interrupt:
-        print(
-            f"{what_stopped(interrupt)}; finished epochs are saved. Continue with: loratune train --resume "
-            f"{cfg.train.output_dir}",
-            file=sys.stderr,
-        )
+        print(f"{what_stopped(interrupt)}; {_after_interrupt(run_dir)}", file=sys.stderr)
         return exit_status(interrupt)
     _print_summary(result.summary, result.run_dir)
     return 0
+
+
+def _resumable(run_dir: str) -> bool:
+    return (Path(run_dir) / files.CONFIG_FILE).is_file() and not (Path(run_dir) / files.COMPLETE).exists()
+
+
+def _after_interrupt(run_dir: str) -> str:
+    if _resumable(run_dir):
+        return f"finished epochs are saved. Continue with: loratune train --resume {run_dir}"
+    if (Path(run_dir) / files.COMPLETE).exists():  # --overwrite builds beside the earlier run, which is kept
+        return f"{run_dir} still holds the earlier finished run, untouched"
+    return "nothing was saved yet; run the command again"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,8 +81,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loratune.scoring.evaluation import evaluate_run
 
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
-    if args.output:
-        check_writable_file(args.output, "--output")  # before the model loads
+    if args.output:  # before the model loads
+        inputs = {"the run folder": args.run, "--data": args.data, "the run's data": run.config.data.path}
+        check_destination(args.output, "--output", "file", inputs)
     result = evaluate_run(run, args.data, args.split, args.max_samples, args.device, args.precision)
     m = result.metrics
     if args.output:
@@ -92,13 +101,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from loratune.cli.texts import format_prediction, read_texts, write_predictions
     from loratune.runs.folder import RunFolder
 
+    if args.output:  # before the model loads
+        check_destination(args.output, "--output", "file", {"the run folder": args.run, "--input": args.input})
     texts = list(args.text or [])
     if args.input:
         texts += read_texts(args.input, args.text_column)
     if not texts:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
-    if args.output:
-        check_writable_file(args.output, "--output")  # before the model loads
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     predictor = run.predictor(device=args.device, precision=args.precision)
     predictions = predictor.predict(texts)
@@ -137,6 +146,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from loratune.data.splits import load_texts
 
     cfg = _config_from_args(args)
+    if args.output:
+        check_destination(args.output, "--output", "file", {"the data": cfg.data.path})
     splits, dropped, task = load_texts(cfg.data)
     checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, task, dropped)
     print(format_block(checks))

@@ -138,7 +138,15 @@ def _compare_arguments(compare: argparse.ArgumentParser) -> None:
         help="Runs per method (seeds train.seed, train.seed + 1, ...); the table shows mean ± std and a paired "
         "significance test of LoRA against each other method.",
     )
-    _add_config_flags(compare, skip={"train.output_dir", "lora.method"})
+    compare.add_argument(
+        "--overwrite",
+        dest="train.overwrite",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="Replace the runs an earlier comparison left in --output-dir (refused otherwise); each is replaced only "
+        "once its new run has finished.",
+    )
+    _add_config_flags(compare, skip={"train.output_dir", "train.overwrite", "lora.method"})
 
 
 def _check_data_arguments(check: argparse.ArgumentParser) -> None:
@@ -149,11 +157,15 @@ def _check_data_arguments(check: argparse.ArgumentParser) -> None:
 def _export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("run", help="Run folder.")
     _add_trust_flag(export)
-    export.add_argument("--output-dir", required=True, help="Folder to write; must be missing or empty.")
+    export.add_argument(
+        "--output-dir", required=True, help="Folder to write; must be missing, empty, or (with --overwrite) an export."
+    )
     export.add_argument(
         "--adapter-only", action="store_true", help="Copy the PEFT adapter, tokenizer and labels instead of merging."
     )
-    export.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+    export.add_argument(
+        "--overwrite", action="store_true", help="Replace an earlier export in --output-dir (never other files)."
+    )
 
 
 def _report_arguments(report: argparse.ArgumentParser) -> None:

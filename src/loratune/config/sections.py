@@ -185,7 +185,11 @@ class TrainArgs:
         default=None, metadata=_help("Run folder to write; default runs/<data>-<method>-<time>.", "--output-dir")
     )
     overwrite: bool = field(
-        default=False, metadata=_help("Replace a finished run already in output_dir (refused otherwise).")
+        default=False,
+        metadata=_help(
+            "Replace an earlier loratune run in output_dir (refused otherwise), once the new one has finished; a "
+            "folder holding anything else is never replaced."
+        ),
     )
     num_epochs: int = field(default=3, metadata=_help("Passes over the train split.", "--epochs"))
     batch_size: int = field(default=32, metadata=_help("Training examples per optimizer step and process."))

@@ -14,6 +14,7 @@ from typing import Any
 
 from loratune.errors import RunError
 from loratune.runs import files, weights
+from loratune.runs.destination import check_destination
 from loratune.runs.folder import RunFolder
 from loratune.runs.storage import writable_problem
 
@@ -80,37 +81,45 @@ validation split (`temperature` in `{calibration_file}`, {temperature}); it chan
 def export_run(
     run: str | Path | RunFolder, output_dir: str | Path, adapter_only: bool = False, overwrite: bool = False
 ) -> Path:
-    """Write a run's model to `output_dir`, atomically (a temporary folder renamed into place).
+    """Write a run's model to `output_dir`, atomically (a temporary folder beside it, renamed into place).
 
     Args:
         run: a finished run folder (or its path).
-        output_dir: the folder to write; it must be missing or empty unless `overwrite`.
+        output_dir: the folder to write; it must be missing or empty, or with `overwrite` an earlier export.
         adapter_only: copy the PEFT adapter, tokenizer and labels instead of merging into a full model.
-        overwrite: replace a non-empty `output_dir`.
+        overwrite: replace an earlier export in `output_dir` (never a folder holding anything else).
 
     Returns:
         The folder written.
 
     Raises:
-        RunError: for a missing or damaged run, a non-empty `output_dir`, or a run that cannot take this form
-            (mean pooling, which transformers lacks; an adapter export of a run without an adapter).
+        RunError: for a missing or damaged run, an `output_dir` that may not be written (see
+            `runs.destination.check_destination`), or a run that cannot take this form (mean pooling, which
+            transformers lacks; an adapter export of a run without an adapter).
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     output_dir = Path(output_dir)
-    if output_dir.resolve() == run.run_dir.resolve() or run.run_dir.resolve() in output_dir.resolve().parents:
-        raise RunError(f"--output-dir {str(output_dir)!r} is inside the run folder; choose a folder outside it.")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise RunError(f"--output-dir {str(output_dir)!r} is a file; choose a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise RunError(f"{output_dir} is not empty; choose another --output-dir or pass --overwrite.")
+    check_destination(output_dir, "--output-dir", "export", {"the run folder": run.run_dir}, overwrite)
     # before the model loads; the export is written beside output_dir, then renamed to it
     problem = writable_problem(output_dir.resolve().parent, f"--output-dir {output_dir}")
     if problem:
         raise RunError(problem + ".")
     _check_exportable(run, adapter_only)
     write = _write_adapter if adapter_only else _write_merged
-    files.save_directory(output_dir, lambda folder: write(run, folder, output_dir.name))
+
+    def write_marked(folder: Path) -> None:
+        write(run, folder, output_dir.name)
+        _mark_export(run, folder)
+
+    files.save_directory(output_dir, write_marked)
     return output_dir
+
+
+def _mark_export(run: RunFolder, folder: Path) -> None:
+    """`files.EXPORT_MARKER`, written last: the run exported and every name written, so that `--overwrite` later
+    knows this folder for an export and replaces it only while it holds nothing else."""
+    names = sorted(entry.name for entry in folder.iterdir())
+    files.write_json(folder / files.EXPORT_MARKER, {"run": str(run.run_dir.resolve()), "files": names})
 
 
 def _check_exportable(run: RunFolder, adapter_only: bool) -> None:

@@ -50,6 +50,18 @@ THRESHOLDS_FILE = "thresholds.json"  # multi-label runs: label -> decision thres
 DATA_CHECKS_FILE = "data_checks.json"
 BEFORE_LOGITS_FILE = "before_logits.npy"  # only while unfinished, beside BEFORE_FILE, for the predictions file
 LOCK_FILE = ".lock"  # the pid and host of the run writing into the folder, while it runs
+REPORT_FILES = ("report.md", "report.html")  # `report.run_report`
+PLOT_FILES = (
+    "accuracy.png",
+    "loss.png",
+    "confusion_matrix.png",
+    "per_class_f1.png",
+    "per_label_f1.png",
+    "reliability.png",
+)
+# In a folder `loratune export` wrote: the run it came from and the names it wrote, so that `--overwrite` can tell
+# an export from a folder of the user's, and replace it only when it holds nothing else (`runs.destination`).
+EXPORT_MARKER = "loratune_export.json"
 HISTORY_COLUMNS = tuple(EpochRecord.__dataclass_fields__)
 
 
@@ -147,24 +159,32 @@ def save_directory(path: Path, write: Any, needed_bytes: int | None = None) -> N
         # mkdtemp made the folder 0700, and safetensors writes its files 0600: give the tree the umask's modes.
         for item in [tmp, *tmp.rglob("*")]:
             _follow_umask(item, folder=item.is_dir())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder, refusing to write over a finished run unless asked to."""
+def replace_folder(new: Path, path: Path) -> None:
+    """Move the folder `new` to `path`: an older `path` is renamed aside, `new` renamed into place, and only then
+    is the older one deleted; if the second rename fails, the older one is put back."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder, or start over in an unfinished one. A finished run is never written into: `--overwrite`
+    builds the new run beside it and swaps the two at the end (`runs.destination`)."""
     if (run_dir / COMPLETE).exists():
-        if not overwrite:
-            raise RunError(f"{run_dir} already holds a finished run; choose another --output-dir or pass --overwrite.")
-        (run_dir / COMPLETE).unlink()
+        raise RunError(f"{run_dir} already holds a finished run; choose another --output-dir or pass --overwrite.")
     # A fresh run must not pick up the checkpoint of an earlier, unfinished one (that is what --resume is for).
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     (run_dir / BEFORE_FILE).unlink(missing_ok=True)

@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 from loratune.config import Config
-from loratune.errors import ConfigError
+from loratune.errors import ConfigError, RunError
 from loratune.model.methods import METHODS
 from loratune.report.comparison import write_comparison
+from loratune.runs.destination import NOTHING, check_destination, run_inputs
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +46,59 @@ def compare(cfg: Config, methods: list[str], output_dir: str | Path, seeds: int 
     With `seeds` > 1, each method runs once per seed (train.seed, train.seed + 1, ...) into
     `output_dir/<method>/seed-<seed>`, and the table shows the mean ± standard deviation over the seeds.
 
+    An existing run folder among these is refused before anything trains, unless `cfg.train.overwrite`
+    (`--overwrite`): then each is replaced only once its new run has finished (`runs.destination`).
+
     Returns:
         The path of comparison.html.
 
     Raises:
+        RunError: for an output folder that may not be written, or an existing run in it without --overwrite.
         RuntimeError: when every method failed (a failed method alone is shown as failed in the table).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be a positive number of runs per method, got {seeds}.")
     output_dir = Path(output_dir)
+    planned = _planned_runs(cfg, methods, output_dir, seeds)
     output_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[Path]] = {}
     failed = []
-    for method in methods:
-        for seed in range(cfg.train.seed, cfg.train.seed + seeds):
-            run_dir = output_dir / method if seeds == 1 else output_dir / method / f"seed-{seed}"
-            method_cfg = dataclasses.replace(
-                cfg,
-                lora=dataclasses.replace(cfg.lora, method=METHOD_ALIASES.get(method, method)),
-                train=dataclasses.replace(cfg.train, output_dir=str(run_dir), overwrite=True, seed=seed),
-            )
-            print(f"[compare] {method}, seed {seed}: training into {run_dir}", file=sys.stderr, flush=True)
-            if _train_in_child(method_cfg):
-                runs.setdefault(method, []).append(run_dir)
-            else:
-                failed.append(f"{method} (seed {seed})")
+    for method, method_cfg in planned:
+        run_dir, seed = Path(method_cfg.train.output_dir), method_cfg.train.seed
+        print(f"[compare] {method}, seed {seed}: training into {run_dir}", file=sys.stderr, flush=True)
+        if _train_in_child(method_cfg):
+            runs.setdefault(method, []).append(run_dir)
+        else:
+            failed.append(f"{method} (seed {seed})")
     if not runs:
         raise RuntimeError(f"Every method failed ({', '.join(failed)}); see the errors above.")
     if failed:
         log.warning("Left out of the comparison after failing: %s", ", ".join(failed))
     return write_comparison(output_dir, runs)
+
+
+def _planned_runs(cfg: Config, methods: list[str], output_dir: Path, seeds: int) -> list[tuple[str, Config]]:
+    """Each method's config for each seed, its run folder checked before anything trains: an existing run there
+    is replaced only with --overwrite."""
+    inputs, overwrite = run_inputs(cfg), cfg.train.overwrite
+    check_destination(output_dir, "--output-dir", "comparison", inputs)
+    planned = []
+    for method in methods:
+        for seed in range(cfg.train.seed, cfg.train.seed + seeds):
+            run_dir = output_dir / method if seeds == 1 else output_dir / method / f"seed-{seed}"
+            found = check_destination(run_dir, "--output-dir", "run", inputs, overwrite)
+            if found.holds != NOTHING and not overwrite:
+                raise RunError(
+                    f"{run_dir} already holds a run ({found.holds}); choose another --output-dir or pass --overwrite "
+                    "to replace the runs of this comparison."
+                )
+            method_cfg = dataclasses.replace(
+                cfg,
+                lora=dataclasses.replace(cfg.lora, method=METHOD_ALIASES.get(method, method)),
+                train=dataclasses.replace(cfg.train, output_dir=str(run_dir), seed=seed),
+            )
+            planned.append((method, method_cfg))
+    return planned
 
 
 def _train_in_child(cfg: Config) -> bool:

@@ -57,11 +57,13 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
     state = RunState.start(cfg, resume)
     with contextlib.ExitStack() as scope:
         scope.enter_context(quiet_libraries())
-        state.splits = preflight.check_training(cfg, state.run_dir)  # data, output, max_length: before the model
+        state.splits = preflight.check_training(cfg, state.output_dir)  # data, output, max_length: before the model
         checks = _check_data(state)
         state.class_weights = _class_weights(state)  # a bad weights file fails before the model loads
         state.accelerator = _start_accelerator(state)
-        scope.enter_context(run_lock(state.run_dir, enabled=state.is_main))  # only the main process writes
+        scope.enter_context(run_lock(state.output_dir, enabled=state.is_main))  # only the main process writes
+        # with --overwrite, the new run is built beside the earlier one, which a failure leaves whole
+        scope.enter_context(state.destination.building(enabled=state.is_main))
         _open_run_dir(state)
         set_seed(cfg.train.seed)
         built = _build(state)
@@ -87,8 +89,9 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
         _end_tracking(state, after.metrics)
         if state.is_main:
             summary = save_results(state, summary, findings, after)
+            state.destination.put_in_place()  # just after COMPLETE: the new run replaces the earlier one
         state.accelerator.wait_for_everyone()
-        return RunFolder(state.run_dir, state.cfg, state.splits.labels, summary)
+        return RunFolder(state.output_dir, state.cfg, state.splits.labels, summary)
 
 
 def _check_data(state: RunState) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def _open_run_dir(state: RunState) -> None:
         files.check_resumable(state.run_dir)
         verify_checkpoint(state.run_dir)  # before anything is written to the run folder
     elif state.is_main:
-        files.prepare_run_dir(state.run_dir, state.cfg.train.overwrite)
+        files.prepare_run_dir(state.run_dir)
     state.accelerator.wait_for_everyone()
 
 
@@ -143,7 +146,9 @@ def _build(state: RunState) -> BuiltModel:
     splits = state.splits
     # A multi-label head starts at the labels' base rates (see `model.build.start_at_prior`).
     prior = splits.task.label_prior(np.asarray(splits.train["label"]))
-    return build_model(state.cfg.model, state.cfg.lora, splits.labels, state.device, state.run_dir, label_prior=prior)
+    return build_model(
+        state.cfg.model, state.cfg.lora, splits.labels, state.device, state.output_dir, label_prior=prior
+    )
 
 
 def _resolve(state: RunState, built: BuiltModel) -> Config:
@@ -153,14 +158,14 @@ def _resolve(state: RunState, built: BuiltModel) -> Config:
         cfg,
         data=dataclasses.replace(cfg.data, path=recorded_path(cfg.data.path), task=state.splits.task.name),
         model=dataclasses.replace(
-            cfg.model, name_or_path=portable_model_name(built.name_or_path, state.run_dir), pooling=built.pooling
+            cfg.model, name_or_path=portable_model_name(built.name_or_path, state.output_dir), pooling=built.pooling
         ),
         lora=dataclasses.replace(
             cfg.lora, target_modules=built.target_modules or None, modules_to_save=built.head_modules
         ),
         train=dataclasses.replace(
             cfg.train,
-            output_dir=str(state.run_dir),
+            output_dir=str(state.output_dir),  # where the run ends up, not where it is built
             learning_rate=cfg.train.resolved_learning_rate(method),
             head_learning_rate=cfg.train.resolved_head_learning_rate(method),
             precision=state.dtype,
@@ -174,7 +179,7 @@ def _start_tracking(state: RunState) -> None:
     if state.is_main:
         files.save_start(state.run_dir, state.cfg, state.splits.labels)
     if state.cfg.train.report_to != "none":
-        state.accelerator.init_trackers(state.run_dir.name, config=_flat(state.cfg.to_dict()))
+        state.accelerator.init_trackers(state.output_dir.name, config=_flat(state.cfg.to_dict()))
 
 
 def _tokenize(state: RunState, tokenizer: Any) -> None:

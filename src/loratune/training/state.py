@@ -14,6 +14,7 @@ from loratune.data.splits import Splits
 from loratune.model import hardware
 from loratune.model.methods import Method, method_of
 from loratune.runs import files
+from loratune.runs.destination import Destination, check_destination, run_inputs
 
 
 @dataclass
@@ -22,7 +23,7 @@ class RunState:
 
     cfg: Config
     resume: bool
-    run_dir: Path
+    destination: Destination  # the run folder; `run_dir` is where the run writes it (see `Destination.staging`)
     device: str
     dtype: str  # the resolved precision: fp32, bf16 or fp16
     method: Method
@@ -34,9 +35,27 @@ class RunState:
 
     @classmethod
     def start(cls, cfg: Config, resume: bool) -> RunState:
+        """The state of a run about to start; its run folder is checked first (`runs.destination`), before
+        anything is loaded or written: resume continues an unfinished run in place."""
+        output_dir = files.run_dir_for(cfg)
+        if resume:
+            destination = Destination(output_dir)
+        else:
+            destination = check_destination(output_dir, "--output-dir", "run", run_inputs(cfg), cfg.train.overwrite)
         device = hardware.resolve_device(cfg.train.device)
         dtype = hardware.resolve_precision(cfg.train.precision, device)
-        return cls(cfg, resume, files.run_dir_for(cfg), device, dtype, method_of(cfg.lora.method))
+        return cls(cfg, resume, destination, device, dtype, method_of(cfg.lora.method))
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run writes its folder: the output folder, or beside it while it replaces an earlier run (it is
+        swapped in just after `COMPLETE` is written)."""
+        return self.destination.staging
+
+    @property
+    def output_dir(self) -> Path:
+        """The run folder once finished, as the run records it (train.output_dir in its config)."""
+        return self.destination.path
 
     @property
     def is_main(self) -> bool:
