@@ -71,3 +71,29 @@ def test_an_output_that_is_a_folder_is_refused_before_scoring(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "no-run"), "--text", "fine", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and f"--output {tmp_path / 'out'} is a folder; name a file in it instead" in err
+
+
+def test_one_50_mb_line_is_cut_before_tokenising_and_predicted(bert_run, tmp_path):
+    """A fast tokenizer splits a whole text before truncating it: a 50 MB line once took 5.9 GB and aborted."""
+    import os
+    import subprocess
+    import sys
+
+    huge = tmp_path / "huge.txt"
+    huge.write_text(("great movie " * 4_400_000)[:50_000_000] + "\nawful plot\n")
+    cmd = [sys.executable, "-m", "loratune", "predict", str(bert_run.run_dir), "--input", str(huge), "--device", "cpu"]
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak memory
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, err.read_text()[-2000:]
+    assert len(out.read_text().splitlines()) == 2 and "note: 1 of 2 texts were longer than" in err.read_text()
+    assert usage.ru_maxrss < 2 * 2**20  # KB: the 50 MB text, the model and torch; not GBs of tokens
+
+
+def test_bounded_texts_cut_only_what_is_longer_than_the_bound():
+    from loratune.data.batches import CHARS_PER_TOKEN, bounded_texts
+
+    texts, cut = bounded_texts(["short", "x" * (CHARS_PER_TOKEN * 8 + 1), None], max_length=8)
+    assert texts == ["short", "x" * (CHARS_PER_TOKEN * 8), None] and cut == [False, True, False]

@@ -84,13 +84,14 @@ def test_truncation_past_one_percent_warns_and_strict_mode_refuses(planted):
 
 def test_a_run_writes_its_checks_and_strict_data_stops_it_before_training(planted, tiny_bert, tmp_path, capsys):
     argv = ["train", "--data", str(planted), "--model", str(tiny_bert), "--epochs", "1", "--no-progress"]
-    assert main([*argv, "--output-dir", str(tmp_path / "strict"), "--strict-data"]) == 2
+    runs = tmp_path.parent / f"{tmp_path.name}-runs"  # beside the data folder: runs are never written inside it
+    assert main([*argv, "--output-dir", str(runs / "strict"), "--strict-data"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--strict-data" in err
-    assert not (tmp_path / "strict").exists()  # stopped before the run folder or the model
+    assert not (runs / "strict").exists()  # stopped before the run folder or the model
 
-    assert main([*argv, "--output-dir", str(tmp_path / "warned")]) == 0
+    assert main([*argv, "--output-dir", str(runs / "warned")]) == 0
     assert "data checks:" in capsys.readouterr().err
-    saved = json.loads((tmp_path / "warned" / "data_checks.json").read_text())
+    saved = json.loads((runs / "warned" / "data_checks.json").read_text())
     assert saved["splits"]["train"]["conflicting_texts"] == 1
     assert set(saved["splits"]["train"]) >= {"truncated", "rows"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import csv
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,39 @@ def read_file(file: Path, label_column: str | None = None) -> Dataset:
     if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
         # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
         raise DataError(f"{file} has a header but no rows; add labelled rows.")
+    library = logging.getLogger("datasets")
+    level = library.level
+    # datasets logs a malformed file's error (twice: its own handler and the root's) before it raises; the
+    # DataError below says it once, with the line.
+    library.setLevel(logging.CRITICAL)
     try:
         # keep_in_memory=False: datasets writes an Arrow cache and memory-maps it, so big files stay on disk.
         ds = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
     except Exception as error:  # datasets raises many types for a malformed file
-        first = first_line(error)
-        raise DataError(f"Could not read {file} as {fmt.upper()}: {first}. Check the file's format.") from error
+        raise DataError(f"Could not read {file} as {fmt.upper()}: {_read_problem(error)}") from error
+    finally:
+        library.setLevel(level)
     return ds
+
+
+def _read_problem(error: BaseException) -> str:
+    """What is wrong with a file that did not read, from the reader's own error at the bottom of the chain (datasets
+    wraps it in "An error occurred while generating the dataset"), with the line and the fix."""
+    cause = error
+    while (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = first_line(cause)
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+    if fields:
+        expected, line, saw = fields.groups()
+        return (
+            f"line {line} has {saw} fields but the header has {expected}; put a text that contains the separator "
+            'in double quotes ("like, this").'
+        )
+    quote = re.search(r"EOF inside string starting at row (\d+)", text)
+    if quote:  # pandas counts rows after the header from 1: row N is line N + 1
+        return f'a double quote opened on line {int(quote.group(1)) + 1} is never closed; close it or double it ("").'
+    return f"{text}. Check the file's format."
 
 
 def _check_utf8(file: Path) -> None:

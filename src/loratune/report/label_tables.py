@@ -32,7 +32,7 @@ MULTI_LABEL_RESULTS = (
 # Past this many classes the first table leaves per-class recall to the per-class table, or it would bury the rest.
 RECALL_ROWS = 10
 # Past this many labels the report's tables and charts show the most frequent ones, and say so: a table of 5,000
-# rows or a chart of 5,000 bars is one nobody reads, and takes minutes to draw. metrics.json keeps every label.
+# rows or a chart of 5,000 bars is one nobody reads, and takes minutes to draw. The metrics file keeps every label.
 SHOWN_LABELS = 30
 
 

@@ -7,6 +7,9 @@ draws: which plots a page shows, and their captions, are decided by `report.run_
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,10 @@ __all__ = [
     "plot_score_vs_time",
 ]
 
+log = logging.getLogger(__name__)
 DPI = 130
+# Characters the plot font lacks, already reported in this process (one line, not one per figure and character).
+_MISSING_GLYPHS: set[str] = set()
 _COLORS = {"train": "#f08c00", "validation": "#3b5bdb", "before": "#495057", "after": "#2f9e44", "best": "#adb5bd"}
 _PALETTE = ["#3b5bdb", "#f08c00", "#2f9e44", "#e03131", "#9c36b5", "#1098ad", "#5c940d", "#d6336c"]
 # What the comparison plots call a score (`Metrics` field, also `EpochRecord.val_<key>`).
@@ -252,7 +258,25 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: Path) -> None:
     # No Software/date metadata, so identical inputs give byte-identical PNGs.
-    figure.savefig(path, dpi=DPI, facecolor="white", metadata={"Software": None})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(path, dpi=DPI, facecolor="white", metadata={"Software": None})
+    missing = set()
+    for w in caught:
+        glyph = re.search(r"Glyph (\d+) .*missing from font", str(w.message))
+        if glyph is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            missing.add(chr(int(glyph.group(1))))
+    # matplotlib warns once per character and figure, in its words; one line in ours says what the user sees.
+    new = sorted(missing - _MISSING_GLYPHS)
+    if new:
+        _MISSING_GLYPHS.update(new)
+        log.warning(
+            "The plot font has no glyph for %s in the label names; the plots show them as boxes (the report's "
+            "tables show them as written).",
+            " ".join(new[:10]) + (f" and {len(new) - 10} more" if len(new) > 10 else ""),
+        )
 
 
 def _mpl(text: str) -> str:

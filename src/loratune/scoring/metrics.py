@@ -4,6 +4,7 @@ multi-label tasks subset accuracy, micro / macro / samples averages and Hamming 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,18 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], l
         num_samples=int(len(y_true)),
         loss=None if loss is None else float(loss),
         # over the classes the split has (sklearn's definition): a class absent from it has no recall to average
-        balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        balanced_accuracy=_balanced_accuracy(y_true, y_pred),
     )
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if not len(y_true):
+        return 0.0
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected whenever a split lacks a class the model predicts, and
+        # the definition above already accounts for it.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def _by_class(labels: list[str], scores: tuple[np.ndarray, ...]) -> dict[str, Any]:
