@@ -413,3 +413,23 @@ def test_the_free_space_estimate_grows_with_what_the_method_trains(tiny_bert):
     full, lora, none = (estimate_run_bytes(str(tiny_bert), m) for m in ("full", "lora", "none"))
     assert none < lora < full
     assert estimate_run_bytes(str(tiny_bert.parent / "missing"), "full") is None
+
+
+def test_no_usable_temporary_folder_is_one_line_not_a_traceback(tmp_path):
+    """A full disk everywhere: libraries ask tempfile for a folder as they are imported, inside the command."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, tempfile\n"
+        "def full():\n"
+        "    raise FileNotFoundError(2, \"No usable temporary directory found in ['/tmp', '/var/tmp']\")\n"
+        "tempfile._get_default_tempdir, tempfile.tempdir = full, None\n"
+        "from loratune.cli import main\n"
+        f"sys.exit(main(['check-data', '--data', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: No temporary folder can be written") and "set TMPDIR" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

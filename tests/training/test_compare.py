@@ -164,3 +164,12 @@ def test_compare_never_writes_its_runs_into_a_run_folder(bert_run, data_dir, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is a loratune finished run folder, not a folder of runs" in err and err.count("\n") == 1
+
+
+def test_compare_where_every_method_fails_is_one_line_and_exit_2(tmp_path, data_dir, capsys):
+    missing = tmp_path / "no-such-model"
+    argv = ["compare", "--data", str(data_dir), "--model", str(missing), "--output-dir", str(tmp_path / "cmp")]
+    assert main([*argv, "--methods", "head,lora", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Every method failed (head (seed 42), lora (seed 42))")
+    assert not any("Traceback" in line for line in err)

@@ -17,7 +17,9 @@ from loratune.formatting import size
 OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # safetensors raises its own SafetensorError (not an OSError) and keeps the OS error only in its text,
 # e.g. 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'.
-OUT_OF_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large", "StorageFull")
+# Python's tempfile says the last when no candidate temporary folder can take a file (libraries ask at import).
+NO_TEMP_DIR = "No usable temporary directory"
+OUT_OF_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large", "StorageFull", NO_TEMP_DIR)
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -74,6 +76,12 @@ def is_out_of_space(error: BaseException) -> bool:
 
 def disk_full_message(path: Path, error: BaseException, needed_bytes: int | None = None) -> str:
     """One line: which path could not be written, why, how much room is left there and how much was needed."""
+    if NO_TEMP_DIR in str(error):
+        where = os.environ.get("TMPDIR") or "/tmp"
+        return (
+            f"No temporary folder can be written ({where} and the other candidates are full or read-only: "
+            f"{size(free_bytes(Path(where)))} free in {where}); free some space or set TMPDIR to a folder with room"
+        )
     if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
         reason = os.strerror(error.errno)
         path = Path(error.filename) if error.filename else path

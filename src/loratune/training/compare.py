@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from loratune.config import Config
-from loratune.errors import ConfigError, RunError
+from loratune.errors import ConfigError, RunError, TrainingError
 from loratune.model.methods import METHODS
 from loratune.report.comparison import write_comparison
 from loratune.runs.destination import NOTHING, check_destination, run_inputs
@@ -54,7 +54,7 @@ def compare(cfg: Config, methods: list[str], output_dir: str | Path, seeds: int 
 
     Raises:
         RunError: for an output folder that may not be written, or an existing run in it without --overwrite.
-        RuntimeError: when every method failed (a failed method alone is shown as failed in the table).
+        TrainingError: when every method failed (a failed method alone is left out of the table, with a warning).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be a positive number of runs per method, got {seeds}.")
@@ -71,7 +71,7 @@ def compare(cfg: Config, methods: list[str], output_dir: str | Path, seeds: int 
         else:
             failed.append(f"{method} (seed {seed})")
     if not runs:
-        raise RuntimeError(f"Every method failed ({', '.join(failed)}); see the errors above.")
+        raise TrainingError(f"Every method failed ({', '.join(failed)}); see each one's error above.")
     if failed:
         log.warning("Left out of the comparison after failing: %s", ", ".join(failed))
     return write_comparison(output_dir, runs)
