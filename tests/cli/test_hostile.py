@@ -270,7 +270,7 @@ def test_predictions_that_hit_the_file_size_limit_leave_the_previous_file_whole(
     limit = "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
     limit += "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, -1))"
     texts = [a for i in range(40) for a in ("--text", f"great movie number {i}")]
-    line = one_line_error(*cli_child("predict", lora_run, *texts, "--output", out, before=limit))
+    line = one_line_error(*cli_child("predict", lora_run, *texts, "--output", out, "--overwrite", before=limit))
     assert f"Could not write {out}: File too large" in line and "free some space" in line
     assert snapshot(tmp_path) == before  # the old file as it was, and no temporary file beside it
 

@@ -277,3 +277,30 @@ def test_a_base_model_kept_in_the_run_folder_is_never_deleted_by_overwrite(tmp_p
     with pytest.raises(RunError, match=r"already holds a finished run"):
         run(tiny_config(out / "base", data_dir, out, train__num_epochs=1))
     assert snapshot(out) == before
+
+
+def test_an_existing_output_file_is_replaced_only_with_overwrite(bert_run, tmp_path, capsys):
+    """loratune cannot tell its own earlier predictions from a file of the user's: either is replaced only when
+    asked."""
+    out = tmp_path / "predictions.csv"
+    out.write_text("the user's,table\n")
+    argv = ["predict", str(bert_run.run_dir), "--text", "great movie", "--device", "cpu", "--output", str(out)]
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "the user's,table\n"
+    assert main([*argv, "--overwrite"]) == 0
+    assert "great movie" in out.read_text()
+
+
+def test_compare_refuses_a_folder_of_the_users_files_but_reruns_over_its_own(tmp_path, tiny_bert, data_dir, capsys):
+    argv = ["compare", "--data", str(data_dir), "--model", str(tiny_bert), "--methods", "head", "--epochs", "1"]
+    argv += ["--no-progress", "--precision", "fp32", "--device", "cpu"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("results")
+    assert main([*argv, "--output-dir", str(mine)]) == 2
+    assert "holds files loratune did not write (thesis.tex)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+    earlier = tmp_path / "cmp"
+    assert main([*argv, "--output-dir", str(earlier)]) == 0
+    assert main([*argv, "--output-dir", str(earlier), "--overwrite"]) == 0  # its own pages, plots and runs

@@ -83,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     if args.output:  # before the model loads
         inputs = {"the run folder": args.run, "--data": args.data, "the run's data": run.config.data.path}
-        check_destination(args.output, "--output", "file", inputs)
+        check_destination(args.output, "--output", "file", inputs, args.overwrite)
     result = evaluate_run(run, args.data, args.split, args.max_samples, args.device, args.precision)
     m = result.metrics
     if args.output:
@@ -102,7 +102,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from loratune.runs.folder import RunFolder
 
     if args.output:  # before the model loads
-        check_destination(args.output, "--output", "file", {"the run folder": args.run, "--input": args.input})
+        inputs = {"the run folder": args.run, "--input": args.input}
+        check_destination(args.output, "--output", "file", inputs, args.overwrite)
     texts = list(args.text or [])
     if args.input:
         texts += read_texts(args.input, args.text_column)
@@ -147,7 +148,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     if args.output:
-        check_destination(args.output, "--output", "file", {"the data": cfg.data.path})
+        replace = bool(getattr(args, "train.overwrite", False))  # check-data takes every config flag
+        check_destination(args.output, "--output", "file", {"the data": cfg.data.path}, replace)
     splits, dropped, task = load_texts(cfg.data)
     checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, task, dropped)
     print(format_block(checks))

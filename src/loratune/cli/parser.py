@@ -112,6 +112,7 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         "--max-samples", type=int, default=None, help="Score at most this many texts (drawn with the run's seed)."
     )
     evaluate.add_argument("--output", help="Write the metrics as JSON here.")
+    evaluate.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
     evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(evaluate)
 
@@ -123,6 +124,7 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
+    predict.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
     predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(predict)
 

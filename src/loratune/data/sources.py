@@ -27,6 +27,7 @@ SPLIT_NAMES = {
     "test": ("test", "testing", "eval"),
 }
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_FORMAT_NAMES = "CSV, TSV, JSONL (or .json) and Parquet"
 
 
 def load_raw(args: DataArgs) -> DatasetDict:
@@ -39,6 +40,8 @@ def load_raw(args: DataArgs) -> DatasetDict:
     if path.is_dir():
         files = _split_files(path)
     elif path.is_file():
+        if path.suffix.lower() not in FORMATS:
+            raise DataError(f"Cannot read {path.name}: loratune reads {_FORMAT_NAMES} files; save it as one of those.")
         files = {"train": path}
     elif path.suffix.lower() in FORMATS or args.path.startswith((".", "/", "~")) or args.path.count("/") > 1:
         raise DataError(f"Data path {args.path!r} does not exist; check the path, or give a hub dataset id.")
@@ -68,7 +71,7 @@ def split_files(folder: Path) -> dict[str, Path]:
     """The folder's files named after a split (train, validation, test and their aliases), by split."""
     found: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
-        if file.suffix.lower() not in FORMATS:
+        if file.suffix.lower() not in FORMATS or not file.is_file():
             continue
         for split, names in SPLIT_NAMES.items():
             if file.stem.lower() in names:
@@ -81,7 +84,7 @@ def split_files(folder: Path) -> dict[str, Path]:
 def _split_files(folder: Path) -> dict[str, Path]:
     found = split_files(folder)
     if "train" not in found:
-        data_files = [f.name for f in folder.iterdir() if f.suffix.lower() in FORMATS]
+        data_files = [f.name for f in folder.iterdir() if f.suffix.lower() in FORMATS and f.is_file()]
         if len(data_files) == 1:
             return {"train": folder / data_files[0]}
         raise DataError(

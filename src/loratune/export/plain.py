@@ -14,7 +14,7 @@ from typing import Any
 
 from loratune.errors import RunError
 from loratune.runs import files, weights
-from loratune.runs.destination import check_destination
+from loratune.runs.destination import check_destination, run_inputs
 from loratune.runs.folder import RunFolder
 from loratune.runs.storage import writable_problem
 
@@ -99,7 +99,8 @@ def export_run(
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     output_dir = Path(output_dir)
-    check_destination(output_dir, "--output-dir", "export", {"the run folder": run.run_dir}, overwrite)
+    inputs = {"the run folder": run.run_dir, **run_inputs(run.config)}
+    check_destination(output_dir, "--output-dir", "export", inputs, overwrite)
     # before the model loads; the export is written beside output_dir, then renamed to it
     problem = writable_problem(output_dir.resolve().parent, f"--output-dir {output_dir}")
     if problem:

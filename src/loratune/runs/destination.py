@@ -137,10 +137,17 @@ def check_destination(
     _refuse_inside_loratune_folders(where, name)
     if makes == "file":
         check_writable_file(path, flag)
+        if where.is_file() and not overwrite:  # loratune cannot tell its own earlier output from a file of the user's
+            raise RunError(f"{name} already exists; choose another path, or pass --overwrite to replace it.")
         return Destination(Path(path))
     if where.exists() and not where.is_dir():
         raise RunError(f"{name} is a file; choose a folder.")
     holds = holds_in(where, kept) if where.is_dir() else NOTHING
+    if makes == "comparison" and holds == OTHER and _not_comparison(where):
+        raise RunError(
+            f"{name} holds files loratune did not write ({', '.join(_not_comparison(where)[:3])}); choose a new or "
+            "empty folder, or an earlier comparison's."
+        )
     if holds == OTHER and makes != "comparison":
         raise RunError(
             f"{name} holds files loratune did not write ({_foreign(where, kept)}); choose a new or empty folder "
@@ -277,6 +284,20 @@ def _foreign(folder: Path, kept: frozenset[str]) -> str:
     names = [entry.name for entry in folder.iterdir() if entry.name not in kept]
     foreign = _foreign_names(folder, names, made_by_loratune(folder)) or sorted(names)
     return ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+
+
+def _not_comparison(folder: Path) -> list[str]:
+    """The names in a folder that a comparison did not write: anything but its pages, tables and plots
+    (`comparison*`) and run folders (each method's, or a folder of its seeds' runs)."""
+
+    def of_runs(entry: Path) -> bool:
+        if not entry.is_dir():
+            return entry.name.startswith("comparison")
+        return holds_in(entry) != OTHER or all(of_runs(child) for child in entry.iterdir() if child.is_dir())
+
+    return sorted(
+        entry.name for entry in folder.iterdir() if not _leftover(entry.name, RUN_NAMES) and not of_runs(entry)
+    )
 
 
 def run_inputs(cfg: Any) -> dict[str, Any]:
