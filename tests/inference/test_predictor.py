@@ -87,7 +87,7 @@ def test_predictions_are_written_as_csv(predictor, tmp_path):
     with (tmp_path / "out.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["text"] for r in rows] == TEXTS
-    assert list(rows[0]) == ["text", "label", "score", "prob_bad", "prob_good"]
+    assert list(rows[0]) == ["text", "predicted_label", "score", "prob_bad", "prob_good"]
     assert all(float(r["prob_bad"]) + float(r["prob_good"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
 
 
@@ -95,8 +95,27 @@ def test_predictions_are_written_as_jsonl(predictor, tmp_path):
     predictions = predictor.predict(TEXTS)
     write_predictions(tmp_path / "out.jsonl", TEXTS, predictions)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["label"] for r in rows] == [p["label"] for p in predictions]
+    assert [r["predicted_label"] for r in rows] == [p["label"] for p in predictions]
     assert [r["text"] for r in rows] == TEXTS
+
+
+def test_predict_keeps_every_input_column_and_adds_its_own_beside_them(bert_run, tmp_path):
+    """A labelled file keeps its gold `label`: predictions go beside it, and nothing of the input is replaced."""
+    from loratune.cli import main
+
+    source = tmp_path / "in.csv"
+    source.write_text("id,text,label,score\n7,great movie,good,x\n8,awful plot,bad,y\n")
+    for name in ("out.csv", "out.jsonl"):
+        out = tmp_path / name
+        argv = ["predict", str(bert_run.run_dir), "--input", str(source), "--output", str(out), "--device", "cpu"]
+        assert main(argv) == 0
+        if name.endswith(".csv"):
+            rows = list(csv.DictReader(out.open()))
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert list(rows[0])[:6] == ["id", "text", "label", "score", "predicted_label", "score_"]
+        assert [(r["id"], r["label"], r["score"]) for r in rows] == [("7", "good", "x"), ("8", "bad", "y")]
+        assert all(r["predicted_label"] in ("bad", "good") for r in rows)
 
 
 def test_unknown_output_format_is_rejected(predictor, tmp_path):

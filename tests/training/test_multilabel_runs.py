@@ -93,7 +93,7 @@ def test_cli_predict_prints_and_writes_label_sets(multi_run, tmp_path):
         out = tmp_path / f"p.{suffix}"
         done = subprocess.run([*command, "--text", "an actor and a story", "--output", str(out)], capture_output=True)
         assert done.returncode == 0
-    assert json.loads((tmp_path / "p.jsonl").read_text())["labels"] == ["comedy", "romance"]
+    assert json.loads((tmp_path / "p.jsonl").read_text())["predicted_labels"] == ["comedy", "romance"]
     assert "comedy|romance" in (tmp_path / "p.csv").read_text()
 
 

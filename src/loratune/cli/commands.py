@@ -98,15 +98,16 @@ _EVALUATE_EXTRAS = {"single": (), "multi": (("micro_f1", "micro-f1"),)}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from loratune.cli.texts import format_prediction, read_texts, write_predictions
+    from loratune.cli.texts import format_prediction, read_inputs, write_predictions
     from loratune.runs.folder import RunFolder
 
     if args.output:  # before the model loads
         inputs = {"the run folder": args.run, "--input": args.input}
         check_destination(args.output, "--output", "file", inputs, args.overwrite)
-    texts = list(args.text or [])
+    texts, rows = list(args.text or []), [{"text": t} for t in args.text or []]
     if args.input:
-        texts += read_texts(args.input, args.text_column)
+        read, read_rows = read_inputs(args.input, args.text_column)
+        texts, rows = texts + read, rows + read_rows
     if not texts:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
@@ -125,7 +126,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"note: {empty} of {len(texts)} texts are empty; their labels are guesses from no words", file=sys.stderr
         )
     if args.output:
-        write_predictions(args.output, texts, predictions)
+        write_predictions(args.output, texts, predictions, rows)
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
     else:
         for text, p in zip(texts, predictions, strict=True):

@@ -17,7 +17,15 @@ from loratune.schema import SET_SEPARATOR
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
-    """Texts from a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file.
+    """Texts from a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file
+    (see `read_inputs`)."""
+    return read_inputs(path, text_column)[0]
+
+
+def read_inputs(path: str | Path, text_column: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """The texts of a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file, and
+    each row as read (every column, in the file's order; a .txt line is {"text": line}), which `write_predictions`
+    writes back beside the predictions.
 
     Raises:
         DataError: one line naming the file, the line and the fix, for bytes that are not UTF-8, a line that is not
@@ -31,7 +39,8 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
         raise DataError(f"Cannot read {path.name}: use a .csv, .tsv, .jsonl or .txt file.")
     text = _utf8(path)
     if suffix == ".txt":
-        return [line for line in text.splitlines() if line.strip()]
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines, [{"text": line} for line in lines]
     if suffix in (".csv", ".tsv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
         numbered = _csv_rows(io.StringIO(text, newline=""), "\t" if suffix == ".tsv" else ",", path)
@@ -45,7 +54,7 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
         raise DataError(
             f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
         )
-    return [_text_of(row, column, n, path) for n, row in numbered]
+    return [_text_of(row, column, n, path) for n, row in numbered], [row for _, row in numbered]
 
 
 def _utf8(path: Path) -> str:
@@ -112,35 +121,54 @@ def format_prediction(prediction: dict[str, Any]) -> str:
     return ", ".join(f"{label} ({score:.4f})" for label, score in chosen) or NO_LABELS
 
 
-def write_predictions(path: str | Path, texts: list[str], predictions: list[dict[str, Any]]) -> None:
-    """Write text, label, score and per-class probabilities as CSV or JSONL (by the file's extension).
+def write_predictions(
+    path: str | Path, texts: list[str], predictions: list[dict[str, Any]], inputs: list[dict[str, Any]] | None = None
+) -> None:
+    """Write each input row with its prediction beside it, as CSV or JSONL (by the file's extension).
 
-    Multi-label predictions give `labels` and `scores` instead: JSON lists in JSONL, and in CSV the names joined
-    with "|" (as the training data spells them) and their scores joined likewise.
+    Every input column is kept as it was (a gold `label` column stays the user's, for comparison); the prediction
+    adds `predicted_label`, `score` and `prob_<label>` for every label, or for a multi-label run
+    `predicted_labels` and `scores` (JSON lists in JSONL; in CSV the names joined with "|", as the training data
+    spells them). A name the input already uses gets a `_` appended, so nothing of the input is overwritten.
+
+    Args:
+        inputs: the rows as read (`read_inputs`); None: each text alone, as {"text": text}.
     """
     path = Path(path)
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    rows = [_row(t, p, jsonl) for t, p in zip(texts, predictions, strict=True)]
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")
+    jsonl = suffix != ".csv"
+    inputs = inputs if inputs is not None else [{"text": t} for t in texts]
+    rows = [_row(row, p, jsonl) for row, p in zip(inputs, predictions, strict=True)]
     if jsonl:
         files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    elif path.suffix.lower() == ".csv":
-        import io
-
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "label", "score"])
-        writer.writeheader()
-        writer.writerows(rows)
-        files.write_text(path, buffer.getvalue())
-    else:
-        raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["text", "predicted_label", "score"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(path, buffer.getvalue())
 
 
-def _row(text: str, prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
-    probs = {f"prob_{k}": round(v, 6) for k, v in prediction["probabilities"].items()}
+def _row(row: dict[str, Any], prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
+    added = {}
     if "labels" not in prediction:
-        return {"text": text, "label": prediction["label"], "score": round(prediction["score"], 6)} | probs
-    scores = [round(s, 6) for s in prediction["scores"]]
-    if jsonl:
-        return {"text": text, "labels": prediction["labels"], "scores": scores} | probs
-    joined = {"labels": SET_SEPARATOR.join(prediction["labels"]), "scores": SET_SEPARATOR.join(map(str, scores))}
-    return {"text": text} | joined | probs
+        added |= {"predicted_label": prediction["label"], "score": round(prediction["score"], 6)}
+    else:
+        scores = [round(s, 6) for s in prediction["scores"]]
+        if jsonl:
+            added |= {"predicted_labels": prediction["labels"], "scores": scores}
+        else:
+            added |= {
+                "predicted_labels": SET_SEPARATOR.join(prediction["labels"]),
+                "scores": SET_SEPARATOR.join(map(str, scores)),
+            }
+    added |= {f"prob_{k}": round(v, 6) for k, v in prediction["probabilities"].items()}
+    kept = dict(row)
+    for name, value in added.items():
+        while name in row:
+            name += "_"
+        kept[name] = value
+    return kept
