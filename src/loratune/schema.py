@@ -95,6 +95,9 @@ class Throughput:
     train_tokens_per_s: float | None = None
     padding_ratio: float | None = None  # padded tokens / real tokens in training batches
     compile_seconds: float | None = None  # the first compiled training step, compilation included
+    # The CPU thread counts training ran with, in order; more than one: float sums were ordered differently, so
+    # the same seed can differ in the last digits (train.deterministic keeps one). None: not recorded.
+    threads: list[int] | None = None
 
 
 @dataclass(frozen=True)

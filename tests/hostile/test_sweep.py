@@ -41,7 +41,7 @@ def test_case(case, base):
 def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_resume(base, tmp_path, signum, status):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "loratune", "train", "--data", str(base.data), "--model", str(base.model)]
-    cmd += ["--output-dir", str(out), "--epochs", "500", "--no-progress", "--precision", "fp32", "--device", "cpu"]
+    cmd += ["--output-dir", str(out), "--epochs", "100000", "--no-progress", "--precision", "fp32", "--device", "cpu"]
     child = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     state, deadline = out / "checkpoint" / "state.json", time.monotonic() + 60
     while not state.exists() and child.poll() is None and time.monotonic() < deadline:

@@ -131,7 +131,7 @@ def test_ctrl_c_or_sigterm_stops_with_a_resume_hint_and_the_run_resumes(
         "--output-dir",
         str(run_dir),
         "--epochs",
-        "200",
+        "100000",
         "--batch-size",
         "8",
         "--precision",

@@ -240,6 +240,14 @@ class TrainArgs:
     )
     report_to: str = field(default="none", metadata=_help(f"Experiment tracker: {', '.join(TRACKERS)}."))
     progress: bool = field(default=True, metadata=_help("Show a progress bar with the running loss."))
+    deterministic: bool = field(
+        default=False,
+        metadata=_help(
+            "Same command, seed and machine, same metrics to the last digit: keep the CPU thread count fixed "
+            "(by default it follows the cores other processes leave free, which reorders float sums) and use "
+            "deterministic kernels. Slower while other processes share the CPU."
+        ),
+    )
 
     def __post_init__(self) -> None:
         positive = ("num_epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps")

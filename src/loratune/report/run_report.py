@@ -260,9 +260,18 @@ def _training_table(s: RunSummary) -> Table:
         ["train throughput (tokens)", fixed(t.train_tokens_per_s, digits=1, unit="tokens/s")],
         ["eval throughput", fixed(t.eval_samples_per_s, digits=1, unit="samples/s")],
         ["padding ratio", fixed(t.padding_ratio, digits=2)],
+        ["CPU threads", _threads(t.threads)],
         ["class weights", "see below" if s.class_weights else "none"],
     ]
     return Table(["training", "value"], rows, align="ll", key_value=True)
+
+
+def _threads(used: list[int] | None) -> str:
+    if not used:
+        return DASH
+    if len(used) == 1:
+        return str(used[0])
+    return f"{', '.join(map(str, used))} (followed the free cores; --deterministic keeps one)"
 
 
 def _data_blocks(data: DataSummary, labels: list[str], task: Task) -> list[Block]:

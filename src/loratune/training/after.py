@@ -178,4 +178,5 @@ def _throughput(loop: LoopState | None, eval_samples: int, eval_seconds: float) 
         train_tokens_per_s=loop.train_tokens / loop.step_seconds,
         padding_ratio=loop.padded_tokens / max(loop.train_tokens, 1),
         compile_seconds=loop.compile_seconds or None,
+        threads=loop.threads or None,
     )

@@ -72,11 +72,15 @@ def train(model: torch.nn.Module, job: TrainingJob, args: TrainArgs, accelerator
         accelerator: an `accelerate.Accelerator`.
     """
     loop = _Loop(model, job, args, accelerator)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         while loop.state.epoch < args.num_epochs and not loop.state.stopped_early:
             loop.epoch()
     finally:
         loop.governor.close()
+        torch.use_deterministic_algorithms(deterministic)
     return loop.finish()
 
 
@@ -97,7 +101,7 @@ class _Loop:
         self.state, self.best_weights = LoopState(patience_left=args.early_stopping_patience), None
         self.runner = StepModel(self.model, resolve_compile(args.compile))
         self.packed = PackedTokens.from_dataset(job.train_ds, job.pad_token_id, bucket=True)  # once: epochs reorder it
-        self.governor = ThreadGovernor(self.device)
+        self.governor = ThreadGovernor(self.device, fixed=args.deterministic)
         if job.checkpoint_dir is not None and has_checkpoint(job.checkpoint_dir):
             unwrapped = accelerator.unwrap_model(self.model)
             saved, self.best_weights = load_checkpoint(job.checkpoint_dir, unwrapped, self.optimizer, self.scheduler)
@@ -132,6 +136,7 @@ class _Loop:
         state.padded_tokens += stats["padded_tokens"]
         state.step_seconds += stats["seconds"]
         state.compile_seconds = state.compile_seconds or self.runner.compile_seconds or 0.0
+        state.threads = list(dict.fromkeys([*state.threads, *self.governor.used]))
         state.train_seconds = time.perf_counter() - self.started
         if args.progress and accelerator.is_local_main_process:
             print(_epoch_line(record, args.num_epochs), file=sys.stderr, flush=True)
@@ -235,6 +240,7 @@ class LoopState:
     train_tokens: int = 0  # real (unpadded) tokens
     padded_tokens: int = 0
     compile_seconds: float = 0.0  # the first compiled step, compilation included (0: not compiled)
+    threads: list[int] = field(default_factory=list)  # the CPU thread counts training ran with (`ThreadGovernor`)
 
 
 def build_optimizer(

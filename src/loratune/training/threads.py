@@ -33,15 +33,18 @@ class ThreadGovernor:
     """Call `tick()` once per step: at most every `interval` seconds it sets torch's thread count to the cores the
     other processes left free over the last interval (at least one). `close()` restores the count it found."""
 
-    def __init__(self, device: str, interval: float = 2.0) -> None:
+    def __init__(self, device: str, interval: float = 2.0, fixed: bool = False) -> None:
+        """`fixed`: never change the count (`train.deterministic`); `used` then holds only the one it found."""
         import torch
 
         self.torch, self.interval = torch, interval
         self.initial = torch.get_num_threads()
+        self.used = [self.initial]  # every count training ran with, in order of first use
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         busy = busy_cpu_seconds()
         self.enabled = (
-            device == "cpu"
+            not fixed
+            and device == "cpu"
             and busy is not None
             and "OMP_NUM_THREADS" not in os.environ
             and self.initial == self.cores  # torch's default: one thread per core this process may run on
@@ -64,6 +67,8 @@ class ThreadGovernor:
         if threads != self.torch.get_num_threads():
             log.info("Other processes keep %.1f CPUs busy: training on %d thread(s).", others, threads)
             self.torch.set_num_threads(threads)
+            if threads not in self.used:
+                self.used.append(threads)
 
     def close(self) -> None:
         if self.enabled and self.torch.get_num_threads() != self.initial:
