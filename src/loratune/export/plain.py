@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.errors import RunError
+from loratune.report.model_card import model_card
 from loratune.runs import files, weights
 from loratune.runs.destination import check_destination, run_inputs
 from loratune.runs.folder import RunFolder
@@ -153,7 +154,7 @@ def _write_merged(run: RunFolder, folder: Path, name: str) -> None:
     _save_tokenizer(tokenizer, folder, run.config.data.max_length)
     files.write_json(folder / files.LABELS_FILE, labels)
     _copy_thresholds(run.run_dir, folder)
-    files.write_text(folder / "README.md", _readme(MERGED_README, run, name))
+    files.write_text(folder / "README.md", _readme(MERGED_README, run, name, "transformers"))
 
 
 # transformers' name of each task, which `pipeline` reads to pick its activation.
@@ -188,7 +189,7 @@ def _write_adapter(run: RunFolder, folder: Path, name: str) -> None:
     if (run.run_dir / files.CALIBRATION_FILE).is_file():
         shutil.copy2(run.run_dir / files.CALIBRATION_FILE, folder / files.CALIBRATION_FILE)
     _copy_thresholds(run.run_dir, folder)
-    files.write_text(folder / "README.md", _readme(ADAPTER_README, run, name))
+    files.write_text(folder / "README.md", _readme(ADAPTER_README, run, name, "peft"))
 
 
 def _copy_thresholds(run_dir: Path, folder: Path) -> None:
@@ -202,9 +203,10 @@ def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _readme(template: str, run: RunFolder, name: str) -> str:
+def _readme(template: str, run: RunFolder, name: str, library: str) -> str:
+    """The export's model card (`report.model_card`), with the template's text as how to use it."""
     cfg = run.config
-    return template.format(
+    text = template.format(
         name=name,
         run=run.run_dir.name,
         method=cfg.lora.method,
@@ -218,3 +220,4 @@ def _readme(template: str, run: RunFolder, name: str) -> str:
         temperature=f"{run.temperature:.4g}",
         multi=MULTI_LABEL_NOTE.format(name=name, thresholds_file=files.THRESHOLDS_FILE) if run.thresholds else "",
     )
+    return model_card(run, library, text.split("\n", 1)[1])  # the card has its own title

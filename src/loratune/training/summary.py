@@ -8,6 +8,7 @@ from typing import Any
 
 from loratune.model import hardware
 from loratune.model.names import display_name
+from loratune.report.model_card import write_adapter_card
 from loratune.report.run_report import write_report
 from loratune.runs import files, manifest, weights
 from loratune.schema import DataSummary, RunSummary
@@ -77,6 +78,7 @@ def save_results(state: RunState, summary: RunSummary, findings: Findings, after
     summary = dataclasses.replace(summary, adapter_size_bytes=weights.artifact_size_bytes(run_dir, state.method))
     files.save_summary(run_dir, summary)
     write_report(run_dir)
+    write_adapter_card(run_dir)
     manifest.seal(run_dir)  # the answer files' checksums, written last but COMPLETE
     files.mark_complete(run_dir)
     return summary
