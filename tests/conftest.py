@@ -561,7 +561,7 @@ FAKE_DATA_CHECKS = {
     "label_counts": {"negative": 1900, "positive": 2100},
     "imbalance_ratio": 2100 / 1900,
     "max_length": 128,
-    "warnings": ["1 text appears in both train and test (2 after normalising case and spaces)"],
+    "warnings": ["1 text appears in both train and test (2 once case and spaces are normalised)"],
 }
 
 

@@ -62,9 +62,9 @@ def test_planted_duplicates_and_conflicts_are_found_exactly(planted):
     assert checks["label_counts"] == {"neg": 23, "pos": 24}
     assert checks["imbalance_ratio"] == pytest.approx(24 / 23)
     assert checks["warnings"] == [  # one of each, in the singular
-        "1 text appears in both train and validation (1 after normalising case and spaces)",
-        "1 text appears in both train and test (2 after normalising case and spaces)",
-        "1 train text carries more than one label (1 after normalising)",
+        "1 text appears in both train and validation",
+        "1 text appears in both train and test (2 once case and spaces are normalised)",
+        "1 train text carries more than one label",
         "1 train row was dropped (empty text or missing label)",
     ]
 
@@ -95,3 +95,16 @@ def test_a_run_writes_its_checks_and_strict_data_stops_it_before_training(plante
     saved = json.loads((runs / "warned" / "data_checks.json").read_text())
     assert saved["splits"]["train"]["conflicting_texts"] == 1
     assert set(saved["splits"]["train"]) >= {"truncated", "rows"}
+
+
+def test_a_warning_is_worded_for_its_counts():
+    from loratune.data.checks import _counted
+
+    verbs, loosely = ("appears", "appear"), "once case and spaces are normalised"
+    assert _counted(0, 1, verbs, "in both train and test", loosely) == (
+        "1 text appears in both train and test once case and spaces are normalised"
+    )  # never "0 texts appear ... (1 after normalising)"
+    assert _counted(3, 3, verbs, "in both a and b", loosely) == "3 texts appear in both a and b"
+    assert _counted(2, 5, ("carries", "carry"), "two labels", loosely, "train") == (
+        "2 train texts carry two labels (5 once case and spaces are normalised)"
+    )

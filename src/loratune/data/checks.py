@@ -137,17 +137,16 @@ def add_truncation(checks: dict[str, Any], truncated: dict[str, int], max_length
 def _warnings(checks: dict[str, Any]) -> list[str]:
     out = []
     for pair, found in checks["shared"].items():
-        if found["texts_normalised"]:
-            out.append(
-                f"{_texts(found['texts'], 'appears', 'appear')} in both {pair.replace('/', ' and ')} "
-                f"({found['texts_normalised']} after normalising case and spaces)"
-            )
+        exact, loose = found["texts"], found["texts_normalised"]
+        if loose:
+            both = f"in both {pair.replace('/', ' and ')}"
+            out.append(_counted(exact, loose, ("appears", "appear"), both, "once case and spaces are normalised"))
     for split, found in checks["splits"].items():
         if found["conflicting_texts_normalised"]:
             what = task_of(checks["task"]).conflict
+            exact, loose = found["conflicting_texts"], found["conflicting_texts_normalised"]
             out.append(
-                f"{_texts(found['conflicting_texts'], 'carries', 'carry', split)} {what} "
-                f"({found['conflicting_texts_normalised']} after normalising)"
+                _counted(exact, loose, ("carries", "carry"), what, "once case and spaces are normalised", split)
             )
         if found["dropped_rows"]:
             rows = found["dropped_rows"]
@@ -164,6 +163,15 @@ def _warnings(checks: dict[str, Any]) -> list[str]:
         what = task_of(checks["task"]).unit
         out.append(f"train labels are imbalanced (largest / smallest {what}: {shown})")
     return out
+
+
+def _counted(exact: int, loose: int, verbs: tuple[str, str], what: str, loosely: str, split: str = "") -> str:
+    """A warning worded for its counts: '2 texts appear in both train and test', with the count found only once
+    normalised said apart ('1 text appears ... once case and spaces are normalised'; '2 texts ... (3 once ...)')."""
+    if exact == 0:
+        return f"{_texts(loose, *verbs, split)} {what} {loosely}"
+    extra = f" ({loose} {loosely})" if loose != exact else ""
+    return f"{_texts(exact, *verbs, split)} {what}{extra}"
 
 
 def _texts(n: int, verb_one: str, verb_many: str, split: str = "") -> str:
