@@ -283,3 +283,13 @@ def test_the_hub_clients_retry_warnings_are_hidden_while_loading(caplog):
     assert hub_logging.get_verbosity() == before
     retry_log.warning("Retrying in 2s [Retry 2/5].")  # outside the block the library speaks as it did
     assert [r.getMessage() for r in caplog.records if "Retrying" in r.getMessage()] == ["Retrying in 2s [Retry 2/5]."]
+
+
+def test_check_data_help_lists_its_own_flags_only(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit):
+        main(["check-data", "--help"])
+    text = capsys.readouterr().out
+    assert "--label-column" in text and "--output" in text
+    assert "--learning-rate" not in text and "--lora-r" not in text and len(text.splitlines()) < 100

@@ -149,8 +149,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     if args.output:
-        replace = bool(getattr(args, "train.overwrite", False))  # check-data takes every config flag
-        check_destination(args.output, "--output", "file", {"the data": cfg.data.path}, replace)
+        check_destination(args.output, "--output", "file", {"the data": cfg.data.path}, args.overwrite)
     splits, dropped, task = load_texts(cfg.data)
     checks = compute_data_checks({name: splits[name] for name in SPLITS if name in splits}, task, dropped)
     print(format_block(checks))

@@ -13,11 +13,16 @@ from loratune.errors import ConfigError
 from loratune.model.methods import METHODS
 from loratune.training.compare import DEFAULT_METHODS
 
+SECTIONS = ("data", "model", "lora", "train")
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
-    """One flag per config field, help text taken from the field; values stay strings until `Config.from_dict`."""
+
+def _add_config_flags(
+    parser: argparse.ArgumentParser, skip: set[str] = frozenset(), sections: tuple[str, ...] = SECTIONS
+) -> None:
+    """One flag per config field of `sections`, help text taken from the field; values stay strings until
+    `Config.from_dict`."""
     parser.add_argument("--config", metavar="YAML", help="Config file; flags and key=value overrides win over it.")
-    for section in ("data", "model", "lora", "train"):
+    for section in sections:
         group = parser.add_argument_group(f"{section} options")
         for flag, key, f in field_flags():
             if not key.startswith(section + ".") or key in skip:
@@ -153,7 +158,8 @@ def _compare_arguments(compare: argparse.ArgumentParser) -> None:
 
 def _check_data_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--output", help="Write the checks as JSON here.")
-    _add_config_flags(check)
+    check.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
+    _add_config_flags(check, sections=("data",))  # no model, no training: its help lists only what it reads
 
 
 def _export_arguments(export: argparse.ArgumentParser) -> None:
