@@ -28,6 +28,12 @@ def test_compare_writes_one_filled_row_per_method(tmp_path, tiny_bert, data_dir,
     assert rows["head"]["trainable_params"] < rows["lora"]["trainable_params"]
     for name in ("comparison.md", "comparison.html", "comparison_val_accuracy.png", "comparison_accuracy_vs_time.png"):
         assert (out / name).stat().st_size > 0
+    printed = capsys.readouterr()
+    table = printed.out.splitlines()
+    assert table[0].split() == ["method", "accuracy", "macro", "F1", "train", "time", "trainable"]
+    assert [line.split()[0] for line in table[1:5]] == ["base", "head", "lora", "full"]
+    done = [line for line in printed.err.splitlines() if ": accuracy " in line and " -> " in line]
+    assert len(done) == 4  # one line per method as it finishes, instead of its own before/after table
     for method, row in rows.items():  # each row holds the "after" scores of its own run
         after = json.loads((out / method / "metrics.json").read_text())["after"]
         assert row["accuracy"] == after["accuracy"] and row["f1"] == after["f1"], method

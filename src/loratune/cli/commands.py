@@ -135,11 +135,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from loratune.report.comparison import terminal_table
     from loratune.training.compare import compare, parse_methods
 
     methods = parse_methods(args.methods)
     cfg = _config_from_args(args)
-    print(compare(cfg, methods, args.compare_dir, seeds=args.seeds))
+    page = compare(cfg, methods, args.compare_dir, seeds=args.seeds)
+    print(terminal_table(args.compare_dir))
+    print(f"\nthe comparison in full (plots, significance, per-method runs): {page}")
     return 0
 
 

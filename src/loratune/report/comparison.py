@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loratune.formatting import METRICS, change, count, finite, megabytes, percent, seconds, share, size
+from loratune.formatting import DASH, METRICS, change, count, finite, megabytes, percent, seconds, share, size
 from loratune.report import plots
 from loratune.report.render import Block, Figure, Figures, Heading, Table, Text, render_html, render_markdown
 from loratune.runs import files
@@ -69,6 +69,30 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
     files.write_text(html_path, page)
     return html_path
+
+
+def terminal_table(output_dir: str | Path) -> str:
+    """The comparison's table for a terminal, from its `comparison.json`: one line per method with its score,
+    macro F1, training time and trainable share (multi-label rows, which carry micro F1, lead with macro F1)."""
+    rows = files.read_json(Path(output_dir) / "comparison.json")
+    multi = any("micro_f1" in row for row in rows)
+    header = ["method", "macro F1", "micro F1", "subset acc"] if multi else ["method", "accuracy", "macro F1"]
+    header += ["train time", "trainable"]
+    keys = ["f1", "micro_f1", "accuracy"] if multi else ["accuracy", "f1"]
+    lines = []
+    for row in rows:
+        cells = [str(row["method"]) + (" (one class)" if row.get("single_class") is not None else "")]
+        cells += [_score(row, key) for key in keys]
+        trainable = row.get("trainable_percent")
+        cells += [seconds(row.get("train_seconds")), DASH if trainable is None else f"{trainable:.2f}%"]
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines, strict=True)]
+    return "\n".join(
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        for cells in [header, *lines]
+    )
 
 
 def _rows(loaded: dict[str, list[RunFolder]], output_dir: Path, task: Task) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ from loratune.config import Config
 from loratune.errors import ConfigError, RunError, TrainingError
 from loratune.model.methods import METHODS
 from loratune.report.comparison import write_comparison
+from loratune.runs import files
 from loratune.runs.destination import NOTHING, check_destination, run_inputs
+from loratune.task import task_of
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def compare(cfg: Config, methods: list[str], output_dir: str | Path, seeds: int 
         print(f"[compare] {method}, seed {seed}: training into {run_dir}", file=sys.stderr, flush=True)
         if _train_in_child(method_cfg):
             runs.setdefault(method, []).append(run_dir)
+            print(f"[compare] {method}, seed {seed}: {_outcome(run_dir)}", file=sys.stderr, flush=True)
         else:
             failed.append(f"{method} (seed {seed})")
     if not runs:
@@ -101,10 +104,23 @@ def _planned_runs(cfg: Config, methods: list[str], output_dir: Path, seeds: int)
     return planned
 
 
+def _outcome(run_dir: Path) -> str:
+    """One line for a finished method: its scores before and after, and its training time."""
+    s = files.load_summary(run_dir)
+    name = task_of(s.task).accuracy_name
+    return (
+        f"{name} {s.before.accuracy:.4f} -> {s.after.accuracy:.4f}, macro F1 {s.before.f1:.4f} -> "
+        f"{s.after.f1:.4f}, trained in {s.train_seconds:.0f} s"
+    )
+
+
 def _train_in_child(cfg: Config) -> bool:
+    """Train in a process of its own; its progress and errors show (stderr), its own before/after table does not
+    (the comparison prints one line per method, and its table at the end)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(cfg.to_yaml())
     try:
-        return subprocess.run([sys.executable, "-m", "loratune", "train", "--config", handle.name]).returncode == 0
+        command = [sys.executable, "-m", "loratune", "train", "--config", handle.name]
+        return subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
     finally:
         Path(handle.name).unlink(missing_ok=True)
