@@ -147,3 +147,18 @@ def test_a_multi_label_head_starts_at_the_label_prior(tiny_bert):
     heads = [m for n, m in built.model.named_modules() if n.endswith("classifier.modules_to_save.default")]
     expected = torch.logit(torch.tensor(prior))
     assert torch.allclose(heads[0].bias.detach(), expected, atol=1e-5)
+
+
+def test_the_summary_of_a_multi_label_run_leads_with_macro_f1_and_names_subset_accuracy(multi_run, capsys):
+    import dataclasses
+
+    from loratune.cli.commands import _print_summary
+
+    s = multi_run.summary
+    _print_summary(s, multi_run.run_dir)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("macro F1") and any(line.startswith("subset accuracy") for line in lines)
+    assert not any(line.startswith("accuracy ") for line in lines)
+    worse = dataclasses.replace(s, after=dataclasses.replace(s.after, hamming_loss=s.before.hamming_loss + 0.01))
+    _print_summary(worse, multi_run.run_dir)
+    assert "note: Hamming loss rose: each label's threshold is chosen for its F1" in capsys.readouterr().out
