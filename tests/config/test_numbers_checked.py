@@ -154,7 +154,7 @@ def test_train_refuses_a_bad_number_before_anything_runs(capsys, tmp_path):
 def test_a_class_weight_that_is_not_finite_and_positive_is_refused(tmp_path, text, suffix, shown):
     path = tmp_path / f"weights{suffix}"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=rf"the weight of 'good' must be a finite number above 0, got {shown}"):
+    with pytest.raises(ConfigError, match=rf"the weight of 'good' must be a finite positive number, got {shown}"):
         check_class_weights(str(path))
 
 
@@ -162,7 +162,7 @@ def test_validate_reads_the_class_weights_file(capsys, tmp_path):
     path = tmp_path / "weights.json"
     path.write_text('{"good": Infinity}')
     code, err = _validate(capsys, "--class-weights", str(path))
-    assert code == 2 and err.count("\n") == 1 and "must be a finite number above 0, got inf" in err
+    assert code == 2 and err.count("\n") == 1 and "must be a finite positive number, got inf" in err
     path.write_text('{"good": 2.5}')
     assert _validate(capsys, "--class-weights", str(path))[0] == 0
 
@@ -175,7 +175,7 @@ def test_training_refuses_an_infinite_class_weight_before_the_model_loads(tmp_pa
 
     path = tmp_path / "w.yaml"
     path.write_text("good: .inf\n")
-    with pytest.raises(ConfigError, match="must be a finite number above 0, got inf"):
+    with pytest.raises(ConfigError, match="must be a finite positive number, got inf"):
         compute_class_weights(str(path), np.array([0, 1]), ["bad", "good"], SINGLE)
 
 

@@ -139,7 +139,7 @@ def read_class_weights(path: Path) -> dict[str, float]:
     weight = Range(0.0, low_open=True)
     for name, value in given.items():
         if not weight.allows(value):
-            raise ConfigError(f"{path}: the weight of {str(name)!r} must be {weight.describe()}, got {value!r}.")
+            raise ConfigError(f"{path}: the weight of {str(name)!r} must be a finite positive number, got {value!r}.")
     return {str(name): float(value) for name, value in given.items()}
 
 
