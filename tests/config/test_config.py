@@ -43,7 +43,7 @@ def test_the_head_takes_the_learning_rate_except_in_full_fine_tuning():
     assert train.resolved_head_learning_rate("lora") == train.resolved_learning_rate("lora")
     assert train.resolved_head_learning_rate("full") == FULL_HEAD_LEARNING_RATE > train.resolved_learning_rate("full")
     assert load_config(None, ["train.head_learning_rate=0.1"]).train.resolved_head_learning_rate("full") == 0.1
-    with pytest.raises(ConfigError, match="train.head_learning_rate must be positive, got 0.0"):
+    with pytest.raises(ConfigError, match=r"train.head_learning_rate must be in \(0, 1\], got 0.0"):
         load_config(None, ["train.head_learning_rate=0"])
 
 
@@ -119,15 +119,15 @@ def test_override_without_equals_sign_is_rejected():
         ("train.num_epochs=zero", r"train.num_epochs='zero' is not a valid int"),
         ("train.num_epochs=1.5", r"train.num_epochs='1.5' is not a valid int"),
         ("train.num_epochs=0", r"train.num_epochs must be at least 1, got 0"),
-        ("train.learning_rate=-1", r"train.learning_rate must be positive, got -1"),
+        ("train.learning_rate=-1", r"train.learning_rate must be in \(0, 1\], got -1"),
         ("train.warmup_ratio=1.5", r"train.warmup_ratio must be in \[0, 1\), got 1.5"),
         ("train.progress=maybe", r"train.progress='maybe' is not a valid bool"),
         ("train.precision=fp8", r"train.precision must be one of .*'bf16'.*got 'fp8'"),
         ("lora.method=adapter", r"lora.method must be one of .*'lora'.*got 'adapter'"),
-        ("lora.r=0", r"lora.r must be a positive rank, got 0"),
+        ("lora.r=0", r"lora.r must be at least 1, got 0"),
         ("lora.lora_dropout=1", r"lora.lora_dropout must be in \[0, 1\)"),
         ("data.validation_ratio=0.7", r"data.validation_ratio must be in \(0, 0.5\), got 0.7"),
-        ("data.max_train_samples=0", r"data.max_train_samples must be a positive number of rows"),
+        ("data.max_train_samples=0", r"data.max_train_samples must be at least 1, got 0"),
         ("data.max_length=4", r"data.max_length must be at least 8 tokens, got 4"),
     ],
 )

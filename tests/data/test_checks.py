@@ -38,9 +38,10 @@ def planted(tmp_path):
     ]
     validation = rows("validation", 10) + [{"text": "shared with validation", "label": "pos"}]
     test = rows("test", 10) + [{"text": "Shared With Test", "label": "pos"}, {"text": "ALSO   shared", "label": "neg"}]
+    # in a folder of its own: a run folder may not be written inside the data (runs.destination)
     for name, split in (("train", train), ("validation", validation), ("test", test)):
-        write_csv(tmp_path / f"{name}.csv", split)
-    return tmp_path
+        write_csv(tmp_path / "data" / f"{name}.csv", split)
+    return tmp_path / "data"
 
 
 def test_planted_duplicates_and_conflicts_are_found_exactly(planted):

@@ -243,14 +243,15 @@ def test_a_train_split_with_one_label_name_is_refused(tmp_path):
     assert "a classifier needs at least two" in _error(tmp_path, {"train.jsonl": train})
 
 
-def test_an_empty_cell_is_a_missing_label_and_the_row_is_dropped(tmp_path, caplog):
+def test_an_empty_cell_is_the_empty_label_set_and_the_row_is_kept(tmp_path, caplog):
+    # it used to be dropped as a missing label; "none of these labels applies" is an answer a model must learn
     train = rows(20, 0, "joined") + [{"text": "no label here", "labels": ""}]
     write_csv(tmp_path / "train.csv", train)
     with caplog.at_level(logging.WARNING, logger="loratune.data.splits"):
         splits = load_splits(DataArgs(path=str(tmp_path)))
-    assert splits.task.name == "multi" and splits.dropped["train"] == 1
-    assert "no label here" not in read_back(splits)
-    assert "Dropped 1 of 21 train rows with an empty text or a missing label." in caplog.text
+    assert splits.task.name == "multi" and splits.dropped["train"] == 0
+    assert read_back(splits)["no label here"] == set()
+    assert "Dropped" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loratune.cli.signals import exit_status, what_stopped
 from loratune.config import Config, load_config
+from loratune.config.checks import check_class_weights
 from loratune.errors import ConfigError, DataError, DiskFullError
 from loratune.runs import files
 from loratune.runs.destination import check_destination
@@ -71,6 +72,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(example_yaml(), end="")
         return 0
     cfg = _config_from_args(args)
+    check_class_weights(cfg.train.class_weights)  # a weights file is read now, as training reads it
     print(cfg.to_yaml(), end="")
     print("config OK", file=sys.stderr)
     return 0

@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
+from loratune.config.checks import flag_of
 from loratune.config.sections import DataArgs, LoraArgs, ModelArgs, TrainArgs
+from loratune.config.yamlfiles import read_yaml
 from loratune.errors import ConfigError
 
 SECTIONS: dict[str, type] = {"data": DataArgs, "model": ModelArgs, "lora": LoraArgs, "train": TrainArgs}
@@ -71,8 +73,15 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        """The config as YAML that `load_config` reads back to an equal config."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML that `load_config` reads back to an equal config (which refuses aliases)."""
+        return yaml.dump(self.to_dict(), Dumper=_NoAliasDumper, sort_keys=False)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value met twice in full, never as an alias, which `load_config` would refuse."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def all_keys() -> list[str]:
@@ -101,6 +110,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key} needs a value.")
+    if isinstance(value, bool) and annotation in (int, float):
+        raise ConfigError(f"{key}={value!r} is not a valid {annotation.__name__}.")
     try:
         if typing.get_origin(annotation) is list:
             items = value.split(",") if isinstance(value, str) else list(value)
@@ -121,7 +132,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of float("inf") or of 1e400
         name = getattr(annotation, "__name__", str(annotation))
         raise ConfigError(f"{key}={value!r} is not a valid {name}.") from None
 
@@ -134,17 +145,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         overrides: `{"train.learning_rate": "3e-4"}` or `["train.learning_rate=3e-4", ...]`.
 
     Raises:
-        ConfigError: for a missing file, bad YAML, unknown keys or bad values.
+        ConfigError: for a missing file, a file that is not UTF-8, bad YAML or a YAML alias, unknown keys, or bad
+            values (numbers out of range: `config.checks.NUMBERS`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist; check the path.")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)}).")
     for key, value in _parse_overrides(overrides).items():
@@ -191,6 +200,5 @@ def field_flags() -> list[tuple[str, str, dataclasses.Field]]:
     flags = []
     for name, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            flags.append((flag, f"{name}.{f.name}", f))
+            flags.append((flag_of(f), f"{name}.{f.name}", f))
     return flags

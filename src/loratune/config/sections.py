@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from loratune.config.checks import check_numbers
 from loratune.errors import ConfigError
 from loratune.model.methods import FULL_HEAD_LEARNING_RATE, METHODS, method_of
 from loratune.task import check_setting
@@ -69,6 +70,13 @@ class DataArgs:
         default=None, metadata=_help("Use at most this many validation and test rows each (seeded subsample).")
     )
     max_length: int = field(default=128, metadata=_help("Tokens per text (pair); longer texts are truncated."))
+    merge_label_case: bool = field(
+        default=False,
+        metadata=_help(
+            "Merge labels that differ only in case or surrounding spaces ('Positive', 'positive ') into their most "
+            "frequent spelling, with a warning; by default such labels stop the run."
+        ),
+    )
     strict: bool = field(
         default=False,
         metadata=_help(
@@ -79,16 +87,7 @@ class DataArgs:
     )
 
     def __post_init__(self) -> None:
-        for name in ("validation_ratio", "test_ratio"):
-            value = getattr(self, name)
-            if not 0.0 < value < 0.5:
-                raise ConfigError(f"data.{name} must be in (0, 0.5), got {value}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{name} must be a positive number of rows, got {value}.")
-        if self.max_length < 8:
-            raise ConfigError(f"data.max_length must be at least 8 tokens, got {self.max_length}.")
+        check_numbers("data", self)
         check_setting(self.task, self.label_columns)
         if not self.label_separator.strip():
             raise ConfigError(f"data.label_separator must be visible, such as '|', got {self.label_separator!r}.")
@@ -136,8 +135,7 @@ class ModelArgs:
     )
 
     def __post_init__(self) -> None:
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        check_numbers("model", self)
         if self.pooling not in ("auto", "model", "mean"):
             raise ConfigError(f"model.pooling must be auto, model or mean, got {self.pooling!r}.")
         if self.attn_implementation not in ("auto", "eager", "sdpa", "flash_attention_2"):
@@ -173,10 +171,7 @@ class LoraArgs:
 
     def __post_init__(self) -> None:
         method_of(self.method)  # a ConfigError naming the methods, for one the table lacks
-        if self.r < 1:
-            raise ConfigError(f"lora.r must be a positive rank, got {self.r}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"lora.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        check_numbers("lora", self)
 
 
 @dataclass(frozen=True)
@@ -250,17 +245,7 @@ class TrainArgs:
     )
 
     def __post_init__(self) -> None:
-        positive = ("num_epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("learning_rate", "head_learning_rate"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}.")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
-        if self.early_stopping_patience < 0:
-            raise ConfigError(f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")
+        check_numbers("train", self)  # every number finite and in range (config/checks.py)
         for name, allowed in (
             ("precision", PRECISIONS),
             ("best_metric", BEST_METRICS),

@@ -10,12 +10,12 @@ train split's label names as a float32 multi-hot vector (`MULTI_HOT`), which tra
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, List, Value
 
+from loratune.data.labelchecks import has_control_characters, looks_missing
 from loratune.errors import DataError
 from loratune.task import holds_sets
 
@@ -41,7 +41,7 @@ def unknown_labels_error(split: str, unknown: list[str], labels: list[str], run_
         )
     return DataError(
         f"The {split} split has label(s) {shown_unknown} that train lacks; known labels: {shown_labels}. "
-        "Fix the labels or add train examples of them."
+        "Fix the labels, or add train rows of them, or remove them from the data."
     )
 
 
@@ -52,21 +52,19 @@ def _few(names: list[str], limit: int) -> str:
 
 
 def from_columns(ds: Dataset, split: str, columns: list[str]) -> Dataset:
-    """Replace the 0/1 `columns` with a `label` column of the names of those set to 1 (None where a cell is empty,
-    so the row is dropped as one with a missing label).
+    """Replace the 0/1 `columns` with a `label` column of the names of those set to 1, dropping a row where a cell
+    is empty or looks missing (NaN, null, N/A): whether that label applies is unknown, which is not "no".
 
     Raises:
         DataError: for a cell other than 0/1, "0"/"1" or true/false, naming its column and value.
     """
 
     def flag(value: Any, column: str) -> bool | None:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if looks_missing(value):
             return None
         if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
             return bool(value)
         text = str(value).strip().lower()
-        if not text:
-            return None
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
         raise DataError(
@@ -85,11 +83,16 @@ def from_columns(ds: Dataset, split: str, columns: list[str]) -> Dataset:
     for column in columns:
         del features[column]
     features["label"] = NAMES
-    return ds.map(combine, batched=True, remove_columns=columns, features=features)
+    ds = ds.map(combine, batched=True, remove_columns=columns, features=features)
+    return ds.filter(lambda b: [v is not None for v in b["label"]], batched=True)
 
 
 def to_name_sets(ds: Dataset, split: str, separator: str) -> Dataset:
     """The split with each label read as a sorted list of names: a list as it is, a string split at `separator`.
+
+    An empty cell (or None, NaN, or a missing-value word such as null: `labelchecks.looks_missing`) is the empty
+    set, a text none of the labels applies to, kept and trained on; a row whose label holds a control character
+    is dropped as one with a missing label.
 
     Raises:
         DataError: for an empty name ("a||b"), or a name inside a list that holds the separator.
@@ -103,6 +106,8 @@ def to_name_sets(ds: Dataset, split: str, separator: str) -> Dataset:
         return "" if value is None else label_name(value)
 
     def parse(value: Any) -> list[str]:
+        if not isinstance(value, list) and looks_missing(value):
+            return []
         if isinstance(value, list):
             names = [name(v) for v in value]
             if not all(names):
@@ -123,9 +128,18 @@ def to_name_sets(ds: Dataset, split: str, separator: str) -> Dataset:
             )
         return sorted(set(names))
 
+    ds = ds.filter(lambda b: [not has_control_characters(v) for v in b["label"]], batched=True)
     features = ds.features.copy()
     features["label"] = NAMES
     return ds.map(lambda b: {"label": [parse(v) for v in b["label"]]}, batched=True, features=features)
+
+
+def one_label_left(present: list[str]) -> DataError:
+    """The error for a train split whose label sets hold fewer than two names."""
+    return DataError(
+        f"The train split's label sets hold {len(present)} label name(s) {present}; a classifier needs at least "
+        "two. Check data.label_column, data.label_columns or the data file."
+    )
 
 
 def label_names(train: Dataset) -> list[str]:

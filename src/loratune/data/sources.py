@@ -16,6 +16,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from loratune.config import DataArgs
+from loratune.data.labelchecks import CSV_MISSING
 from loratune.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,13 @@ def read_file(file: Path, label_column: str | None = None) -> Dataset:
         _check_utf8(file)
     kwargs: dict[str, Any] = {"sep": "\t"} if file.suffix.lower() == ".tsv" else {}
     if fmt == "csv":
-        # only an empty cell is missing: pandas would also drop texts such as "NA", "null" or "None"
-        kwargs.update(keep_default_na=False, na_values=[""])
-    if fmt == "csv":
         header = _check_csv_header(file, kwargs.get("sep", ","))
         labels = {label_column} if label_column else {c for c in header if c.strip().lower() in LABEL_COLUMNS}
         kwargs["converters"] = {c: str for c in header if c not in labels}
+        # Only an empty cell is missing in a text: pandas would also drop texts such as "NA", "null" or "None". In a
+        # label column NaN, null, N/A... are missing too, so that class ids stay numbers (0, 1) around them.
+        missing = {c: list(CSV_MISSING) if c in labels else [""] for c in header}
+        kwargs.update(keep_default_na=False, na_values=missing or [""])
     if fmt == "csv" and _header_only(file, kwargs.get("sep", ",")):
         # datasets fails on such a file with "Instruction 'train' corresponds to no data!", which says nothing.
         raise DataError(f"{file} has a header but no rows; add labelled rows.")

@@ -6,7 +6,6 @@ Python lists.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -15,14 +14,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Value
+from datasets import ClassLabel, Dataset, DatasetDict
 
 from loratune.config import DataArgs
-from loratune.data import labelsets
+from loratune.data import labelchecks, labelsets
+from loratune.data.classes import class_names, encode_classes, one_class_left, read_classes
 from loratune.data.labelsets import label_name as _label_name
 from loratune.data.sources import LABEL_COLUMNS, load_raw, read_split_file, split_files
-from loratune.errors import DataError
-from loratune.task import SINGLE, Task, holds_sets, single_task_refusal, task_from_data
+from loratune.errors import DataError, first_line
+from loratune.task import SINGLE, Task, holds_sets, task_from_data
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
 
     Raises:
         DataError: for a missing path, an empty file, a missing or ambiguous column, a single-class train split,
-            a label in validation/test that train lacks, or a malformed label set.
+            a label in validation/test that train lacks, a class left with no train row by the carving or the
+            subsample, label spellings that differ only in case, or a malformed label set.
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
@@ -87,20 +88,24 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     labels = handling.names(raw["train"])
     raw = DatasetDict({name: handling.encode(ds, name, labels) for name, ds in raw.items()})
 
-    has_test = "test" in raw
-    if "test" not in raw:
-        raw["train"], raw["test"] = _carve(raw["train"], args.test_ratio, seed, "test")
-        has_test = True
-    if "validation" not in raw:
-        raw["train"], raw["validation"] = _carve(raw["train"], args.validation_ratio, seed, "validation")
+    carved = [name for name in ("test", "validation") if name not in raw]
+    for name in carved:
+        ratio = args.test_ratio if name == "test" else args.validation_ratio
+        raw["train"], raw[name] = _carve(raw["train"], ratio, seed, name)
+    if carved:
+        when = f"once {' and '.join(carved)} {'was' if len(carved) == 1 else 'were'} carved out of it"
+        labelchecks.check_every_label_trains(raw, labels, task, f"{when} (too few rows to split stratified)")
     train = _subsample(raw["train"], args.max_train_samples, seed)
+    if len(train) < len(raw["train"]):
+        when = f"in the {len(train)} rows --max-train-samples keeps (raise it)"
+        labelchecks.check_every_label_trains({**raw, "train": train}, labels, task, when)
     present = [n for n, c in task.label_counts(np.asarray(train["label"]), labels).items() if c]
     if len(present) < 2:
         raise handling.too_few(present)
     validation = _subsample(raw["validation"], args.max_eval_samples, seed)
     test = _subsample(raw["test"], args.max_eval_samples, seed)
     return Splits(
-        train=train, validation=validation, test=test, labels=labels, has_test=has_test, dropped=dropped, task=task
+        train=train, validation=validation, test=test, labels=labels, has_test=True, dropped=dropped, task=task
     )
 
 
@@ -109,20 +114,23 @@ def load_texts(args: DataArgs) -> tuple[DatasetDict, dict[str, int], Task]:
     rows each lost for an empty text or a missing label, and the task; `loratune check-data` checks these.
 
     For multi-label data (`data.task`, decided by `task.task_from_data`, or `data.label_columns`) each label is a
-    sorted list of names (`labelsets.NAMES`); an empty list is a text with no label.
+    sorted list of names (`labelsets.NAMES`); an empty list (an empty cell) is a text none of the labels applies
+    to. A single-label row whose label looks missing (`labelchecks.looks_missing`) is dropped and counted.
 
     Raises:
-        DataError: for a missing path, an empty file, a missing or ambiguous column, or a malformed label set.
+        DataError: for a missing path, an empty file, a missing or ambiguous column, a malformed label set, or
+            label spellings that differ only in case or spaces (unless `data.merge_label_case`).
     """
     if not args.path:
         raise DataError("No dataset given; pass --data PATH (a folder, a CSV/JSONL/Parquet file, or a hub id).")
     raw = load_raw(args)
-    text_col, pair_col, label_col = _detect_columns(raw["train"], args)
+    columns = _detect_columns(raw["train"], args)
     sizes = {name: len(ds) for name, ds in raw.items()}
-    raw = {name: _standardise(ds, name, text_col, pair_col, label_col, args) for name, ds in raw.items()}
+    raw = {name: _standardise(ds, name, columns, args) for name, ds in raw.items()}
     task = task_from_data(raw["train"], args.task, args.label_separator)
-    raw = DatasetDict({name: _read_labels(ds, name, task, args.label_separator) for name, ds in raw.items()})
-    return raw, {name: sizes[name] - len(ds) for name, ds in raw.items()}, task
+    raw = {name: _read_labels(ds, name, task, args.label_separator) for name, ds in raw.items()}
+    dropped = {name: _count_dropped(ds, name, sizes[name]) for name, ds in raw.items()}
+    return DatasetDict(labelchecks.check_spellings(raw, task, args.merge_label_case)), dropped, task
 
 
 def _detect_columns(ds: Dataset, args: DataArgs) -> tuple[str, str | None, str | None]:
@@ -174,8 +182,10 @@ def _pick(lowered: dict[str, str], candidates: tuple[str, ...], role: str, colum
     return found[0]
 
 
-def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: str | None, args: DataArgs) -> Dataset:
-    """The split with columns text, optional text_pair and label, less rows with an empty text or no label."""
+def _standardise(ds: Dataset, split: str, columns: tuple[str, str | None, str | None], args: DataArgs) -> Dataset:
+    """The split with columns text, optional text_pair and label, less rows with an empty text (labels are read,
+    and rows without one dropped, once the task is known: `_read_labels`)."""
+    text, pair, label = columns
     label_columns = [label] if label else list(args.label_columns)
     wanted = [text, *label_columns] + ([pair] if pair else [])
     missing = [c for c in wanted if c not in ds.column_names]
@@ -190,13 +200,31 @@ def _standardise(ds: Dataset, split: str, text: str, pair: str | None, label: st
     if any(getattr(f, "dtype", "string") not in ("string", "large_string") for f in texts.values()):
         # a JSON text column of numbers (CSV columns are read as text already): texts, before the empty-text filter
         ds = ds.map(lambda b: {k: [_text_or_none(v) for v in b[k]] for k in texts}, batched=True)
-    before = len(ds)
-    ds = ds.filter(_usable_rows, batched=True)
+    return ds.filter(_has_text, batched=True)
+
+
+def _has_text(batch: dict[str, list]) -> list[bool]:
+    texts = [batch[c] for c in batch if c.startswith("text")]
+    return [all(isinstance(t[i], str) and t[i].strip() for t in texts) for i in range(len(batch["label"]))]
+
+
+def _count_dropped(ds: Dataset, split: str, before: int) -> int:
+    """How many rows a split lost for an empty text or a missing label, with a warning when any.
+
+    Raises:
+        DataError: when no row is left.
+    """
     if len(ds) < before:
-        log.warning("Dropped %d of %d %s rows with an empty text or a missing label.", before - len(ds), before, split)
+        log.warning(
+            "Dropped %d of %d %s rows with an empty text or a missing label (empty, NaN, None, null, N/A, or "
+            "holding control characters).",
+            before - len(ds),
+            before,
+            split,
+        )
     if len(ds) == 0:
         raise DataError(f"The {split} split has no row with both a text and a label; check its columns and values.")
-    return ds
+    return before - len(ds)
 
 
 def _read_labels(ds: Dataset, split: str, task: Task, separator: str) -> Dataset:
@@ -204,64 +232,9 @@ def _read_labels(ds: Dataset, split: str, task: Task, separator: str) -> Dataset
     return _LABELS_OF_TASK[task.name].read(ds, split, separator)
 
 
-def _read_classes(ds: Dataset, split: str, separator: str) -> Dataset:
-    if holds_sets(ds.features["label"]):
-        raise single_task_refusal(ds, split)
-    if not isinstance(ds.features["label"], (ClassLabel, Value)):
-        # a JSON column of mixed types (e.g. "pos" and 0): make every label a string, refuse lists and objects
-        features = ds.features.copy()
-        features["label"] = Value("string")
-        ds = ds.map(
-            lambda b: {"label": [_scalar_label(v, split) for v in b["label"]]}, batched=True, features=features
-        )
-    return ds
-
-
 def _text_or_none(value: Any) -> str | None:
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     return None if missing else _label_name(value)
-
-
-def _scalar_label(value: Any, split: str) -> str:
-    if isinstance(value, (list, dict)):
-        raise DataError(f"The {split} split has a label {json.dumps(value)[:40]}; each label must be one value.")
-    return _label_name(value)
-
-
-def _usable_rows(batch: dict[str, list]) -> list[bool]:
-    keep = []
-    for i, label in enumerate(batch["label"]):
-        text_ok = all(isinstance(batch[c][i], str) and batch[c][i].strip() for c in batch if c.startswith("text"))
-        label_ok = label is not None and not (isinstance(label, float) and math.isnan(label)) and str(label).strip()
-        keep.append(bool(text_ok and label_ok))
-    return keep
-
-
-def _label_names(train: Dataset) -> list[str]:
-    feature = train.features["label"]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    values = train.unique("label")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in values):
-        return [str(v) for v in sorted({int(v) for v in values})]
-    return sorted({_label_name(v) for v in values})
-
-
-def _encode_labels(ds: Dataset, split: str, labels: list[str], run_labels: bool = False) -> Dataset:
-    if isinstance(ds.features["label"], ClassLabel) and list(ds.features["label"].names) == labels:
-        return ds
-    index = {name: i for i, name in enumerate(labels)}
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        names = [_label_name(v) for v in batch["label"]]
-        unknown = sorted({n for n in names if n not in index})
-        if unknown:
-            raise labelsets.unknown_labels_error(split, unknown, labels, run_labels)
-        return {"label": [index[n] for n in names]}
-
-    features = ds.features.copy()
-    features["label"] = ClassLabel(names=labels)
-    return ds.map(encode, batched=True, features=features)
 
 
 def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Dataset]:
@@ -277,8 +250,8 @@ def _carve(ds: Dataset, ratio: float, seed: int, name: str) -> tuple[Dataset, Da
         ds = ds.add_column(by, stratum.tolist(), feature=ClassLabel(num_classes=int(stratum.max()) + 1))
     try:
         parts = ds.train_test_split(test_size=size, stratify_by_column=by, seed=seed)
-    except ValueError:  # a class with a single example cannot be stratified
-        log.warning("A class is too small to stratify the %s split; splitting at random.", name)
+    except ValueError as error:  # a class with a single row, or more classes than rows carved, cannot be stratified
+        log.warning("Could not stratify the %s split (%s); splitting at random.", name, first_line(error))
         parts = ds.train_test_split(test_size=size, seed=seed)
     if by != "label":
         return parts["train"].remove_columns(by), parts["test"].remove_columns(by)
@@ -337,25 +310,12 @@ def load_eval_split(args: DataArgs, split: str, labels: list[str], task: Task = 
         if split not in loaded:
             raise DataError(f"{args.path} has no {split} split (it has {list(loaded)}); choose one with --split.")
         raw = {split: loaded[split]}
-    text_col, pair_col, label_col = _detect_columns(raw[split], args)
-    ds = _standardise(raw[split], split, text_col, pair_col, label_col, args)
+    before = len(raw[split])
+    ds = _standardise(raw[split], split, _detect_columns(raw[split], args), args)
     ds = _read_labels(ds, split, task, args.label_separator)
+    _count_dropped(ds, split, before)
     encode = _LABELS_OF_TASK[task.name].encode
     return _subsample(encode(ds, split, labels, run_labels=True), args.max_eval_samples, seed)
-
-
-def _one_class_left(present: list[str]) -> DataError:
-    return DataError(
-        f"The train split has a single class ({present[0]!r}); a classifier needs at least two. "
-        "Check data.label_column or the data file."
-    )
-
-
-def _one_label_left(present: list[str]) -> DataError:
-    return DataError(
-        f"The train split's label sets hold {len(present)} label name(s) {present}; a classifier needs at least "
-        "two. Check data.label_column, data.label_columns or the data file."
-    )
 
 
 # How each task names, encodes and checks its labels: class ids over the sorted names (or a ClassLabel's), or
@@ -368,6 +328,6 @@ class _LabelHandling(NamedTuple):
 
 
 _LABELS_OF_TASK = {
-    "single": _LabelHandling(_read_classes, _label_names, _encode_labels, _one_class_left),
-    "multi": _LabelHandling(labelsets.to_name_sets, labelsets.label_names, labelsets.encode, _one_label_left),
+    "single": _LabelHandling(read_classes, class_names, encode_classes, one_class_left),
+    "multi": _LabelHandling(labelsets.to_name_sets, labelsets.label_names, labelsets.encode, labelsets.one_label_left),
 }

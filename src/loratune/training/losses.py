@@ -6,13 +6,12 @@ means replacing it (the standard answer to "class weights with Trainer" is to su
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from loratune.errors import ConfigError, first_line
+from loratune.config.checks import read_class_weights
+from loratune.errors import ConfigError
 from loratune.task import Task
 
 
@@ -26,7 +25,8 @@ def compute_class_weights(spec: str, train_labels: np.ndarray, labels: list[str]
     to weights; labels it leaves out weigh 1.
 
     Raises:
-        ConfigError: for a missing or unreadable file, an unknown label, or a weight that is not positive.
+        ConfigError: for a missing or unreadable file, an unknown label, or a weight that is not a finite positive
+            number.
     """
     if spec == "none":
         return None
@@ -37,24 +37,11 @@ def compute_class_weights(spec: str, train_labels: np.ndarray, labels: list[str]
 
 
 def _weights_from_file(path: Path, labels: list[str]) -> np.ndarray:
-    if not path.is_file():
-        raise ConfigError(
-            f"train.class_weights={str(path)!r} is neither none, balanced nor a file; give a JSON or YAML file "
-            "mapping each label to its weight."
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-        given = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"Could not read class weights from {path}: {first_line(error)}.") from None
-    if not isinstance(given, dict):
-        raise ConfigError(f'{path} must map label names to weights, e.g. {{"spam": 5.0, "ham": 1.0}}.')
-    unknown = sorted(str(k) for k in given if str(k) not in labels)
+    given = read_class_weights(path)  # each weight finite and positive
+    unknown = sorted(name for name in given if name not in labels)
     if unknown:
         raise ConfigError(f"{path} weighs label(s) {unknown} that the data lacks; its labels: {labels}.")
     weights = np.ones(len(labels))
     for name, value in given.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{path}: the weight of {name!r} must be a positive number, got {value!r}.")
-        weights[labels.index(str(name))] = float(value)
+        weights[labels.index(name)] = value
     return weights
