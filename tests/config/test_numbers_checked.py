@@ -232,3 +232,14 @@ def test_a_saved_config_never_holds_an_alias(tmp_path):
     path = tmp_path / "saved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg and "*" not in cfg.to_yaml()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [("train:\n  num_epochs: 3\n  num_epochs: 30\n", "num_epochs", 3), ("data: {}\ntrain: {}\ndata: {}\n", "data", 3)],
+)
+def test_a_key_given_twice_is_refused_instead_of_the_last_winning(tmp_path, text, key, line):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"gives '{key}' twice \(again on line {line}\); keep one"):
+        load_config(path)

@@ -74,7 +74,6 @@ def data_cases() -> list[Case]:
         "labels differing only in case": ("data.csv", csv_text(rows + [("a fine film", "Good")] * 3)),
         "labels differing only in spaces": ("data.csv", csv_text(rows + [("a fine film", " good ")] * 3)),
         "one class only": ("data.csv", csv_text([(t, "good") for t, _ in rows])),
-        "a class of one row": ("data.csv", csv_text(rows + [("an odd one", "neutral")])),
         "every label missing": ("data.csv", csv_text([(t, "") for t, _ in rows])),
         "every label NaN": ("data.csv", csv_text([(t, "NaN") for t, _ in rows])),
         "every text empty": ("data.csv", "text,label\n" + "".join(f'"",{lab}\n' for _, lab in rows)),
@@ -114,6 +113,7 @@ def data_cases() -> list[Case]:
             lambda w: train(w, w.data, "--text-column", "nope"),
         ),
         Case("data: a folder named train.csv", "data", "refuse", _folder_named_train),
+        Case("data: a class only the test file has", "data", "refuse", _class_train_lacks),
     ]
     meant = {"bad", "good"}
     for token in ["NaN", "nan", "None", "null", "NULL", "N/A", "n/a", "NA", "", "   ", "\x1b[31m", "\x00"]:
@@ -136,6 +136,13 @@ def data_cases() -> list[Case]:
         argv, check = checked_labels(content, expected)
         cases.append(Case(f"data: {name}", "data", "ok", argv, check))
     return cases
+
+
+def _class_train_lacks(world: World) -> list[str]:
+    """The model would never see one example of the class it is scored on."""
+    with (world.data / "test.csv").open("a") as handle:
+        handle.write('"an odd one",neutral\n"another odd one",neutral\n')
+    return train(world, world.data)
 
 
 def _folder_named_train(world: World) -> list[str]:

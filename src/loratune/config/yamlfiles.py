@@ -1,5 +1,5 @@
 """Reading the YAML files a user gives loratune (a config, a class-weights file): UTF-8 text, YAML's safe loader,
-and no aliases; each problem is a one-line ConfigError naming the file and the fix."""
+no aliases and no key given twice; each problem is a one-line ConfigError naming the file and the fix."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ class _AliasFound(yaml.YAMLError):
         self.anchor, self.line = event.anchor, event.start_mark.line + 1
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing an alias (`*name`) as soon as the parser meets it, before it is expanded.
 
@@ -29,6 +35,16 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             raise _AliasFound(self.peek_event())
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # YAML's loader keeps the last of two equal keys, silently: `num_epochs: 3` then `num_epochs: 30` trains 30.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: Path) -> Any:
@@ -50,6 +66,11 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(
             f"{path} uses the YAML alias *{alias.anchor} (line {alias.line}); loratune does not read aliases, "
             "which can expand without end: write the value out in full."
+        ) from None
+    except _DuplicateKey as duplicate:
+        raise ConfigError(
+            f"{path} gives {duplicate.key!r} twice (again on line {duplicate.line}); keep one, since YAML would "
+            "silently use the last."
         ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
