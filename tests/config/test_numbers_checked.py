@@ -1,5 +1,5 @@
 """Every number in a config is finite and in range, checked up front and alike by `loratune validate`, `loratune
-train` and `load_config` (config/checks.py); config files are UTF-8 YAML without aliases (config/yamlfiles.py)."""
+train` and `load_config` (config/checks.py); config files are UTF-8 YAML without aliases (config/safe_yaml.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratune.config.yamlfiles import read_yaml
+from loratune.config.safe_yaml import read_yaml
 from loratune.errors import ConfigError, first_line
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from loratune.config.checks import flag_of
+from loratune.config.safe_yaml import read_yaml
 from loratune.config.sections import DataArgs, LoraArgs, ModelArgs, TrainArgs
-from loratune.config.yamlfiles import read_yaml
 from loratune.errors import ConfigError
 
 SECTIONS: dict[str, type] = {"data": DataArgs, "model": ModelArgs, "lora": LoraArgs, "train": TrainArgs}
