@@ -215,12 +215,15 @@ def _count_dropped(ds: Dataset, split: str, before: int) -> int:
         DataError: when no row is left.
     """
     if len(ds) < before:
+        # A large share is more likely a class than holes in the data: a class named "None" or "N/A" would be lost.
+        many = (before - len(ds)) > 0.1 * before
         log.warning(
             "Dropped %d of %d %s rows with an empty text or a missing label (empty, NaN, None, null, N/A, or "
-            "holding control characters).",
+            "holding control characters)%s.",
             before - len(ds),
             before,
             split,
+            "; if one of these words is a class of yours, give it another name" if many else "",
         )
     if len(ds) == 0:
         raise DataError(f"The {split} split has no row with both a text and a label; check its columns and values.")
