@@ -293,3 +293,22 @@ def test_check_data_help_lists_its_own_flags_only(capsys):
     text = capsys.readouterr().out
     assert "--label-column" in text and "--output" in text
     assert "--learning-rate" not in text and "--lora-r" not in text and len(text.splitlines()) < 100
+
+
+def test_train_names_every_phase_as_it_starts_and_the_whole_time_at_the_end(tmp_path, tiny_bert, data_dir, capsys):
+    argv = ["train", "--data", str(data_dir), "--model", str(tiny_bert), "--output-dir", str(tmp_path / "run")]
+    assert main([*argv, "--epochs", "1", "--precision", "fp32", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    phases = [
+        "loading ",
+        "tokenising",
+        "scoring the model before training (test split)",
+        "epoch 1/1",
+        "scoring the trained model (test split)",
+        "comparing before and after",
+        "writing the run folder",
+    ]
+    lines = err.splitlines()
+    found = [next(i for i, line in enumerate(lines) if line.startswith(p)) for p in phases]
+    assert found == sorted(found)  # each named, in the order they run
+    assert "the whole command took" in out

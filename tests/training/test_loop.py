@@ -184,11 +184,35 @@ def test_progress_in_a_log_is_a_line_per_epoch_without_carriage_returns(tiny_ber
 
 
 def test_progress_in_a_log_reports_the_running_loss_every_few_hundred_steps(capsys):
-    from loratune.training.loop import _Progress
+    from loratune.progress import Progress
 
-    progress = _Progress(total=450, desc="epoch 1/3", enabled=True)
+    progress = Progress(total=450, desc="epoch 1/3", enabled=True)
     shown = [step for step in range(1, 451) if progress.wants_loss(step)]
     assert shown == [200, 400]
     progress.update(200, 0.6931)
     progress.close()
-    assert capsys.readouterr().err.startswith("epoch 1/3 step 200/450: loss 0.6931")
+    line = capsys.readouterr().err
+    assert line.startswith("epoch 1/3 step 200/450: loss 0.6931") and "s left)" in line  # an ETA
+
+
+def test_scoring_many_batches_shows_its_progress_in_a_log_and_says_nothing_for_a_few(capsys):
+    import torch
+
+    from loratune.scoring.inference import PROGRESS_BATCHES, predict_logits
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return type("Out", (), {"logits": self.linear(x)})()
+
+    def batches(n):
+        return [{"x": torch.ones(1, 2)} for _ in range(n)]
+
+    predict_logits(Tiny(), batches(PROGRESS_BATCHES), progress="scoring")
+    assert capsys.readouterr().err == ""
+    predict_logits(Tiny(), batches(40), progress="scoring")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("scoring step 20/40 (") and lines[-1].startswith("scoring step 40/40 (")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 from loratune.cli.signals import exit_status, what_stopped
 from loratune.config import Config, load_config
 from loratune.config.checks import check_class_weights
 from loratune.errors import ConfigError, DataError, DiskFullError
+from loratune.formatting import seconds
 from loratune.runs import files
 from loratune.runs.destination import check_destination
 from loratune.runs.storage import disk_full_message, is_out_of_space
@@ -39,6 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = str(files.run_dir_for(cfg))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=run_dir))
     try:
+        started = time.perf_counter()
         result = loratune.run(cfg, resume=bool(args.resume))
     except Exception as error:
         if not isinstance(error, DiskFullError) and not is_out_of_space(error):
@@ -49,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"{what_stopped(interrupt)}; {_after_interrupt(run_dir)}", file=sys.stderr)
         return exit_status(interrupt)
-    _print_summary(result.summary, result.run_dir)
+    _print_summary(result.summary, result.run_dir, time.perf_counter() - started)
     return 0
 
 
@@ -114,6 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     predictor = run.predictor(device=args.device, precision=args.precision)
+    predictor.progress = f"predicting {len(texts):,} texts"
     predictions = predictor.predict(texts)
     truncated = predictor.count_truncated(texts)
     if truncated:
@@ -183,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: RunSummary, run_dir: Path) -> None:
+def _print_summary(summary: RunSummary, run_dir: Path, wall_seconds: float | None = None) -> None:
     task = task_of(summary.task)
     print(f"run folder: {run_dir}")
     print(f"{'metric':<19} {'before':>8} {'after':>8}")
@@ -202,9 +206,10 @@ def _print_summary(summary: RunSummary, run_dir: Path) -> None:
             f"after scored in {summary.after_precision}; in fp32 (as exported) {task.accuracy_name} "
             f"{summary.after_fp32_accuracy:.4f}"
         )
+    whole = "" if wall_seconds is None else f"; the whole command took {seconds(wall_seconds)}"
     print(
         f"trained {summary.trainable_params:,} of {summary.total_params:,} parameters "
-        f"in {summary.train_seconds:.1f}s; best epoch {summary.best_epoch}"
+        f"in {summary.train_seconds:.1f}s; best epoch {summary.best_epoch}{whole}"
     )
 
 

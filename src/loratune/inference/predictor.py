@@ -32,6 +32,8 @@ class Predictor:
         self.temperature = run.temperature
         # Per-label thresholds on the calibrated probabilities, for a task that decides with them; else None.
         self.thresholds = run.thresholds
+        # The name of a progress bar over many texts (`loratune predict` sets it); None: silent.
+        self.progress: str | None = None
 
     def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> torch.Tensor:
         """Calibrated class probabilities (temperature applied; a sigmoid per label for a multi-label run), shape
@@ -47,7 +49,7 @@ class Predictor:
         # device), scored by the same loop, so a text gets the same probabilities from both, whatever else is in
         # its batch.
         loader = packed_eval_loader(packed, self.batch_size, next(self.model.parameters()).device.type)
-        logits = predict_logits(self.model, loader)[0]
+        logits = predict_logits(self.model, loader, progress=self.progress)[0]
         scores = torch.from_numpy(self.task.probabilities(logits, self.temperature)).float()
         probs = torch.empty_like(scores)
         probs[[i for batch in loader.batch_sampler for i in batch]] = scores

@@ -56,9 +56,8 @@ def evaluate_run(
     tokenizer = run.tokenizer
     ds, truncated = tokenize(texts, tokenizer, cfg.data.max_length)
     device_type = next(model.parameters()).device.type
-    logits, y_true = predict_logits(
-        model, build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device_type)
-    )
+    loader = build_eval_loader(ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device_type)
+    logits, y_true = predict_logits(model, loader, progress=f"scoring {len(ds):,} {split} texts")
     # the decisions the run saved (temperature; thresholds), as its "after" scores applied them
     metrics = metrics_from_logits(logits, y_true, run.labels, run.task, run.temperature, run.thresholds)
     return Evaluation(split, metrics, truncated)

@@ -10,24 +10,31 @@ import torch
 
 from loratune.errors import RunError
 from loratune.model.hardware import attention_kernels, autocast
+from loratune.progress import Progress
 from loratune.schema import Metrics
 from loratune.scoring.metrics import metrics_from_logits
 from loratune.task import Task
 
+# More batches than this (a few seconds on a CPU) and scoring shows its progress.
+PROGRESS_BATCHES = 8
+
 
 def predict_logits(
-    model: torch.nn.Module, loader: Any, accelerator: Any = None, precision: str = "fp32"
+    model: torch.nn.Module, loader: Any, accelerator: Any = None, precision: str = "fp32", progress: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over a loader under inference mode; returns (logits, labels) in the loader's order.
 
     With an Accelerate `accelerator`, each process scores its shard and the results are gathered. `precision`
-    is the autocast of training (a model prepared for inference holds its own dtype and needs none).
+    is the autocast of training (a model prepared for inference holds its own dtype and needs none). `progress`:
+    the name of a progress bar (with an ETA) shown over more than `PROGRESS_BATCHES` batches; None: silent.
     """
     model.eval()
     all_logits, all_labels = [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    main = accelerator is None or accelerator.is_local_main_process
+    shown = Progress(len(loader), progress or "", bool(progress) and main and len(loader) > PROGRESS_BATCHES, 20)
     with torch.inference_mode(), autocast(precision, device.type), attention_kernels(device.type):
-        for batch in loader:
+        for step, batch in enumerate(loader, start=1):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels", None)
             logits = model(**batch).logits.float()
@@ -36,6 +43,8 @@ def predict_logits(
             all_logits.append(logits)  # kept on the device until the end: copying each batch would wait for it
             if labels is not None:
                 all_labels.append(labels)
+            shown.update(step)
+    shown.close()
     # Several processes: Accelerate evens out their batches by repeating examples at the end, and drops the repeats
     # when gathering only where it knows the batch size, which a batch sampler (`data.batches.eval_batches`) does not
     # tell it; so the repeats are cut here (the gathered batches keep the loader's order, repeats last).

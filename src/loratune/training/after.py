@@ -15,6 +15,7 @@ import numpy as np
 
 from loratune.data.batches import build_eval_loader, longest_first
 from loratune.model import hardware
+from loratune.progress import announce
 from loratune.runs import files, integrity
 from loratune.runs.folder import RunFolder
 from loratune.schema import Metrics, Throughput
@@ -82,11 +83,13 @@ def scoring_loaders(state: RunState, pad_token_id: int) -> ScoringLoaders:
     return ScoringLoaders(loader(state.splits.eval_name), loader("validation"))
 
 
-def _score(state: RunState, model: Any, data: SplitLoader, dtype: str) -> Scored:
+def _score(state: RunState, model: Any, data: SplitLoader, dtype: str, what: str) -> Scored:
     """Metrics as `evaluate` computes them (in the loader's order, so even the loss's last digit agrees with
-    `loratune evaluate`), and the logits in the dataset's order."""
+    `loratune evaluate`), and the logits in the dataset's order. `what` names the phase in its progress line."""
     loader, ds = data.loader, data.dataset
-    logits, y_true = predict_logits(model, loader, state.accelerator, dtype)
+    shown = state.cfg.train.progress and state.is_main
+    announce(f"{what}: {len(ds):,} texts", shown)
+    logits, y_true = predict_logits(model, loader, state.accelerator, dtype, what if shown else None)
     metrics = metrics_from_logits(logits, y_true, state.splits.labels, state.splits.task)
     order = longest_first(list(ds["length"]))  # the order the eval loader runs in; gathering keeps it
     in_order = np.empty_like(logits)
@@ -98,7 +101,17 @@ def _score(state: RunState, model: Any, data: SplitLoader, dtype: str) -> Scored
 def evaluate_before(state: RunState, model: Any, loaders: ScoringLoaders) -> Scored:
     """The model as loaded, scored once: a resumed run reads what its first start wrote."""
     saved = files.load_before(state.run_dir) if state.resume else None
-    scored = Scored(*saved) if saved is not None else _score(state, model, loaders.eval, state.dtype)
+    scored = (
+        Scored(*saved)
+        if saved is not None
+        else _score(
+            state,
+            model,
+            loaders.eval,
+            state.dtype,
+            f"scoring the model before training ({state.splits.eval_name} split)",
+        )
+    )
     if saved is None and state.is_main:
         files.save_before(state.run_dir, scored.metrics, scored.logits)
     log.info("before: accuracy %.4f, f1 %.4f", scored.metrics.accuracy, scored.metrics.f1)
@@ -115,20 +128,24 @@ def evaluate_after(
     """
     task = state.splits.task
     if loop is None:  # calibrated all the same, so the report shows how far the untrained model can be trusted
-        val_logits = _score(state, model, loaders.validation, state.dtype).logits
+        val_logits = _score(state, model, loaders.validation, state.dtype, "calibrating on validation").logits
         fitted = fit_decisions(val_logits, loaders.validation.labels, task)
         decisions = Decisions(fitted.temperature)
         return After(before.metrics, before.logits, val_logits, decisions, None, _throughput(None, 0, 0.0))
     saved = RunFolder.open(state.run_dir, finished=False, scored=False)
     scorer = saved.trained_model(state.accelerator.device)
     scorer = saved.method.for_inference(scorer)
-    fp32_logits = _score(state, scorer, loaders.eval, "fp32").logits if state.dtype != "fp32" else None
+    split = state.splits.eval_name
+    fp32 = f"scoring the trained model in fp32, as an export runs it ({split} split)"
+    fp32_logits = _score(state, scorer, loaders.eval, "fp32", fp32).logits if state.dtype != "fp32" else None
     scorer = hardware.prepare_for_inference(scorer, state.dtype)  # as `RunFolder.inference_model` casts it
     started = time.perf_counter()
-    logits = _score(state, scorer, loaders.eval, "fp32").logits  # no autocast: the model holds its dtype
+    after = f"scoring the trained model ({split} split)"
+    logits = _score(state, scorer, loaders.eval, "fp32", after).logits  # no autocast: the model holds its dtype
     throughput = _throughput(loop, len(loaders.eval.dataset), time.perf_counter() - started)
     same = loaders.validation.dataset is loaders.eval.dataset
-    val_logits = logits if same else _score(state, scorer, loaders.validation, "fp32").logits
+    calibrating = "scoring validation, to calibrate and choose the decisions"
+    val_logits = logits if same else _score(state, scorer, loaders.validation, "fp32", calibrating).logits
     y_val = loaders.validation.labels
     _check_reload(loop, task.negative_log_likelihood(val_logits, y_val))  # the loss alone, as the loop measured it
     decisions = fit_decisions(val_logits, y_val, task)

@@ -24,6 +24,7 @@ from loratune.config import TrainArgs
 from loratune.data.batches import PackedTokens, build_eval_loader, build_train_loader
 from loratune.model import hardware
 from loratune.model.targets import in_head
+from loratune.progress import Progress
 from loratune.schema import EpochRecord, from_dict, to_dict
 from loratune.scoring.inference import evaluate
 from loratune.task import Task
@@ -171,7 +172,7 @@ class _Loop:
         tokens = torch.zeros((), device=accelerator.device, dtype=torch.long)
         samples = padded = 0
         started = time.perf_counter()
-        progress = _Progress(
+        progress = Progress(
             len(loader), f"epoch {epoch}/{args.num_epochs}", args.progress and accelerator.is_local_main_process
         )
         for step, batch in enumerate(loader, start=1):
@@ -285,38 +286,6 @@ def _epoch_line(record: EpochRecord, num_epochs: int) -> str:
         f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.4f} f1 {record.val_f1:.4f} "
         f"({record.epoch_seconds:.1f} s)"
     )
-
-
-class _Progress:
-    """A redrawn bar on a terminal; in a log (CI, nohup, a file) a plain line every `log_every` steps instead of
-    the carriage-return frames a bar writes there."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, log_every: int = 200):
-        self.total, self.desc, self.log_every = total, desc, log_every
-        self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-        self.started = time.perf_counter()
-
-    def wants_loss(self, step: int) -> bool:
-        """Reading the loss syncs the device, so only on the steps that show it."""
-        return self.enabled and step % (10 if self.bar is not None else self.log_every) == 0
-
-    def update(self, step: int, loss: float | None) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}")
-        elif loss is not None:
-            rate = step / max(time.perf_counter() - self.started, 1e-9)
-            print(f"{self.desc} step {step}/{self.total}: loss {loss:.4f} ({rate:.1f} steps/s)", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _plain_optimizer(optimizer: Any, accelerator: Any) -> Any:

@@ -23,7 +23,8 @@ from loratune.data.batches import pin_memory, tokenize
 from loratune.data.sources import recorded_path
 from loratune.model import hardware
 from loratune.model.build import BuiltModel, build_model
-from loratune.model.names import portable_model_name
+from loratune.model.names import display_name, portable_model_name, resolve_model_name
+from loratune.progress import announce
 from loratune.quiet import quiet_libraries
 from loratune.runs import files, weights
 from loratune.runs.folder import RunFolder
@@ -66,9 +67,11 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
         scope.enter_context(state.destination.building(enabled=state.is_main))
         _open_run_dir(state)
         set_seed(cfg.train.seed)
+        _say(state, f"loading {display_name(resolve_model_name(cfg.model.name_or_path, state.run_dir))}")
         built = _build(state)
         state.cfg = _resolve(state, built)
         _start_tracking(state)
+        _say(state, "tokenising")
         _tokenize(state, built.tokenizer)
         _finish_checks(state, checks)
         model = _place(state, built.model)
@@ -84,14 +87,21 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
             model = built = None
             state.accelerator.free_memory()
         after = evaluate_after(state, model, loaders, loop, before)
+        _say(state, "comparing before and after: calibration, confidence intervals, the predictions table")
         findings = examine(state, before, after)
         summary = summarise(state, counts, before, after, loop, findings)
         _end_tracking(state, after.metrics)
         if state.is_main:
+            _say(state, "writing the run folder: predictions, plots, report")
             summary = save_results(state, summary, findings, after)
             state.destination.put_in_place()  # just after COMPLETE: the new run replaces the earlier one
         state.accelerator.wait_for_everyone()
         return RunFolder(state.output_dir, state.cfg, state.splits.labels, summary)
+
+
+def _say(state: RunState, text: str) -> None:
+    """A phase's line on stderr (main process, progress on), so that no phase of a run passes in silence."""
+    announce(text, state.cfg.train.progress and state.is_main)
 
 
 def _check_data(state: RunState) -> dict[str, Any]:
