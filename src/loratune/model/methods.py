@@ -11,6 +11,7 @@ without loading them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +185,14 @@ class PeftAdapter(Method):
             ) from None
 
     def save(self, model, folder, base_name=None):
+        model.save_pretrained(folder, safe_serialization=True)
         if base_name is not None:
             # PEFT records the path the base was loaded from (this machine's venv, for the packaged default): name it
-            # as the run config does instead, so the adapter's own config travels with the folder.
-            for config in model.peft_config.values():
-                config.base_model_name_or_path = base_name
-        model.save_pretrained(folder, safe_serialization=True)
+            # as the run config does instead, so the adapter's own config travels with the folder. Rewritten after
+            # saving: given a hub id, save_pretrained itself would look the base up, and warn when offline.
+            config_file = folder / "adapter_config.json"
+            saved = json.loads(config_file.read_text(encoding="utf-8"))
+            config_file.write_text(json.dumps({**saved, "base_model_name_or_path": base_name}, indent=2) + "\n")
 
     def weight_files(self, folder):
         return ["adapter_model.safetensors"]
