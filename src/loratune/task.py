@@ -48,6 +48,11 @@ class Task:
         """(n,) booleans: whether each prediction is right (a label set only when it is right whole)."""
         raise NotImplementedError
 
+    def at_least_one(self, decided: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """The decisions with an empty label set given its most probable label (`predict --at-least-one`); a task
+        that always picks one label has nothing to fill."""
+        return decided
+
     def negative_log_likelihood(self, logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
         """Mean cross-entropy of logits / `temperature` (multi: binary, over every label of every text)."""
         raise NotImplementedError
@@ -171,6 +176,12 @@ class _MultiLabel(Task):
     def decide(self, probs, thresholds=None):
         cut = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         return np.asarray(probs, dtype=np.float64) >= cut
+
+    def at_least_one(self, decided, probs):
+        filled = np.array(decided, dtype=bool, copy=True)
+        empty = ~filled.any(axis=1)
+        filled[np.flatnonzero(empty), np.asarray(probs)[empty].argmax(axis=1)] = True
+        return filled
 
     def correct(self, predicted, y_true):
         return (np.asarray(predicted, dtype=bool) == (np.asarray(y_true) > 0.5)).all(axis=1)

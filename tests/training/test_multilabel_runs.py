@@ -162,3 +162,18 @@ def test_the_summary_of_a_multi_label_run_leads_with_macro_f1_and_names_subset_a
     worse = dataclasses.replace(s, after=dataclasses.replace(s.after, hamming_loss=s.before.hamming_loss + 0.01))
     _print_summary(worse, multi_run.run_dir)
     assert "note: Hamming loss rose: each label's threshold is chosen for its F1" in capsys.readouterr().out
+
+
+def test_at_least_one_gives_a_text_without_labels_its_most_probable_one(multi_run, tmp_path, capsys):
+    from loratune.cli import main
+
+    text = "the movie was a plot"
+    predictor = load_run(multi_run.run_dir).predictor(precision="fp32")
+    plain = predictor.predict([text])[0]
+    assert plain["labels"] == []
+    predictor.at_least_one = True
+    filled = predictor.predict([text])[0]
+    best = max(plain["probabilities"], key=plain["probabilities"].get)
+    assert filled["labels"] == [best]
+    argv = ["predict", str(multi_run.run_dir), "--text", text, "--precision", "fp32", "--at-least-one"]
+    assert main(argv) == 0 and capsys.readouterr().out.startswith(f"{best} (")

@@ -118,6 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     predictor = run.predictor(device=args.device, precision=args.precision)
     predictor.progress = f"predicting {len(texts):,} texts"
+    predictor.at_least_one = args.at_least_one
     predictions = predictor.predict(texts)
     truncated = predictor.count_truncated(texts)
     if truncated:

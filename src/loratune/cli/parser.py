@@ -130,6 +130,11 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
     predict.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
+    predict.add_argument(
+        "--at-least-one",
+        action="store_true",
+        help="Multi-label runs: a text that no label reaches its threshold gets its most probable label.",
+    )
     predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(predict)
 

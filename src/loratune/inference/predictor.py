@@ -34,6 +34,8 @@ class Predictor:
         self.thresholds = run.thresholds
         # The name of a progress bar over many texts (`loratune predict` sets it); None: silent.
         self.progress: str | None = None
+        # Multi-label: give a text that no label reaches its threshold its most probable label (`--at-least-one`).
+        self.at_least_one = False
 
     def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> torch.Tensor:
         """Calibrated class probabilities (temperature applied; a sigmoid per label for a multi-label run), shape
@@ -77,4 +79,6 @@ class Predictor:
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs)
         decided = self.task.decide(probs.numpy(), self.thresholds)
+        if self.at_least_one:
+            decided = self.task.at_least_one(decided, probs.numpy())
         return [self.task.answer(row, d, self.labels) for row, d in zip(probs.tolist(), decided, strict=True)]
