@@ -222,7 +222,16 @@ def _lora_config(model: Any, lora_args: Any, targets: list[str], head: list[str]
         target_modules=targets,
         modules_to_save=list(head),  # PEFT appends to this list; keep ours intact
         use_dora=use_dora,
+        # GPT-2's attention is transformers' Conv1D, whose weight is stored transposed: PEFT would switch this on
+        # itself, with a warning per layer.
+        fan_in_fan_out=_targets_conv1d(model, targets),
     )
+
+
+def _targets_conv1d(model: Any, targets: list[str]) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) and name.split(".")[-1] in targets for name, module in model.named_modules())
 
 
 def _dora_config(model: Any, lora_args: Any, targets: list[str], head: list[str]) -> Any:
