@@ -427,3 +427,12 @@ def test_write_comparison_names_the_run_without_metrics(tmp_path, comparison_run
 
     with pytest.raises(RunError, match=r"missing/metrics\.json is missing"):
         write_comparison(tmp_path / "compare", comparison_runs)
+
+
+def test_a_wrapped_label_set_breaks_after_its_separators_never_inside_a_word(tmp_path):
+    from loratune.report.render import Table, render_html
+
+    table = Table(["text", "gold"], [["a comment", "admiration|approval|gratitude"]], wrap=(1,))
+    page = render_html("t", [table], tmp_path, kicker="k", dpi=100)
+    assert "admiration|<wbr>approval|<wbr>gratitude" in page
+    assert re.search(r"td\.wrap \{[^}]*overflow-wrap: break-word", page)  # a word breaks only when it alone is wider

@@ -138,7 +138,7 @@ td.down { color: var(--down); font-weight: 600; }
 table.kv td:first-child { position: static; color: var(--muted); width: 40%; }
 table.kv td { white-space: normal; overflow-wrap: anywhere; }
 table.kv thead { display: none; }
-td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 7em; }
+td.wrap { white-space: normal; overflow-wrap: break-word; min-width: 7em; }
 td.wrap:first-child { min-width: 14em; }
 /* A wrapped text column is too wide to stay in view while the table scrolls. */
 table.wrapped th:first-child, table.wrapped td:first-child { position: static; }
@@ -192,7 +192,10 @@ def _html_table(table: Table) -> str:
             good = text.startswith("+") != (row in table.lower_is_better)
             classes.append("up" if good else "down")
         attr = f' class="{" ".join(classes)}"' if classes else ""
-        return f"<{tag}{attr}>{html.escape(text)}</{tag}>"
+        shown = html.escape(text)
+        if "wrap" in classes:  # a label set ("admiration|approval") breaks after its separators, never mid-word
+            shown = re.sub(r"([|,/])", r"\1<wbr>", shown)
+        return f"<{tag}{attr}>{shown}</{tag}>"
 
     head = "".join(cell("th", h, i) for i, h in enumerate(table.header))
     body = "\n".join(
