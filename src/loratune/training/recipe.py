@@ -67,7 +67,7 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
         scope.enter_context(state.destination.building(enabled=state.is_main))
         _open_run_dir(state)
         set_seed(cfg.train.seed)
-        _say(state, f"loading {display_name(resolve_model_name(cfg.model.name_or_path, state.run_dir))}")
+        _say(state, f"loading {display_name(resolve_model_name(cfg.model.name_or_path, state.output_dir))}")
         built = _build(state)
         state.cfg = _resolve(state, built)
         _start_tracking(state)
