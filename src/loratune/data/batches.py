@@ -268,6 +268,13 @@ def bounded_texts(texts: list[Any], max_length: int) -> tuple[list[Any], list[bo
     return [t[:limit] if c else t for t, c in zip(texts, cut, strict=True)], cut
 
 
+def bounded_columns(columns: list[list[Any]], max_length: int) -> tuple[list[list[Any]], list[bool]]:
+    """`bounded_texts` of each text column (texts, and their pairs), and which rows had a text cut in any."""
+    bounded = [bounded_texts(column, max_length) for column in columns]
+    cut = [any(flags) for flags in zip(*(flags for _, flags in bounded), strict=True)]
+    return [texts for texts, _ in bounded], cut
+
+
 def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int]:
     """Tokenise once (cached by `datasets`) and add a `length` column for length-grouped batching.
 
@@ -278,11 +285,10 @@ def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[Dataset, int
     pair = "text_pair" in ds.column_names
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        columns = [bounded_texts(batch[key], max_length) for key in (("text", "text_pair") if pair else ("text",))]
-        args = tuple(texts for texts, _ in columns)
-        cut = [any(flags) for flags in zip(*(flags for _, flags in columns), strict=True)]
+        columns = [batch["text"], batch["text_pair"]] if pair else [batch["text"]]
+        args, was_cut = bounded_columns(columns, max_length)
         full = tokenizer(*args, truncation=False, verbose=False)
-        over = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length or cut[i]]
+        over = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length or was_cut[i]]
         if over:
             # Only the few long texts are encoded a second time, so the truncation count costs almost nothing.
             cut = tokenizer(*[[a[i] for i in over] for a in args], truncation=True, max_length=max_length)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from loratune.data.batches import PackedTokens, bounded_texts, packed_eval_loader
+from loratune.data.batches import PackedTokens, bounded_columns, packed_eval_loader
 from loratune.errors import DataError
 from loratune.scoring.inference import predict_logits
 
@@ -42,7 +42,7 @@ class Predictor:
         (len(texts), num_labels), in text order."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
-        args = [bounded_texts(t, self.max_length)[0] for t in ([texts] if text_pairs is None else [texts, text_pairs])]
+        args = bounded_columns([texts] if text_pairs is None else [texts, text_pairs], self.max_length)[0]
         encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
         packed = PackedTokens.from_encoded(encoded, self.tokenizer.pad_token_id)
         if not len(packed):
@@ -62,10 +62,9 @@ class Predictor:
         over = 0
         for start in range(0, len(texts), 1000):
             args = [texts[start : start + 1000]] + ([text_pairs[start : start + 1000]] if text_pairs else [])
-            bounded = [bounded_texts(t, self.max_length) for t in args]
-            cut = [any(flags) for flags in zip(*(flags for _, flags in bounded), strict=True)]
+            bounded, cut = bounded_columns(args, self.max_length)
             # verbose=False: no "sequence length is longer than the maximum" warning per long text
-            encoded = self.tokenizer(*[t for t, _ in bounded], truncation=False, verbose=False)["input_ids"]
+            encoded = self.tokenizer(*bounded, truncation=False, verbose=False)["input_ids"]
             over += sum(len(ids) > self.max_length or c for ids, c in zip(encoded, cut, strict=True))
         return over
 
