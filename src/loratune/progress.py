@@ -17,22 +17,35 @@ def announce(text: str, enabled: bool = True) -> None:
         print(f"{text} ...", file=sys.stderr, flush=True)
 
 
-class Progress:
-    """A redrawn bar on a terminal; in a log a plain line every `log_every` steps, with the rate and an ETA."""
+# In a log, a progress line at least this often (seconds), so no phase is silent for more than about 5 s.
+LOG_EVERY_S = 4.0
 
-    def __init__(self, total: int, desc: str, enabled: bool, log_every: int = 200) -> None:
-        self.total, self.desc, self.log_every = total, desc, max(1, log_every)
+
+class Progress:
+    """A redrawn bar on a terminal; in a log a plain line every LOG_EVERY_S seconds, with the rate and an ETA."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, every_s: float = LOG_EVERY_S) -> None:
+        self.total, self.desc, self.every_s = total, desc, every_s
         self.enabled = enabled
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-        self.started = time.perf_counter()
+        self.started = self.last = time.perf_counter()
+        self.lines = 0
+
+    def _due(self, step: int) -> bool:
+        # the last step closes a loop that showed progress, or that took long enough to have shown some
+        if step >= self.total:
+            return self.lines > 0 or time.perf_counter() - self.started >= self.every_s
+        return time.perf_counter() - self.last >= self.every_s
 
     def wants_loss(self, step: int) -> bool:
         """Reading the loss syncs the device, so only on the steps that show it."""
-        return self.enabled and step % (10 if self.bar is not None else self.log_every) == 0
+        if not self.enabled:
+            return False
+        return step % 10 == 0 if self.bar is not None else self._due(step)
 
     def update(self, step: int, loss: float | None = None) -> None:
         """Step `step` of `total` is done; `loss` (when read) is shown beside it."""
@@ -43,9 +56,11 @@ class Progress:
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}")
             return
-        if step % self.log_every and not (step == self.total and self.total > self.log_every):
+        if not self._due(step):
             return
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.last = now = time.perf_counter()
+        self.lines += 1
+        elapsed = max(now - self.started, 1e-9)
         rate = step / elapsed
         shown = f": loss {loss:.4f}" if loss is not None else ""
         eta = f", about {(self.total - step) / rate:.0f} s left" if step < self.total else f", {elapsed:.0f} s"

@@ -20,8 +20,7 @@ import numpy as np
 from loratune.errors import ConfigError, DataError
 from loratune.schema import SET_SEPARATOR
 
-# A multi-label decision threshold is kept inside (0, 1), so it is always a probability the model can reach or miss.
-_THRESHOLD_BOUNDS = (1e-4, 1 - 1e-4)
+# A multi-label decision threshold where none was chosen (see `scoring.thresholds` for how they are chosen).
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -197,29 +196,11 @@ class _MultiLabel(Task):
         return np.asarray(probs, dtype=np.float64).ravel(), np.asarray(y_true).ravel() > 0.5
 
     def fit_thresholds(self, probs, y_true):
-        """Each label's threshold that maximises its F1 on (probs, y_true); 0.5 for a label with no positives.
+        """Each label's threshold, chosen on (probs, y_true) to maximise its F1 and shrunk toward one shared
+        threshold the fewer positives the label has (`scoring.thresholds`: why, and what was measured)."""
+        from loratune.scoring.thresholds import fit_thresholds
 
-        One threshold for all labels (0.5) fails rare labels, whose probabilities rarely climb that high, so each
-        label's is chosen on validation, as the GoEmotions replications do. It sits halfway between the lowest
-        probability kept positive and the next lower one, so a probability that moves a little (bf16 against fp32)
-        does not flip the decision on the split it was chosen on.
-        """
-        from sklearn.metrics import precision_recall_curve
-
-        probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true) > 0.5
-        thresholds = np.full(probs.shape[1], DEFAULT_THRESHOLD)
-        for k in range(probs.shape[1]):
-            if not y_true[:, k].any():
-                continue
-            precision, recall, cuts = precision_recall_curve(y_true[:, k], probs[:, k])
-            # precision/recall have one entry more than cuts (the final point, recall 0); drop it
-            f1 = np.divide(
-                2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
-            )
-            best = int(np.argmax(f1[:-1]))
-            lower = cuts[best - 1] if best > 0 else 0.0
-            thresholds[k] = (cuts[best] + lower) / 2
-        return np.clip(thresholds, *_THRESHOLD_BOUNDS)
+        return fit_thresholds(probs, y_true)
 
     def loss(self, weights=None):
         import torch

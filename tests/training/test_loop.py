@@ -183,16 +183,34 @@ def test_progress_in_a_log_is_a_line_per_epoch_without_carriage_returns(tiny_ber
     assert "train loss" in epochs[0] and "val loss" in epochs[0]
 
 
-def test_progress_in_a_log_reports_the_running_loss_every_few_hundred_steps(capsys):
+def test_progress_in_a_log_reports_the_running_loss_every_few_seconds(capsys, monkeypatch):
+    from loratune import progress as module
+
+    clock = iter(float(t) for t in range(1000))  # each reading of the clock: one second later
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    progress = module.Progress(total=450, desc="epoch 1/3", enabled=True, every_s=5.0)
+    shown = []
+    for step in range(1, 21):
+        if progress.wants_loss(step):
+            shown.append(step)
+            progress.update(step, 0.6931)
+        else:
+            progress.update(step)
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    # a line whenever 5 clock seconds have passed since the last, never a longer silence
+    assert len(lines) >= 3 and len(shown) >= 3 and shown[0] <= 5
+    assert lines[0].startswith(f"epoch 1/3 step {shown[0]}/450: loss 0.6931") and "s left)" in lines[0]  # an ETA
+
+
+def test_a_short_loop_in_a_log_says_nothing(capsys):
     from loratune.progress import Progress
 
     progress = Progress(total=450, desc="epoch 1/3", enabled=True)
-    shown = [step for step in range(1, 451) if progress.wants_loss(step)]
-    assert shown == [200, 400]
-    progress.update(200, 0.6931)
-    progress.close()
-    line = capsys.readouterr().err
-    assert line.startswith("epoch 1/3 step 200/450: loss 0.6931") and "s left)" in line  # an ETA
+    for step in range(1, 451):
+        assert not progress.wants_loss(step)
+        progress.update(step)
+    assert capsys.readouterr().err == ""
 
 
 def test_scoring_many_batches_shows_its_progress_in_a_log_and_says_nothing_for_a_few(capsys):

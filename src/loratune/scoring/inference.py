@@ -32,7 +32,7 @@ def predict_logits(
     all_logits, all_labels = [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     main = accelerator is None or accelerator.is_local_main_process
-    shown = Progress(len(loader), progress or "", bool(progress) and main and len(loader) > PROGRESS_BATCHES, 20)
+    shown = Progress(len(loader), progress or "", bool(progress) and main and len(loader) > PROGRESS_BATCHES)
     with torch.inference_mode(), autocast(precision, device.type), attention_kernels(device.type):
         for step, batch in enumerate(loader, start=1):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
