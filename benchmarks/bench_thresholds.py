@@ -3,7 +3,7 @@
 Scores a finished multi-label run's validation and test splits once (calibrated probabilities, as `predict` gives
 them), then, for each way of choosing per-label thresholds on validation, prints the test macro-F1, micro-F1,
 subset accuracy, the lowest threshold, and how many of the first 100 test texts get more than 4 labels while their
-gold set has at most 4 (the over-labelling a user sees first). The choices (`loratune.scoring.thresholds`):
+gold set has at most 4 (the over-labelling a user sees first). The choices (`loratune.thresholds`):
 
 - `own`: each label's F1-best threshold on validation (loratune before; the GoEmotions replications);
 - `shared`: one threshold for every label, the micro-F1-best;
@@ -32,7 +32,7 @@ from _machine import describe, machine  # noqa: E402
 
 import loratune  # noqa: E402
 from loratune.data.splits import load_run_split  # noqa: E402
-from loratune.scoring.thresholds import SHRINKAGE, fit_thresholds  # noqa: E402
+from loratune.thresholds import SHRINKAGE, fit_thresholds  # noqa: E402
 
 CHOICES = {
     "own": {"shrinkage": 0.0},
@@ -57,7 +57,7 @@ def split_arrays(run: object, split: str) -> tuple[np.ndarray, np.ndarray]:
     predictor = run.predictor()  # type: ignore[attr-defined]
     predictor.progress = f"scoring {split}"
     probs = predictor.predict_proba(list(ds["text"])).numpy().astype(np.float64)
-    return probs, np.asarray(ds["labels"], dtype=np.float64)
+    return probs, np.asarray(ds["label"], dtype=np.float64)
 
 
 def judge(thresholds: np.ndarray, probs: np.ndarray, gold: np.ndarray) -> dict[str, float]:
@@ -79,13 +79,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=None, help="keep the scored probabilities in this .npz")
     args = parser.parse_args()
+    import datasets
+
+    datasets.disable_progress_bars()
     started = time.perf_counter()
     run = loratune.load_run(args.run)
     if not run.task.needs_thresholds:
         sys.exit(f"error: {args.run} is not a multi-label run; train one (for example on go_emotions) first.")
-    val_probs, val_gold = split_arrays(run, "validation")
-    test_probs, test_gold = split_arrays(run, "test")
+    if args.cache and args.cache.exists():
+        cached = np.load(args.cache)
+        val_probs, val_gold, test_probs, test_gold = (cached[k] for k in ("vp", "vg", "tp", "tg"))
+    else:
+        val_probs, val_gold = split_arrays(run, "validation")
+        test_probs, test_gold = split_arrays(run, "test")
+        if args.cache:
+            np.savez(args.cache, vp=val_probs, vg=val_gold, tp=test_probs, tg=test_gold)
     rows = {}
     print(f"{'choice':<11} {'macro-F1':>8} {'micro-F1':>8} {'subset':>7} {'min thr':>7} {'most':>4} {'>4':>3}")
     for name, kwargs in CHOICES.items():

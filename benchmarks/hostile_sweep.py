@@ -47,9 +47,21 @@ def main() -> int:
     for kind, counts in [*by_kind.items(), ("all", tally(results))]:
         print(f"{kind:<14}" + "".join(f"{counts[v]:>14}" for v in VERDICTS))
     slowest = max(results, key=lambda r: r.seconds)
-    print(f"\n{len(results)} cases in {time.perf_counter() - started:.0f} s; slowest {slowest.seconds:.1f} s ({slowest.case.name})")
+    print(
+        f"\n{len(results)} cases in {time.perf_counter() - started:.0f} s; "
+        f"slowest {slowest.seconds:.1f} s ({slowest.case.name})"
+    )
     if args.json:
-        rows = [{"case": r.case.name, "kind": r.case.kind, "verdict": r.verdict, "detail": r.detail, "seconds": round(r.seconds, 2)} for r in results]
+        rows = [
+            {
+                "case": r.case.name,
+                "kind": r.case.kind,
+                "verdict": r.verdict,
+                "detail": r.detail,
+                "seconds": round(r.seconds, 2),
+            }
+            for r in results
+        ]
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if all(r.verdict == "pass" for r in results) else 1
 

@@ -198,9 +198,15 @@ def measure_go_emotions(work: Path) -> dict[str, Any]:
         "predicted_probability": float(first.group(2)) if first else None,
         "most_labels_first_100": max(counts),
         "over_labelled_first_100": sum(c > 4 and c > g for c, g in zip(counts, gold, strict=True)),
-        "thresholds": {k: {"macro_f1": v["macro_f1"], "min_threshold": v["min_threshold"],
-                           "over_labelled_first": v["over_labelled_first"],
-                           "max_labels_first": v["max_labels_first"]} for k, v in choices.items()},
+        "thresholds": {
+            k: {
+                "macro_f1": v["macro_f1"],
+                "min_threshold": v["min_threshold"],
+                "over_labelled_first": v["over_labelled_first"],
+                "max_labels_first": v["max_labels_first"],
+            }
+            for k, v in choices.items()
+        },
     }
 
 
@@ -209,7 +215,8 @@ def ge_config_quote(f: dict[str, Any]) -> str:
         f"took {about_minutes(f['command_s'])} ({f['epoch_s'] / 60:.1f} minutes an epoch, peak memory "
         f"{f['peak_memory_mb'] / 1024:.1f} GB) and scored on the 5,427 test comments macro-F1 "
         f"{f['before_macro_f1']:.3f} → {f['after_macro_f1']:.3f}, micro-F1 {f['after_micro_f1']:.3f}, subset "
-        f"accuracy {f['after_subset_accuracy']:.3f}"
+        f"accuracy {f['after_subset_accuracy']:.3f}; of the first 100 test comments, none got more than "
+        f"{f['most_labels_first_100']} labels"
     )
 
 
@@ -344,7 +351,8 @@ def compare_ge_table(f: dict[str, Any]) -> str:
 
 def compare_sst2_table(f: dict[str, Any]) -> str:
     lines = [
-        "| method | test accuracy | macro F1 | train time | trainable params | peak RSS | vs LoRA (McNemar, per seed) |",
+        "| method | test accuracy | macro F1 | train time | trainable params | peak RSS "
+        "| vs LoRA (McNemar, per seed) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in f["rows"]:
@@ -452,7 +460,8 @@ def busy_quote(f: dict[str, Any]) -> str:
     return (
         f"two loratune runs started together on 2 cores each take {f['default']['wall_slowdown']:.1f}x the time\n"
         f"of one alone ({f['fixed-threads']['wall_slowdown']:.1f}x with one thread per core throughout), and a run "
-        f"alone loses nothing\n([benchmarks/README.md](../benchmarks/README.md#a-busy-cpu)). Setting `OMP_NUM_THREADS` "
+        "alone loses nothing\n([benchmarks/README.md](../benchmarks/README.md#a-busy-cpu)). Setting "
+        "`OMP_NUM_THREADS` "
         f"fixes the count and turns\nthis off. On a machine that is always shared, `OMP_WAIT_POLICY=PASSIVE` in the "
         f"environment shares better still\n({f['passive']['wall_slowdown']:.1f}x) at the cost of about "
         f"{100 * cost:.0f}% when loratune runs alone."
@@ -463,16 +472,21 @@ EXPERIMENTS = [
     Experiment(
         "readme",
         4,
-        [f"loratune train {README_TRAIN} --output-dir runs/sst2 (twice)",
-         "loratune predict runs/sst2 --input VALIDATION_AND_TEST.csv --output OUT.csv --precision bf16|fp32"],
+        [
+            f"loratune train {README_TRAIN} --output-dir runs/sst2 (twice)",
+            "loratune predict runs/sst2 --input VALIDATION_AND_TEST.csv --output OUT.csv --precision bf16|fp32",
+        ],
         measure_readme,
         [("README.md", readme_quote), ("docs/configuration.md", precision_quote)],
     ),
     Experiment(
         "go_emotions",
         16,
-        [f"loratune train {GE_TRAIN} --output-dir runs/ge", f'loratune predict runs/ge --text "{GE_TEXT}"',
-         "python benchmarks/bench_thresholds.py runs/ge"],
+        [
+            f"loratune train {GE_TRAIN} --output-dir runs/ge",
+            f'loratune predict runs/ge --text "{GE_TEXT}"',
+            "python benchmarks/bench_thresholds.py runs/ge",
+        ],
         measure_go_emotions,
         [
             ("README.md", ge_readme_quote),
@@ -488,24 +502,33 @@ EXPERIMENTS = [
         20,
         [f"loratune train --data ../shared/data/sms_spam --class-weights none|balanced --seed S (S in {SPAM_SEEDS})"],
         measure_spam,
-        [("README.md", spam_readme_quote), ("docs/configuration.md", spam_table),
-         ("docs/configuration.md", spam_summary)],
+        [
+            ("README.md", spam_readme_quote),
+            ("docs/configuration.md", spam_table),
+            ("docs/configuration.md", spam_summary),
+        ],
     ),
     Experiment(
         "compare_go_emotions",
         12,
         [f"loratune compare {CMP_GE} --output-dir runs/gecmp"],
         measure_compare(CMP_GE),
-        [("docs/comparing.md", compare_ge_table), ("docs/comparing.md", compare_command(CMP_GE, "runs/gecmp")),
-         ("docs/comparing.md", compare_summary("whole label sets"))],
+        [
+            ("docs/comparing.md", compare_ge_table),
+            ("docs/comparing.md", compare_command(CMP_GE, "runs/gecmp")),
+            ("docs/comparing.md", compare_summary("whole label sets")),
+        ],
     ),
     Experiment(
         "compare_sst2",
         12,
         [f"loratune compare {CMP_SST2} --output-dir runs/cmp"],
         measure_compare(CMP_SST2),
-        [("docs/comparing.md", compare_sst2_table), ("docs/comparing.md", compare_command(CMP_SST2, "runs/cmp")),
-         ("docs/comparing.md", compare_summary("each seed's test labels"))],
+        [
+            ("docs/comparing.md", compare_sst2_table),
+            ("docs/comparing.md", compare_command(CMP_SST2, "runs/cmp")),
+            ("docs/comparing.md", compare_summary("each seed's test labels")),
+        ],
     ),
     Experiment(
         "speed",

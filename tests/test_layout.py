@@ -17,7 +17,18 @@ MAX_PARAMETERS = 6
 # The packages from the bottom up: a module may import its own package and the ones listed before it. The method
 # table sits with the config, which takes the method names from it (both torch-free).
 LAYERS = [
-    {"errors", "schema", "formatting", "progress", "quiet", "config", "task", "model.methods", "model.targets"},
+    {
+        "errors",
+        "schema",
+        "formatting",
+        "progress",
+        "quiet",
+        "config",
+        "task",
+        "thresholds",
+        "model.methods",
+        "model.targets",
+    },
     {"data"},
     {"model"},
     {"scoring"},

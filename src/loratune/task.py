@@ -20,7 +20,7 @@ import numpy as np
 from loratune.errors import ConfigError, DataError
 from loratune.schema import SET_SEPARATOR
 
-# A multi-label decision threshold where none was chosen (see `scoring.thresholds` for how they are chosen).
+# A multi-label decision threshold where none was chosen (see `loratune.thresholds` for how they are chosen).
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -197,8 +197,8 @@ class _MultiLabel(Task):
 
     def fit_thresholds(self, probs, y_true):
         """Each label's threshold, chosen on (probs, y_true) to maximise its F1 and shrunk toward one shared
-        threshold the fewer positives the label has (`scoring.thresholds`: why, and what was measured)."""
-        from loratune.scoring.thresholds import fit_thresholds
+        threshold the fewer positives the label has (`loratune.thresholds`: why, and what was measured)."""
+        from loratune.thresholds import fit_thresholds
 
         return fit_thresholds(probs, y_true)
 

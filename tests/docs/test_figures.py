@@ -29,7 +29,9 @@ ALLOWED = {
     ("docs/distributed.md", "10.0.0.1"),
 }
 # a decimal, or a count with a unit of time, size, speed or share
-MEASURED = re.compile(r"(?<![\w.=])(\d[\d,]*\.\d+|\d[\d,]*(?:\.\d+)? ?(?:s|ms|min|minutes|MB|GB|MiB|KiB|x|%))(?![\w.])")
+MEASURED = re.compile(
+    r"(?<![\w.=])(\d[\d,]*\.\d+|\d[\d,]*(?:\.\d+)? ?(?:s|ms|min|minutes|MB|GB|MiB|KiB|x|%))(?![\w.])"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,10 @@ def test_no_other_measured_looking_number_is_in_the_docs(figures):
         for allowed_file, context in ALLOWED:
             if allowed_file == file:
                 text = text.replace(context, " ")
-        strays += [f"{file}: {m.group(0)!r} in {text[max(0, m.start() - 40):m.end() + 20]!r}" for m in
-                   MEASURED.finditer(text)]
+        strays += [
+            f"{file}: {m.group(0)!r} in {text[max(0, m.start() - 40) : m.end() + 20]!r}"
+            for m in MEASURED.finditer(text)
+        ]
     assert not strays, "measured-looking numbers no script produces:\n" + "\n".join(strays)
 
 
@@ -88,8 +92,9 @@ def test_a_new_measurement_replaces_the_old_passage_and_fills_a_placeholder(figu
     def other(f):
         return f"took {f['seconds']:.0f} s"
 
-    experiment = figures.Experiment("demo", 1, ["loratune train ..."], lambda work: {}, [("a.md", quote),
-                                                                                         ("a.md", other)])
+    experiment = figures.Experiment(
+        "demo", 1, ["loratune train ..."], lambda work: {}, [("a.md", quote), ("a.md", other)]
+    )
     monkeypatch.setattr(figures, "REPO", tmp_path)
     monkeypatch.setattr(figures, "EXPERIMENTS", [experiment])
     (tmp_path / "a.md").write_text("We got accuracy 0.8000 here; it [[figure demo.other]].\n")

@@ -37,6 +37,7 @@ TIMEOUT_S = 60.0
 # Emulation.setDeviceMetricsOverride parameters: a common phone, and a laptop.
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
 DESKTOP = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+WIDE = {"width": 1300, "height": 900, "deviceScaleFactor": 1, "mobile": False}
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium (apt-get install chromium)"
@@ -45,6 +46,23 @@ pytestmark = pytest.mark.skipif(
 # Runs inside the page once it has loaded; returns what the test asserts on.
 CHECK_JS = """
 new Promise((resolve) => {
+  // A word of a table cell (a run of characters between spaces and the separators a label set breaks at) whose
+  // characters land on more than one line was broken in the middle.
+  const brokenWords = () => {
+    const broken = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.parentElement.closest("td, th")) continue;
+      for (const match of node.data.matchAll(/[^\\s|,/]+/g)) {
+        const range = document.createRange();
+        range.setStart(node, match.index);
+        range.setEnd(node, match.index + match[0].length);
+        const tops = new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top)));
+        if (tops.size > 1) broken.push(match[0]);
+      }
+    }
+    return broken;
+  };
   const check = () => {
     const images = Array.from(document.images);
     resolve({
@@ -56,6 +74,10 @@ new Promise((resolve) => {
       wrapped: document.querySelectorAll("table.wrapped").length,
       wrapped_scrolling: Array.from(document.querySelectorAll(".table-wrap"))
         .filter((box) => box.querySelector("table.wrapped") && box.scrollWidth > box.clientWidth).length,
+      scrolling: Array.from(document.querySelectorAll(".table-wrap"))
+        .filter((box) => box.scrollWidth > box.clientWidth)
+        .map((box) => (box.querySelector("tr") || box).textContent.slice(0, 80)),
+      broken_words: brokenWords(),
     });
   };
   document.readyState === "complete" ? check() : window.addEventListener("load", check);
@@ -170,10 +192,16 @@ def pages(tmp_path) -> dict[str, Path]:
             runs.setdefault(method, []).append(write_fake_findings(folder, SIX, accuracy, seed=seed))
     weights = {label: 1.0 + i / 10 for i, label in enumerate(GO_EMOTIONS)}
     multi = write_fake_multilabel_run(tmp_path / "runs" / "multi", GO_EMOTIONS, class_weights=weights)
+    # a GoEmotions comparison, as `loratune compare --methods head,lora,full` on it leaves
+    multi_runs = {
+        method: write_fake_multilabel_run(tmp_path / "ml" / method, GO_EMOTIONS, quality, method=method)
+        for method, quality in (("head", 0.4), ("lora", 0.8), ("full", 0.85))
+    }
     return {
         "report": write_report(runs["lora"][0]),
         "comparison": write_comparison(tmp_path / "compare", runs),
         "multilabel": write_report(multi),
+        "multicomparison": write_comparison(tmp_path / "ml-compare", multi_runs),
     }
 
 
@@ -187,11 +215,11 @@ def keep_screenshot(shot: Path) -> None:
 
 # report: 4 plots and the reliability diagram; tables: results, significance, changes (counts, fixed, broken, still
 # wrong, confused pairs), training, data (2), data checks (per split, shared, conflicts), per class, history.
-# comparison: 2 plots; tables: results and the significance of LoRA against each other method.
+# comparison: 2 plots; tables: results, costs and the significance of LoRA against each other method.
 # multilabel: the two curves, per-label F1 and the reliability diagram; tables: results, significance, changes
 # (counts, fixed, still wrong), training, class weights, data (2), data checks (3), per label, history.
 @pytest.mark.parametrize(
-    ("page", "images", "tables"), [("report", 5, 15), ("comparison", 2, 2), ("multilabel", 4, 14)]
+    ("page", "images", "tables"), [("report", 5, 15), ("comparison", 2, 3), ("multilabel", 4, 14)]
 )
 @pytest.mark.parametrize("device", ["phone", "desktop"])
 def test_page_renders_every_image_and_table_and_fits_the_screen(
@@ -210,3 +238,28 @@ def test_page_renders_every_image_and_table_and_fits_the_screen(
         if device == "desktop":
             assert found["wrapped_scrolling"] == 0
     keep_screenshot(browser.screenshot(tmp_path / f"{page}-{device}.png"))
+
+
+@pytest.mark.parametrize("page", ["multilabel", "comparison", "multicomparison"])
+def test_tables_fit_a_1300_px_page_without_breaking_a_word(browser, pages, tmp_path, page):
+    # The GoEmotions report (28 labels, label sets in the example tables) and both kinds of comparison page: no
+    # table needs sideways scrolling at 1300 px, and no word in a table is split across lines.
+    found = browser.open(pages[page], WIDE)
+    assert found["scrolling"] == [], f"tables that scroll sideways at 1300 px: {found['scrolling']}"
+    assert found["broken_words"] == [], f"words broken across lines: {found['broken_words'][:10]}"
+    keep_screenshot(browser.screenshot(tmp_path / f"{page}-1300.png"))
+
+
+def test_the_checks_see_a_broken_word_and_a_table_that_scrolls(browser, tmp_path):
+    # the two checks above, on a page that fails both: a narrow cell that breaks a long word, a table too wide
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<html><body><div class='table-wrap' style='overflow-x:auto'><table><tr>"
+        "<td style='max-width:40px;overflow-wrap:anywhere'>admiration|joy</td>"
+        + "<td style='white-space:nowrap'>"
+        + "wide " * 400
+        + "</td></tr></table></div></body></html>"
+    )
+    found = browser.open(page, WIDE)
+    assert "admiration" in found["broken_words"]
+    assert len(found["scrolling"]) == 1

@@ -142,7 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loratune.report.comparison import terminal_table
+    from loratune.report.comparison_terminal import terminal_table
     from loratune.training.compare import compare, parse_methods
 
     methods = parse_methods(args.methods)

@@ -40,7 +40,8 @@ MULTI_LABEL_NOTE = """
 This is a multi-label classifier: a text can carry any number of labels. The pipeline gives each label's
 probability (a sigmoid per label, as `config.json`'s `problem_type` says; ask for all of them with `top_k=None`),
 and a label applies when its probability reaches its own threshold, chosen on the validation split (each label's
-F1-best threshold, pulled toward one shared threshold the fewer examples the label has). The thresholds are in `{thresholds_file}` and in `config.json` (`label_thresholds`):
+F1-best threshold, pulled toward one shared threshold the fewer examples the label has). The thresholds are in
+`{thresholds_file}` and in `config.json` (`label_thresholds`):
 
 ```python
 import json

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from loratune.formatting import DASH, METRICS, change, count, finite, megabytes, percent, seconds, share, size
+from loratune.formatting import METRICS, change, count, finite, megabytes, percent, seconds, share, size
 from loratune.report import plots
+from loratune.report.comparison_terminal import score
 from loratune.report.render import Block, Figure, Figures, Heading, Table, Text, render_html, render_markdown
 from loratune.runs import files
 from loratune.runs.folder import RunFolder
@@ -69,30 +70,6 @@ def write_comparison(output_dir: str | Path, runs: dict[str, str | Path | list[s
     page = render_html(title, blocks, output_dir, kicker="loratune · comparison", dpi=plots.DPI)
     files.write_text(html_path, page)
     return html_path
-
-
-def terminal_table(output_dir: str | Path) -> str:
-    """The comparison's table for a terminal, from its `comparison.json`: one line per method with its score,
-    macro F1, training time and trainable share (multi-label rows, which carry micro F1, lead with macro F1)."""
-    rows = files.read_json(Path(output_dir) / "comparison.json")
-    multi = any("micro_f1" in row for row in rows)
-    header = ["method", "macro F1", "micro F1", "subset acc"] if multi else ["method", "accuracy", "macro F1"]
-    header += ["train time", "trainable"]
-    keys = ["f1", "micro_f1", "accuracy"] if multi else ["accuracy", "f1"]
-    lines = []
-    for row in rows:
-        cells = [str(row["method"]) + (" (one class)" if row.get("single_class") is not None else "")]
-        cells += [_score(row, key) for key in keys]
-        trainable = row.get("trainable_percent")
-        cells += [seconds(row.get("train_seconds")), DASH if trainable is None else f"{trainable:.2f}%"]
-        lines.append(cells)
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join(
-        "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-        for cells in [header, *lines]
-    )
 
 
 def _rows(loaded: dict[str, list[RunFolder]], output_dir: Path, task: Task) -> list[dict[str, Any]]:
@@ -250,34 +227,40 @@ def _relative(path: Path, output_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), output_dir.resolve())).as_posix()
 
 
-def _score(row: dict[str, Any], key: str) -> str:
-    """'84.7%', or '84.7% ± 0.4' (the standard deviation in points) over several seeds."""
-    std = row.get(f"{key}_std")
-    return percent(row[key]) + (f" ± {100 * std:.1f}" if finite(std) is not None else "")
-
-
 def _comparison_blocks(
     runs: dict[str, list[RunFolder]], rows: list[dict[str, Any]], figures: list[Figure], task: Task
 ) -> list[Block]:
     how = _COMPARING[task.name]
-    columns = {
-        "method": lambda r: str(r["method"]) + (" ⚠ one class" if r.get("single_class") is not None else ""),
-        **{name: lambda r, k=key: _score(r, k) for name, key in how.columns.items()},
+    method = {"method": lambda r: str(r["method"]) + (" ⚠ one class" if r.get("single_class") is not None else "")}
+    # Two tables rather than one of twelve columns, which needed sideways scrolling on a laptop: the scores with
+    # what they cost in time and weights, then the rest of the costs.
+    scores = {
+        **method,
+        **{name: lambda r, k=key: score(r, k) for name, key in how.columns.items()},
         "train time": lambda r: seconds(r["train_seconds"]),
-        "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),
         "trainable params": lambda r: share(r["trainable_params"], r["total_params"]),
+    }
+    costs = {
+        **method,
+        "time / epoch": lambda r: seconds(r["seconds_per_epoch"]),
         "total params": lambda r: count(r["total_params"]),
         "peak memory": lambda r: megabytes(r["peak_memory_mb"]),
         "artifact size": lambda r: size(r["artifact_size_bytes"]),
         "best epoch": lambda r: count(r["best_epoch"]),
         "run folder": lambda r: str(r["run_dir"]),
     }
-    table_rows = [[render(r) for render in columns.values()] for r in rows]
+
+    def table(columns: dict[str, Callable[[dict[str, Any]], str]], last: str) -> Table:
+        cells = [[render(r) for render in columns.values()] for r in rows]
+        return Table(list(columns), cells, align="l" + "r" * (len(columns) - 2) + last)
+
     return [
         *_summary_blocks(runs, rows, how),
         Heading("Results"),
-        Table(list(columns), table_rows, align="l" + "r" * (len(columns) - 2) + "l"),
+        table(scores, "r"),
         Text(how.note, muted=True),
+        Heading("Costs"),
+        table(costs, "l"),
         *_significance_blocks(rows, task),
         Heading("Plots"),
         *[Figures([f]) for f in figures],

@@ -53,7 +53,7 @@ def fit_thresholds(
     """
     probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true) > 0.5
     if probs.size == 0:
-        return np.full(probs.shape[1] if probs.ndim == 2 else 0, DEFAULT)
+        return np.full(probs.shape[-1], DEFAULT)
     shared = best_f1_threshold(probs, y_true)  # micro: every (text, label) decision pooled
     positives = y_true.sum(axis=0).astype(np.float64)
     own = np.array([best_f1_threshold(probs[:, k], y_true[:, k]) for k in range(probs.shape[1])])
