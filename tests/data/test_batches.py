@@ -107,13 +107,3 @@ def test_cpu_evaluation_keeps_fixed_batches_and_a_gpu_gets_a_token_budget():
 
     assert batches.eval_batch_tokens("cpu") is None and not batches.pin_memory("cpu")
     assert batches.eval_batch_tokens("cuda") > 0 and batches.pin_memory("cuda")
-
-
-def test_several_processes_evaluate_in_batches_of_one_size():
-    from loratune.data.batches import eval_batches
-
-    lengths = [3, 400, 7, 120] * 50
-    single = list(eval_batches(lengths, 16, "cuda"))
-    shared = list(eval_batches(lengths, 16, "cuda", processes=2))
-    assert len({len(b) for b in single}) > 1  # a token budget: short texts in bigger batches
-    assert {len(b) for b in shared[:-1]} == {16} and [i for b in shared for i in b] == [i for b in single for i in b]

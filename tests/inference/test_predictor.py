@@ -10,7 +10,8 @@ import torch
 from conftest import write_csv, write_jsonl
 
 from loratune import DataError, Predictor, RunError
-from loratune.cli.texts import read_texts, write_predictions
+from loratune.cli.prediction_files import write_predictions
+from loratune.cli.texts import read_texts
 from loratune.model import hardware
 from loratune.runs.folder import load_run
 
@@ -119,7 +120,7 @@ def test_predict_keeps_every_input_column_and_adds_its_own_beside_them(bert_run,
 
 
 def test_unknown_output_format_is_rejected(predictor, tmp_path):
-    with pytest.raises(DataError, match=r"use an output file ending in .csv or .jsonl"):
+    with pytest.raises(DataError, match=r"use an output file ending in .csv, .jsonl or .parquet"):
         write_predictions(tmp_path / "out.xlsx", TEXTS, predictor.predict(TEXTS))
 
 

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 from loratune.cli.parser import build_parser, unknown_options
+from loratune.cli.ranks import failure_line, is_first_rank, rank
 from loratune.cli.signals import exit_status, sigterm_as_interrupt, what_stopped
 from loratune.errors import ConfigError, LoratuneError
 from loratune.quiet import quiet_command_line, quiet_libraries
 from loratune.runs.storage import disk_full_message, is_out_of_space
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # one of several processes failed (a bug or a lost peer): not the user's mistake
 
 
 # Commands that load datasets or models, whose progress bars and warnings are hidden while they run.
@@ -51,12 +53,16 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:  # a full disk is no bug: one line, as for a user mistake
-        if args.debug or not is_out_of_space(error):
+        if not args.debug and is_out_of_space(error):
+            print(f"error: {disk_full_message(Path('.'), error)}, then run the command again.", file=sys.stderr)
+            return EXIT_USAGE
+        if args.debug or rank() is None:
             raise
-        print(f"error: {disk_full_message(Path('.'), error)}, then run the command again.", file=sys.stderr)
-        return EXIT_USAGE
+        print(failure_line(error, rank()), file=sys.stderr)  # one of several processes: one line, not a traceback
+        return EXIT_FAILED
     except KeyboardInterrupt as interrupt:
-        print(what_stopped(interrupt), file=sys.stderr)
+        if is_first_rank():  # the launcher stops every rank: the first one says so
+            print(what_stopped(interrupt), file=sys.stderr)
         return exit_status(interrupt)
 
 

@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from loratune.cli.ranks import is_first_rank
 from loratune.cli.signals import exit_status, what_stopped
 from loratune.config import Config, load_config
 from loratune.config.checks import check_class_weights
-from loratune.errors import ConfigError, DataError, DiskFullError
+from loratune.errors import ConfigError, DiskFullError
 from loratune.formatting import seconds
 from loratune.runs import files
 from loratune.runs.destination import check_destination
@@ -50,9 +51,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         then = f"continue with: loratune train --resume {run_dir}" if _resumable(run_dir) else "run the command again"
         raise DiskFullError(problem, then) from error
     except KeyboardInterrupt as interrupt:
-        print(f"{what_stopped(interrupt)}; {_after_interrupt(run_dir)}", file=sys.stderr)
+        if is_first_rank():  # several processes: the launcher stops them all, the first one says so
+            print(f"{what_stopped(interrupt)}; {_after_interrupt(run_dir)}", file=sys.stderr)
         return exit_status(interrupt)
-    _print_summary(result.summary, result.run_dir, time.perf_counter() - started)
+    if is_first_rank():  # the summary once, as from a single process
+        _print_summary(result.summary, result.run_dir, time.perf_counter() - started)
     return 0
 
 
@@ -103,42 +106,9 @@ _EVALUATE_EXTRAS = {"single": (), "multi": (("micro_f1", "micro-f1"),)}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from loratune.cli.texts import format_prediction, read_inputs, write_predictions
-    from loratune.runs.folder import RunFolder
+    from loratune.cli.predicting import predict_command
 
-    if args.output:  # before the model loads
-        inputs = {"the run folder": args.run, "--input": args.input}
-        check_destination(args.output, "--output", "file", inputs, args.overwrite)
-    texts, rows = list(args.text or []), [{"text": t} for t in args.text or []]
-    if args.input:
-        read, read_rows = read_inputs(args.input, args.text_column)
-        texts, rows = texts + read, rows + read_rows
-    if not texts:
-        raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
-    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
-    predictor = run.predictor(device=args.device, precision=args.precision)
-    predictor.progress = f"predicting {len(texts):,} texts"
-    predictor.at_least_one = args.at_least_one
-    predictions = predictor.predict(texts)
-    truncated = predictor.count_truncated(texts)
-    if truncated:
-        print(
-            f"note: {truncated} of {len(texts)} texts were longer than {predictor.max_length} tokens; "
-            "only their first tokens were read",
-            file=sys.stderr,
-        )
-    empty = sum(not text.strip() for text in texts)
-    if empty:  # kept, so that every input row has its prediction; training drops such rows
-        print(
-            f"note: {empty} of {len(texts)} texts are empty; their labels are guesses from no words", file=sys.stderr
-        )
-    if args.output:
-        write_predictions(args.output, texts, predictions, rows)
-        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
-    else:
-        for text, p in zip(texts, predictions, strict=True):
-            print(f"{format_prediction(p)}\t{text}")
-    return 0
+    return predict_command(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -126,9 +126,9 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("run", help="Run folder.")
     _add_trust_flag(predict)
     predict.add_argument("--text", action="append", help="A text to classify (repeatable).")
-    predict.add_argument("--input", help="CSV / JSONL / TXT file of texts.")
+    predict.add_argument("--input", help="CSV / TSV / JSONL / Parquet / TXT file of texts, of any size.")
     predict.add_argument("--text-column", help="Column of --input holding the text (default: text).")
-    predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); default: print them.")
+    predict.add_argument("--output", help="Write predictions here (.csv, .jsonl or .parquet); default: print them.")
     predict.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
     predict.add_argument(
         "--at-least-one",

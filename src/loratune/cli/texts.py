@@ -1,19 +1,20 @@
-"""The files `loratune predict` reads texts from (CSV, TSV, JSONL, TXT) and writes predictions to (CSV, JSONL),
-and how a prediction reads on the terminal."""
+"""The files `loratune predict` reads texts from (CSV, TSV, JSONL, Parquet, TXT), a chunk of rows at a time
+(`cli.prediction_files` writes the predictions)."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from loratune.errors import DataError
-from loratune.formatting import NO_LABELS
-from loratune.runs import files
-from loratune.schema import SET_SEPARATOR
+
+# Rows read, scored and written at a time by `loratune predict`: memory stays flat however long the input.
+CHUNK_ROWS = 1024
+INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
@@ -23,49 +24,139 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
 
 
 def read_inputs(path: str | Path, text_column: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """The texts of a CSV (column `text` or the only column) or JSONL file (key `text`), or a plain .txt file, and
-    each row as read (every column, in the file's order; a .txt line is {"text": line}), which `write_predictions`
-    writes back beside the predictions.
+    """The texts of an input file and each row as read (every column, in the file's order; a .txt line is
+    {"text": line}), which `write_predictions` writes back beside the predictions. All in memory: `InputFile`
+    reads a file of any size in chunks.
 
     Raises:
-        DataError: one line naming the file, the line and the fix, for bytes that are not UTF-8, a line that is not
-            a JSON object, a row without the text, or a text that is not a string (null, a number, a list).
+        DataError: see `InputFile.scan`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Input file {str(path)!r} does not exist; check the path.")
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".csv", ".tsv", ".jsonl", ".json"):
-        raise DataError(f"Cannot read {path.name}: use a .csv, .tsv, .jsonl or .txt file.")
-    text = _utf8(path)
-    if suffix == ".txt":
-        lines = [line for line in text.splitlines() if line.strip()]
-        return lines, [{"text": line} for line in lines]
-    if suffix in (".csv", ".tsv"):
-        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
-        numbered = _csv_rows(io.StringIO(text, newline=""), "\t" if suffix == ".tsv" else ",", path)
-    else:
-        numbered = [(n, _json_row(line, n, path)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not numbered:
-        raise DataError(f"{path} has no rows to predict.")
-    columns = list(numbered[0][1])
-    column = text_column or ("text" if "text" in columns else columns[0] if len(columns) == 1 else None)
-    if column is None or column not in columns:
-        raise DataError(
-            f"{path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
-        )
-    return [_text_of(row, column, n, path) for n, row in numbered], [row for _, row in numbered]
+    source = InputFile(path, text_column)
+    source.scan()
+    texts, rows = [], []
+    for chunk_texts, chunk_rows in source.chunks():
+        texts += chunk_texts
+        rows += chunk_rows
+    return texts, rows
 
 
-def _utf8(path: Path) -> str:
-    data = path.read_bytes()
+class InputFile:
+    """A file of texts to predict, read row by row: CSV or TSV (column `text`, or the only column), JSONL (key
+    `text`), Parquet (column `text`) or a plain .txt file (one text per non-blank line).
+
+    `scan` reads it once to check every row and count them; `chunks` then reads it again, `CHUNK_ROWS` rows at a
+    time, so predicting millions of rows never holds them all.
+    """
+
+    def __init__(self, path: str | Path, text_column: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"Input file {str(self.path)!r} does not exist; check the path.")
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in INPUT_SUFFIXES:
+            raise DataError(f"Cannot read {self.path.name}: use a .csv, .tsv, .jsonl, .parquet or .txt file.")
+        self.text_column = text_column
+        self.rows_count = 0
+        self.columns: list[str] = []
+        self.column: str = text_column or "text"
+
+    def scan(self) -> int:
+        """Read every row once: the text column, every row's text, and the columns; returns the number of rows.
+
+        Raises:
+            DataError: one line naming the file, the line and the fix, for bytes that are not UTF-8, a line that is
+                not a JSON object, a row without the text, a text that is not a string (null, a number, a list),
+                or a file without rows.
+        """
+        count, columns = 0, {}
+        for number, row in self._rows():
+            if count == 0:
+                self.column = self._pick_column(list(row))
+            _text_of(row, self.column, number, self.path)
+            columns.update(dict.fromkeys(row))
+            count += 1
+        if count == 0:
+            raise DataError(f"{self.path} has no rows to predict.")
+        self.rows_count, self.columns = count, list(columns)
+        return count
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
+        """(texts, rows) of at most `size` (default `CHUNK_ROWS`) rows at a time, in file order (after `scan`)."""
+        size = size or CHUNK_ROWS
+        texts, rows = [], []
+        for number, row in self._rows():
+            texts.append(_text_of(row, self.column, number, self.path))
+            rows.append(row)
+            if len(rows) >= size:
+                yield texts, rows
+                texts, rows = [], []
+        if rows:
+            yield texts, rows
+
+    @property
+    def arrow_schema(self) -> Any:
+        """A Parquet input's own column types (kept in a Parquet output); None for the other formats."""
+        if self.suffix != ".parquet":
+            return None
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path).schema_arrow
+
+    def _pick_column(self, columns: list[str]) -> str:
+        column = self.text_column or ("text" if "text" in columns else columns[0] if len(columns) == 1 else None)
+        if column is None or column not in columns:
+            raise DataError(
+                f"{self.path} has no text column {column or 'text'!r}; its columns are {columns}. Use --text-column."
+            )
+        return column
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(line number, row) for each row; a Parquet file's "line" is its row number."""
+        if self.suffix == ".parquet":
+            yield from _parquet_rows(self.path)
+        elif self.suffix == ".txt":
+            for number, line in _utf8_lines(self.path):
+                if line.strip():
+                    yield number, {"text": line.rstrip("\r\n")}
+        elif self.suffix in (".csv", ".tsv"):
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are valid input (truncated when tokenised)
+            lines = (line for _, line in _utf8_lines(self.path))
+            yield from _csv_rows(lines, "\t" if self.suffix == ".tsv" else ",", self.path)
+        else:
+            for number, line in _utf8_lines(self.path):
+                if line.strip():
+                    yield number, _json_row(line, number, self.path)
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its newline) of a UTF-8 file (a byte-order mark dropped), read a line at a time.
+
+    Raises:
+        DataError: at the first line whose bytes are not UTF-8, naming the line and the byte.
+    """
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}, line {number}: byte 0x{raw[error.start]:02x} is not UTF-8 text; save the file as UTF-8."
+                ) from None
+            yield number, line
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}, line {line}: byte 0x{data[error.start]:02x} is not UTF-8 text; save the file as UTF-8."
-        ) from None
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises its own kinds for a file that is not Parquet
+        raise DataError(f"Cannot read {path} as Parquet ({str(error).splitlines()[0]}); check the file.") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
 
 
 def _json_row(line: str, number: int, path: Path) -> dict[str, Any]:
@@ -94,11 +185,10 @@ def _text_of(row: dict[str, Any], column: str, number: int, path: Path) -> str:
 _EXTRA = object()  # DictReader's key for the fields of a row beyond its header
 
 
-def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _csv_rows(lines: Iterator[str], delimiter: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows as dicts; a row wider than the header is an error naming its line, never a silently shortened text,
     except in a one-column file, where an unquoted delimiter is part of the text and the whole line is kept."""
-    reader = csv.DictReader(handle, delimiter=delimiter, restkey=_EXTRA)
-    rows = []
+    reader = csv.DictReader(lines, delimiter=delimiter, restkey=_EXTRA)
     for row in reader:
         extra = row.pop(_EXTRA, None)
         if extra:
@@ -109,66 +199,4 @@ def _csv_rows(handle: Any, delimiter: str, path: Path) -> list[tuple[int, dict[s
                     f"{len(columns)}; quote texts that hold a {delimiter!r}."
                 )
             row[columns[0]] = delimiter.join([row[columns[0]], *extra])
-        rows.append((reader.line_num, row))
-    return rows
-
-
-def format_prediction(prediction: dict[str, Any]) -> str:
-    """'label<TAB>score', or for a multi-label prediction 'label (score), label (score)' ('(none)' for no label)."""
-    if "labels" not in prediction:
-        return f"{prediction['label']}\t{prediction['score']:.4f}"
-    chosen = zip(prediction["labels"], prediction["scores"], strict=True)
-    return ", ".join(f"{label} ({score:.4f})" for label, score in chosen) or NO_LABELS
-
-
-def write_predictions(
-    path: str | Path, texts: list[str], predictions: list[dict[str, Any]], inputs: list[dict[str, Any]] | None = None
-) -> None:
-    """Write each input row with its prediction beside it, as CSV or JSONL (by the file's extension).
-
-    Every input column is kept as it was (a gold `label` column stays the user's, for comparison); the prediction
-    adds `predicted_label`, `score` and `prob_<label>` for every label, or for a multi-label run
-    `predicted_labels` and `scores` (JSON lists in JSONL; in CSV the names joined with "|", as the training data
-    spells them). A name the input already uses gets a `_` appended, so nothing of the input is overwritten.
-
-    Args:
-        inputs: the rows as read (`read_inputs`); None: each text alone, as {"text": text}.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise DataError(f"Cannot write {path.name}: use an output file ending in .csv or .jsonl.")
-    jsonl = suffix != ".csv"
-    inputs = inputs if inputs is not None else [{"text": t} for t in texts]
-    rows = [_row(row, p, jsonl) for row, p in zip(inputs, predictions, strict=True)]
-    if jsonl:
-        files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        return
-    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["text", "predicted_label", "score"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(path, buffer.getvalue())
-
-
-def _row(row: dict[str, Any], prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
-    added = {}
-    if "labels" not in prediction:
-        added |= {"predicted_label": prediction["label"], "score": round(prediction["score"], 6)}
-    else:
-        scores = [round(s, 6) for s in prediction["scores"]]
-        if jsonl:
-            added |= {"predicted_labels": prediction["labels"], "scores": scores}
-        else:
-            added |= {
-                "predicted_labels": SET_SEPARATOR.join(prediction["labels"]),
-                "scores": SET_SEPARATOR.join(map(str, scores)),
-            }
-    added |= {f"prob_{k}": round(v, 6) for k, v in prediction["probabilities"].items()}
-    kept = dict(row)
-    for name, value in added.items():
-        while name in row:
-            name += "_"
-        kept[name] = value
-    return kept
+        yield reader.line_num, row

@@ -193,13 +193,11 @@ class EvalBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
-def eval_batches(lengths: Sequence[int], batch_size: int, device: str, processes: int = 1) -> EvalBatchSampler:
+def eval_batches(lengths: Sequence[int], batch_size: int, device: str) -> EvalBatchSampler:
     """The evaluation batches for `device`: fixed-size on a CPU, by a token budget where the device wants one
-    (`eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these.
-
-    Fixed-size for several processes too: gathering their results needs batches of one size at each step.
-    """
-    return EvalBatchSampler(lengths, batch_size, eval_batch_tokens(device) if processes == 1 else None)
+    (`eval_batch_tokens`). `loratune evaluate`, `predict` and the run's own scoring all use these, with one process
+    or several (`scoring.inference.predict_logits` deals the batches out)."""
+    return EvalBatchSampler(lengths, batch_size, eval_batch_tokens(device))
 
 
 def build_train_loader(
@@ -227,16 +225,14 @@ def build_train_loader(
     return DataLoader(packed, batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch, pin_memory=pinned)
 
 
-def build_eval_loader(
-    ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu", processes: int = 1
-) -> DataLoader:
+def build_eval_loader(ds: Dataset, batch_size: int, pad_token_id: int, device: str = "cpu") -> DataLoader:
     """Batches in `longest_first` order (no shuffling) for evaluation and prediction (see `eval_batches`)."""
-    return packed_eval_loader(PackedTokens.from_dataset(ds, pad_token_id), batch_size, device, processes)
+    return packed_eval_loader(PackedTokens.from_dataset(ds, pad_token_id), batch_size, device)
 
 
-def packed_eval_loader(packed: PackedTokens, batch_size: int, device: str = "cpu", processes: int = 1) -> DataLoader:
+def packed_eval_loader(packed: PackedTokens, batch_size: int, device: str = "cpu") -> DataLoader:
     """`build_eval_loader` for texts already packed (`PackedTokens.from_encoded`: what `predict` reads)."""
-    batches = eval_batches(packed.lengths.tolist(), batch_size, device, processes)
+    batches = eval_batches(packed.lengths.tolist(), batch_size, device)
     return DataLoader(packed, batch_sampler=batches, collate_fn=_whole_batch, pin_memory=pin_memory(device))
 
 

@@ -24,11 +24,24 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over a loader under inference mode; returns (logits, labels) in the loader's order.
 
-    With an Accelerate `accelerator`, each process scores its shard and the results are gathered. `precision`
-    is the autocast of training (a model prepared for inference holds its own dtype and needs none). `progress`:
-    the name of a progress bar (with an ETA) shown over more than `PROGRESS_BATCHES` batches; None: silent.
+    `loader` is a plain DataLoader with a batch sampler (never one prepared by Accelerate). With an Accelerate
+    `accelerator` running several processes, each process scores every n-th batch and the results are gathered
+    once at the end (`_shard`, `_gather`), so every example is scored exactly once, in the very batches a single
+    process would use. `precision` is the autocast of training (a model prepared for inference holds its own dtype
+    and needs none). `progress`: the name of a progress bar (with an ETA) shown over more than `PROGRESS_BATCHES`
+    batches; None: silent.
     """
     model.eval()
+    processes = accelerator.num_processes if accelerator is not None else 1
+    batches = list(loader.batch_sampler)
+    mine = _shard(len(batches), accelerator.process_index, processes) if processes > 1 else range(len(batches))
+    if processes > 1:
+        loader = torch.utils.data.DataLoader(
+            loader.dataset,
+            batch_sampler=[batches[b if b >= 0 else 0] for b in mine],
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+        )
     all_logits, all_labels = [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     main = accelerator is None or accelerator.is_local_main_process
@@ -37,22 +50,48 @@ def predict_logits(
         for step, batch in enumerate(loader, start=1):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels", None)
-            logits = model(**batch).logits.float()
-            if accelerator is not None:
-                logits, labels = accelerator.gather_for_metrics((logits, labels))
-            all_logits.append(logits)  # kept on the device until the end: copying each batch would wait for it
+            all_logits.append(model(**batch).logits.float())  # kept on the device: copying each would wait for it
             if labels is not None:
                 all_labels.append(labels)
             shown.update(step)
     shown.close()
-    # Several processes: Accelerate evens out their batches by repeating examples at the end, and drops the repeats
-    # when gathering only where it knows the batch size, which a batch sampler (`data.batches.eval_batches`) does not
-    # tell it; so the repeats are cut here (the gathered batches keep the loader's order, repeats last).
-    n = len(loader.dataset) if hasattr(loader, "dataset") else None
-    logits = torch.cat(all_logits)[:n].cpu().numpy() if all_logits else np.zeros((0, 0))
+    if processes > 1:
+        logits_list, labels_list = _gather(list(mine), all_logits, all_labels)
+    else:
+        logits_list = [t.cpu().numpy() for t in all_logits]
+        labels_list = [t.cpu().numpy() for t in all_labels]
+    logits = np.concatenate(logits_list) if logits_list else np.zeros((0, 0), dtype=np.float32)
     check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
-    labels = torch.cat(all_labels)[:n].cpu().numpy() if all_labels else np.zeros((0,), dtype=int)
+    labels = np.concatenate(labels_list) if labels_list else np.zeros((0,), dtype=int)
     return logits, labels
+
+
+def _shard(batches: int, rank: int, processes: int) -> list[int]:
+    """The batches process `rank` scores: every `processes`-th, from its own. Each process runs the same number of
+    forward passes (FSDP and DeepSpeed gather weights inside each one, so all must take part), so a process with
+    one batch fewer runs an extra, whose results it drops: marked -1.
+
+    Written here rather than through Accelerate's sharded loaders: those even out the processes by repeating
+    examples, assume batches of one size when gathering (a length-sorted or token-budget batch is not), and then
+    disagree on tensor sizes in the collective, which broke the default run under torchrun.
+    """
+    own = list(range(rank, batches, processes))
+    rounds = -(-batches // processes)
+    return own + [-1] * (rounds - len(own))
+
+
+def _gather(mine: list[int], logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list, list]:
+    """Every process's (batch number, logits, labels), gathered once onto every process and put back in the
+    loader's order, the extra batches dropped."""
+    from accelerate.utils import gather_object
+
+    local = [
+        (b, lg.cpu().numpy(), labels[i].cpu().numpy() if labels else None)
+        for i, (b, lg) in enumerate(zip(mine, logits, strict=True))
+        if b >= 0
+    ]
+    every = sorted(gather_object(local), key=lambda item: item[0])
+    return [lg for _, lg, _ in every], [lb for _, _, lb in every if lb is not None]
 
 
 def evaluate(

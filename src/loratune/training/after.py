@@ -71,14 +71,10 @@ class After:
 
 
 def scoring_loaders(state: RunState, pad_token_id: int) -> ScoringLoaders:
-    accelerator = state.accelerator
-
     def loader(name: str) -> SplitLoader:
         ds = state.tokenised[name]
-        batches = build_eval_loader(
-            ds, state.cfg.train.eval_batch_size, pad_token_id, state.device, accelerator.num_processes
-        )
-        return SplitLoader(accelerator.prepare(batches), ds)
+        # not prepared by Accelerate: `predict_logits` deals its batches out to the processes itself
+        return SplitLoader(build_eval_loader(ds, state.cfg.train.eval_batch_size, pad_token_id, state.device), ds)
 
     return ScoringLoaders(loader(state.splits.eval_name), loader("validation"))
 

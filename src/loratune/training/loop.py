@@ -97,8 +97,8 @@ class _Loop:
         scheduler = build_scheduler(optimizer, total_steps, args.warmup_ratio, processes)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.device = accelerator.device.type
-        val = build_eval_loader(job.val_ds, args.eval_batch_size, job.pad_token_id, self.device, processes)
-        self.val_loader = accelerator.prepare(val)
+        # not prepared by Accelerate: `predict_logits` deals its batches out to the processes itself
+        self.val_loader = build_eval_loader(job.val_ds, args.eval_batch_size, job.pad_token_id, self.device)
         self.state, self.best_weights = LoopState(patience_left=args.early_stopping_patience), None
         self.runner = StepModel(self.model, resolve_compile(args.compile))
         self.packed = PackedTokens.from_dataset(job.train_ds, job.pad_token_id, bucket=True)  # once: epochs reorder it

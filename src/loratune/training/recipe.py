@@ -21,6 +21,7 @@ from loratune.config import Config
 from loratune.data import checks as data_checks
 from loratune.data.batches import pin_memory, tokenize
 from loratune.data.sources import recorded_path
+from loratune.errors import RunError
 from loratune.model import hardware
 from loratune.model.build import BuiltModel, build_model
 from loratune.model.names import display_name, portable_model_name, resolve_model_name
@@ -150,6 +151,13 @@ def _open_run_dir(state: RunState) -> None:
     elif state.is_main:
         files.prepare_run_dir(state.run_dir)
     state.accelerator.wait_for_everyone()
+    if not state.run_dir.is_dir():
+        # Another machine's process made the folder: every process reads the saved model back from it to score
+        # "after" (and a resumed run's checkpoint), so all of them must see it.
+        raise RunError(
+            f"{state.run_dir} is not on storage this machine sees (the first process created it on its own "
+            "machine); put --output-dir on storage every machine shares (NFS, a cluster file system)."
+        )
 
 
 def _build(state: RunState) -> BuiltModel:
