@@ -204,6 +204,8 @@ def measure_go_emotions(work: Path) -> dict[str, Any]:
         "after_micro_f1": m["after"]["micro_f1"],
         "after_subset_accuracy": m["after"]["accuracy"],
         "after_hamming": m["after"]["hamming_loss"],
+        "best_epoch": m["best_epoch"],
+        "val_macro_f1_by_epoch": [h["val_f1"] for h in m["history"]],
         "predicted_label": first.group(1) if first else None,
         "predicted_probability": float(first.group(2)) if first else None,
         "most_labels_first_100": max(counts),

@@ -17,7 +17,14 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Numbers that look measured but are not: settings, constants of the code, data sizes, external published figures
 # and illustrations. Each is (file, the text around it) so an allowance cannot hide a measurement elsewhere.
 ALLOWED = {
-    ("README.md", "pip install torch==2.13.0"),
+    ("README.md", "'score': 0.98"),  # what the Python API returns, shown by its shape
+    ("docs/configuration.md", "warmup 6%"),
+    ("docs/configuration.md", "starts at probability 0.5"),
+    ("docs/distributed.md", "accuracies 0.03 apart"),  # a test's tolerances
+    ("docs/distributed.md", "agree to 0.005"),
+    ("docs/run-folder.md", "95% percentile-bootstrap"),
+    ("docs/run-folder.md", "(13% spam)"),
+    ("docs/run-folder.md", "more than 1% of a split"),
     ("docs/configuration.md", "checks every 2 s"),
     ("docs/configuration.md", "`joy (0.91), love (0.64)`"),
     ("docs/configuration.md", "macro-F1 0.46"),
@@ -30,7 +37,7 @@ ALLOWED = {
 }
 # a decimal, or a count with a unit of time, size, speed or share
 MEASURED = re.compile(
-    r"(?<![\w.=])(\d[\d,]*\.\d+|\d[\d,]*(?:\.\d+)? ?(?:s|ms|min|minutes|MB|GB|MiB|KiB|x|%))(?![\w.])"
+    r"(?<![\w.=])(\d[\d,]*\.\d+|\d[\d,]*(?:\.\d+)? ?(?:s|ms|min|minutes|MB|GB|MiB|KiB|x|%))(?!\w|\.\d)"
 )
 
 
@@ -83,6 +90,11 @@ def test_no_other_measured_looking_number_is_in_the_docs(figures):
             for m in MEASURED.finditer(text)
         ]
     assert not strays, "measured-looking numbers no script produces:\n" + "\n".join(strays)
+
+
+def test_every_allowance_is_still_needed():
+    for file, context in ALLOWED:
+        assert context in (REPO / file).read_text(), f"{file} no longer says {context!r}; drop it from ALLOWED"
 
 
 def test_a_new_measurement_replaces_the_old_passage_and_fills_a_placeholder(figures, tmp_path, monkeypatch):

@@ -88,12 +88,13 @@ class PredictionWriter:
         """Append rows (as read) with their predictions."""
         with reporting_full_disk(self.path, None):
             if self.format == "csv":
-                self._writer.writerows(_row(r, p, jsonl=False) for r, p in zip(rows, predictions, strict=True))
+                pairs = zip(rows, predictions, strict=True)
+                self._writer.writerows(_row(r, p, False, self.columns) for r, p in pairs)
             elif self.format == "jsonl":
                 for r, p in zip(rows, predictions, strict=True):
-                    self._handle.write(json.dumps(_row(r, p, jsonl=True), ensure_ascii=False) + "\n")
+                    self._handle.write(json.dumps(_row(r, p, True, self.columns), ensure_ascii=False) + "\n")
             else:
-                self._write_parquet([_row(r, p, jsonl=True) for r, p in zip(rows, predictions, strict=True)])
+                self._write_parquet([_row(r, p, True, self.columns) for r, p in zip(rows, predictions, strict=True)])
         self.rows_written += len(rows)
 
     def _write_parquet(self, rows: list[dict[str, Any]]) -> None:
@@ -161,7 +162,12 @@ def write_predictions(
         writer.write(inputs, predictions)
 
 
-def _row(row: dict[str, Any], prediction: dict[str, Any], jsonl: bool) -> dict[str, Any]:
+def _row(
+    row: dict[str, Any], prediction: dict[str, Any], jsonl: bool, taken: list[str] | None = None
+) -> dict[str, Any]:
+    """The row with the prediction's columns added, each renamed while the input's columns (`taken`: the whole
+    file's, so that every row renames alike; else this row's) already use the name."""
+    taken_names = set(taken if taken is not None else row)
     added = {}
     if "labels" not in prediction:
         added |= {"predicted_label": prediction["label"], "score": round(prediction["score"], 6)}
@@ -177,7 +183,7 @@ def _row(row: dict[str, Any], prediction: dict[str, Any], jsonl: bool) -> dict[s
     added |= {f"prob_{k}": round(v, 6) for k, v in prediction["probabilities"].items()}
     kept = dict(row)
     for name, value in added.items():
-        while name in row:
+        while name in taken_names:
             name += "_"
         kept[name] = value
     return kept
