@@ -103,7 +103,7 @@ class PredictionWriter:
 
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, self._arrow_schema(pa))
-        schema = self._writer.schema.to_arrow_schema()
+        schema = self._writer.schema
         own = set(self.parquet_schema.names) if self.parquet_schema is not None else set()
         for row in rows:  # keep the input's types where it has them; anything else is text
             for name in self.columns:
