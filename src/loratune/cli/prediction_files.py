@@ -129,10 +129,11 @@ class PredictionWriter:
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         try:
-            if self._handle is not None:
-                self._handle.close()
-            if self._writer is not None and self.format == "parquet":
-                self._writer.close()
+            with reporting_full_disk(self.path, None):  # buffered rows reach the disk here
+                if self._handle is not None:
+                    self._handle.close()
+                if self._writer is not None and self.format == "parquet":
+                    self._writer.close()
             if kind is None:
                 os.chmod(self._tmp, 0o666 & ~_umask())
                 os.replace(self._tmp, self.path)

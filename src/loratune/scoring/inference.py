@@ -33,9 +33,10 @@ def predict_logits(
     """
     model.eval()
     processes = accelerator.num_processes if accelerator is not None else 1
-    batches = list(loader.batch_sampler)
-    mine = _shard(len(batches), accelerator.process_index, processes) if processes > 1 else range(len(batches))
+    mine: list[int] = []
     if processes > 1:
+        batches = list(loader.batch_sampler)
+        mine = _shard(len(batches), accelerator.process_index, processes)
         loader = torch.utils.data.DataLoader(
             loader.dataset,
             batch_sampler=[batches[b if b >= 0 else 0] for b in mine],
@@ -56,7 +57,7 @@ def predict_logits(
             shown.update(step)
     shown.close()
     if processes > 1:
-        logits_list, labels_list = _gather(list(mine), all_logits, all_labels)
+        logits_list, labels_list = _gather(mine, all_logits, all_labels)
     else:
         logits_list = [t.cpu().numpy() for t in all_logits]
         labels_list = [t.cpu().numpy() for t in all_labels]
