@@ -1,6 +1,6 @@
 """Every measured figure the README and docs/ quote: run the commands, store the figures, update the text.
 
-    python docs/figures.py                  # every experiment (about 75 minutes on 2 idle cores), then the text
+    python docs/figures.py                  # every experiment (about 65 minutes on 2 idle cores), then the text
     python docs/figures.py readme spam      # only these experiments
     python docs/figures.py --list           # the experiments, their commands and expected minutes
     python docs/figures.py --show           # the quoted passages as the stored figures render them
@@ -523,7 +523,7 @@ def busy_quote(f: dict[str, Any]) -> str:
 EXPERIMENTS = [
     Experiment(
         "readme",
-        4,
+        3,
         [
             f"loratune train {README_TRAIN} --output-dir runs/sst2 (twice)",
             "loratune predict runs/sst2 --input VALIDATION_AND_TEST.csv --output OUT.csv --precision bf16|fp32",
@@ -533,7 +533,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "go_emotions",
-        16,
+        13,
         [
             f"loratune train {GE_TRAIN} --output-dir runs/ge",
             f'loratune predict runs/ge --text "{GE_TEXT}"',
@@ -551,7 +551,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "spam",
-        20,
+        18,
         [f"loratune train --data ../shared/data/sms_spam --class-weights none|balanced --seed S (S in {SPAM_SEEDS})"],
         measure_spam,
         [
@@ -562,7 +562,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "compare_go_emotions",
-        12,
+        8,
         [f"loratune compare {CMP_GE} --output-dir runs/gecmp"],
         measure_compare(CMP_GE),
         [
@@ -573,7 +573,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "compare_sst2",
-        12,
+        11,
         [f"loratune compare {CMP_SST2} --output-dir runs/cmp"],
         measure_compare(CMP_SST2),
         [
@@ -584,7 +584,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "distributed",
-        5,
+        3,
         [
             f"torchrun --nproc_per_node 2 -m loratune train {DDP_TRAIN} --output-dir runs/ddp",
             f"loratune train {DDP_TRAIN} --batch-size 64 --output-dir runs/one",
@@ -594,14 +594,14 @@ EXPERIMENTS = [
     ),
     Experiment(
         "speed",
-        4,
+        3,
         [f"python benchmarks/bench_train.py --json {SPEED_JSON}"],
         measure_speed,
         [("README.md", speed_table), ("README.md", speed_anchor_quote)],
     ),
     Experiment(
         "busy",
-        8,
+        6,
         [f"python benchmarks/bench_busy.py --policies default,fixed-threads,passive --json {BUSY_JSON}"],
         measure_busy,
         [("docs/configuration.md", busy_quote)],
