@@ -6,7 +6,7 @@ a handful of validation positives and lands wherever those few happen to sit: on
 threshold (the one that maximises micro-F1 over all labels, chosen on every validation decision at once) in
 proportion to how little evidence the label has: a label with n validation positives keeps n / (n + SHRINKAGE) of
 its own threshold. `benchmarks/bench_thresholds.py` measured the choices on GoEmotions' validation -> test split;
-its results are in `benchmarks/README.md`.
+its command is in `benchmarks/README.md` and its latest figures are quoted in docs/configuration.md.
 """
 
 from __future__ import annotations
