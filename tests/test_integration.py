@@ -116,6 +116,9 @@ def test_go_emotions_subsample_learns_with_the_defaults(tmp_path):
     run = loratune.run(cfg)
     s = run.summary
     assert s.task == "multi" and len(s.labels) == 28
-    assert s.before.f1 < 0.1 and s.after.f1 > 0.25 and s.after.micro_f1 > 0.3  # collapsed: 0.04 and 0.20
+    # A run collapsed to the base rates scored macro-F1 0.04 and micro-F1 0.20. Measured with today's thresholds
+    # (shrunk toward a shared one): macro 0.22-0.23, micro 0.52; each label's own threshold scored macro 0.30 but
+    # micro 0.34, flooding texts with labels (7 of the first 100 test comments got 5 or more).
+    assert s.before.f1 < 0.1 and s.after.f1 > 0.18 and s.after.micro_f1 > 0.4
     probs = np.array([list(p["probabilities"].values()) for p in run.predict(["thank you so much!", "I hate this"])])
     assert probs[0, s.labels.index("gratitude")] > probs[1, s.labels.index("gratitude")]
