@@ -21,6 +21,7 @@ from typing import Any
 
 from loratune.errors import DataError
 from loratune.formatting import NO_LABELS
+from loratune.runs.files import follow_umask
 from loratune.runs.storage import reporting_full_disk
 from loratune.schema import SET_SEPARATOR
 
@@ -135,17 +136,11 @@ class PredictionWriter:
                 if self._writer is not None and self.format == "parquet":
                     self._writer.close()
             if kind is None:
-                os.chmod(self._tmp, 0o666 & ~_umask())
+                follow_umask(self._tmp)  # mkstemp creates 0600
                 os.replace(self._tmp, self.path)
         finally:
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_predictions(

@@ -73,7 +73,7 @@ def _umask() -> int:
     return mask
 
 
-def _follow_umask(path: str | Path, folder: bool = False) -> None:
+def follow_umask(path: str | Path, folder: bool = False) -> None:
     """Give a temporary file (mkstemp: 0600) or folder (mkdtemp: 0700) the mode a plain open or mkdir would give,
     so what is renamed into place is as readable as any other file the user writes."""
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
@@ -88,7 +88,7 @@ def write_file(path: Path, write: Callable[[str], None], needed_bytes: int | Non
     try:
         with reporting_full_disk(path, needed_bytes):
             write(tmp)
-        _follow_umask(tmp)  # mkstemp, safetensors and others create 0600
+        follow_umask(tmp)  # mkstemp, safetensors and others create 0600
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -158,7 +158,7 @@ def save_directory(path: Path, write: Any, needed_bytes: int | None = None) -> N
             write(tmp)
         # mkdtemp made the folder 0700, and safetensors writes its files 0600: give the tree the umask's modes.
         for item in [tmp, *tmp.rglob("*")]:
-            _follow_umask(item, folder=item.is_dir())
+            follow_umask(item, folder=item.is_dir())
         replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
