@@ -111,5 +111,6 @@ def test_many_rows_show_progress_with_an_eta(bert_run, tmp_path, small_chunks, m
     source = tmp_path / "in.txt"
     source.write_text("\n".join(t or "x" for t in TEXTS) + "\n")
     assert _predict(bert_run.run_dir, "--input", str(source), "--output", str(tmp_path / "out.jsonl")) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("predicting 25 texts")]
-    assert lines and "s left)" in lines[0] and lines[-1].startswith("predicting 25 texts step 25/25")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("predicting ")]
+    assert lines and "texts/s, about" in lines[0] and "s left)" in lines[0]
+    assert lines[-1].startswith("predicting 25/25 texts (")

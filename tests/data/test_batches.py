@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import torch
+from datasets import Dataset
 
 from loratune.data.batches import (
     EvalBatchSampler,
@@ -46,8 +47,6 @@ def test_evaluation_runs_longest_first():
 
 
 def _packed(rows: list[dict], bucket: bool = False) -> PackedTokens:
-    from datasets import Dataset
-
     return PackedTokens.from_dataset(Dataset.from_list(rows), pad_token_id=0, bucket=bucket)
 
 
@@ -67,13 +66,34 @@ def test_packed_batches_pad_to_the_longest_row_and_mask_the_padding():
 
 
 def test_packed_batches_follow_a_selected_dataset_and_the_tokenizer_output():
-    from datasets import Dataset
-
     ds = Dataset.from_list([{"input_ids": [i] * (i + 1), "label": i} for i in range(5)]).select([4, 0, 2])
     batch = PackedTokens.from_dataset(ds, pad_token_id=7).__getitems__([0, 1])
     assert batch["input_ids"].tolist() == [[4] * 5, [0, 7, 7, 7, 7]] and batch["labels"].tolist() == [4, 0]
     packed = PackedTokens.from_encoded({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}, 0)
     assert len(packed) == 2 and packed.__getitems__([1, 0])["attention_mask"].tolist() == [[1, 0], [1, 1]]
+
+
+def test_packed_tokens_are_held_narrow_and_batches_come_out_as_before():
+    rows = [
+        {"input_ids": [101, 30000, 102], "attention_mask": [1, 1, 1], "token_type_ids": [0, 0, 0], "label": 1},
+        {"input_ids": [101, 102], "attention_mask": [1, 1], "token_type_ids": [0, 1], "label": 0},
+    ]
+    packed = _packed(rows)
+    # ids below 32,768 in int16, type ids in int8, and the all-ones mask not held: it is `position < length`
+    assert packed.inputs["input_ids"].dtype == torch.int16 and packed.inputs["token_type_ids"].dtype == torch.int8
+    assert "attention_mask" not in packed.inputs
+    batch = packed.__getitems__([1, 0])
+    assert list(batch) == ["input_ids", "attention_mask", "token_type_ids", "labels"]
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "attention_mask", "token_type_ids"))
+    assert batch["input_ids"].tolist() == [[101, 102, 0], [101, 30000, 102]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 0], [0, 0, 0]]
+    # a mask with zeros inside a row (a tokenizer that masks some tokens) is kept as it is; a pad id outside the
+    # ids' range widens the type instead of wrapping
+    rows[1]["attention_mask"] = [1, 0]
+    masked = PackedTokens.from_dataset(Dataset.from_list(rows), pad_token_id=50256)
+    assert masked.__getitems__([1, 0])["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert masked.__getitems__([1, 0])["input_ids"].tolist() == [[101, 102, 50256], [101, 30000, 102]]
 
 
 def test_bucket_lengths_are_few_and_pad_little():

@@ -12,6 +12,7 @@ from loratune.cli import texts as text_files
 from loratune.cli.prediction_files import PredictionWriter, check_output_name, format_prediction
 from loratune.cli.texts import InputFile
 from loratune.errors import DataError
+from loratune.model import hardware
 from loratune.progress import Progress, announce
 from loratune.runs.destination import check_destination
 from loratune.runs.folder import RunFolder
@@ -46,7 +47,7 @@ def predict_command(args: argparse.Namespace) -> int:
             yield from source.chunks()
 
     columns = list(dict.fromkeys((["text"] if given else []) + (source.columns if source else [])))
-    progress = Progress(total, f"predicting {total:,} texts", shown)
+    progress = Progress(total, "predicting", shown, unit="text")
     truncated = empty = done = 0
     with contextlib.ExitStack() as scope:
         writer = None
@@ -65,6 +66,7 @@ def predict_command(args: argparse.Namespace) -> int:
                     print(f"{format_prediction(p)}\t{text}")
             done += len(texts)
             progress.update(done)
+            hardware.return_freed_memory()
     progress.close()
     if truncated:
         print(

@@ -44,7 +44,11 @@ class Predictor:
             raise DataError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; give one pair per text.")
         args = bounded_columns([texts] if text_pairs is None else [texts, text_pairs], self.max_length)[0]
         encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, verbose=False)
-        packed = PackedTokens.from_encoded(encoded, self.tokenizer.pad_token_id)
+        # Batch lengths rounded up (`bucket_length`), as in training: a long stream of texts then meets a few
+        # dozen shapes rather than every length, so oneDNN's kernel cache and the heap stop growing with the rows
+        # (with `return_freed_memory` per chunk: 639-700 MB over 90,000 SST-2 rows, against 639-766 MB without).
+        # Padding is masked, so the probabilities are those of exact padding.
+        packed = PackedTokens.from_encoded(encoded, self.tokenizer.pad_token_id, bucket=True)
         if not len(packed):
             return torch.zeros((0, len(self.labels)))
         # The batches `loratune evaluate` makes (longest first, padded to each batch's longest, sized for the
