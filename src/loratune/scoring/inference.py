@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from loratune.errors import RunError
-from loratune.model.hardware import attention_kernels, autocast
+from loratune.model.hardware import attention_kernels, autocast, return_freed_memory
 from loratune.progress import Progress
 from loratune.schema import Metrics
 from loratune.scoring.metrics import metrics_from_logits
@@ -64,6 +64,10 @@ def predict_logits(
     logits = np.concatenate(logits_list) if logits_list else np.zeros((0, 0), dtype=np.float32)
     check_finite_logits(logits)  # argmax of NaN is label 0: a silent, wrong score
     labels = np.concatenate(labels_list) if labels_list else np.zeros((0,), dtype=int)
+    del all_logits, all_labels, logits_list, labels_list
+    # A pass's activations, of every batch shape, are freed now: hand them back, so that the phase after this one
+    # (training after "before", the fp32 re-score after "after") starts from the model's own size.
+    return_freed_memory()
     return logits, labels
 
 

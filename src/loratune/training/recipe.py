@@ -86,7 +86,8 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
             # trained one, and of Accelerate's hold on it and its optimizer, so the two are never in (GPU) memory
             # together.
             model = built = None
-            state.accelerator.free_memory()
+            state.accelerator.free_memory()  # collects garbage too
+            hardware.return_freed_memory()
         after = evaluate_after(state, model, loaders, loop, before)
         _say(state, "comparing before and after: calibration, confidence intervals, the predictions table")
         findings = examine(state, before, after)
