@@ -89,7 +89,7 @@ def measure_train(sizes: list[int], anchor_max: int, work: Path) -> list[dict]:
             results.append({
                 "variant": name, "rows": n, "exit": child.code, "wall_s": child.wall_s,
                 "ms_per_row": 1000 * child.wall_s / n, "peak_rss_mb": child.peak_rss_mb,
-                "others_cores": child.others_cores,
+                "others_cores": child.others_cores, "loop_samples_per_s": _loop_rate(name, work / f"run-{n}", child),
             })  # fmt: skip
             print(_line(f"train {name}", results[-1]), flush=True)
         shutil.rmtree(data)
@@ -97,8 +97,20 @@ def measure_train(sizes: list[int], anchor_max: int, work: Path) -> list[dict]:
     return results
 
 
+def _loop_rate(variant: str, run: Path, child: object) -> float | None:
+    """The training loop's own samples per second: the run's metrics.json, or the anchor's JSON line."""
+    try:
+        if variant == "loratune":
+            return json.loads((run / "metrics.json").read_text())["throughput"]["train_samples_per_s"]
+        return json.loads(child.stdout.strip().splitlines()[-1])["train_samples_per_s"]  # type: ignore[attr-defined]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def _line(what: str, r: dict) -> str:
     extra = f", {r['output_rows']:,} rows out, in order: {r['in_order']}" if "output_rows" in r else ""
+    if r.get("loop_samples_per_s"):
+        extra += f", loop {r['loop_samples_per_s']:.1f} samples/s"
     return (
         f"{what} {r['rows']:>9,} rows: exit {r['exit']}, {r['wall_s']:.0f} s, {r['ms_per_row']:.2f} ms/row, "
         f"peak RSS {r['peak_rss_mb']:.0f} MB{extra}"
@@ -109,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predict", default="10000,100000,1000000", help="row counts to predict ('' for none)")
     parser.add_argument("--train", default="10000,100000,500000", help="row counts to train on ('' for none)")
-    parser.add_argument("--anchor-max", type=int, default=100000, help="largest size the anchor trains on")
+    parser.add_argument("--anchor-max", type=int, default=10000, help="largest size the anchor trains on")
     parser.add_argument("--run", type=Path, help="a finished run to predict with (default: train one here)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
