@@ -24,9 +24,7 @@ LOG_EVERY_S = 4.0
 class Progress:
     """A redrawn bar on a terminal; in a log a plain line every LOG_EVERY_S seconds, with the rate and an ETA."""
 
-    def __init__(
-        self, total: int, desc: str, enabled: bool, every_s: float = LOG_EVERY_S, unit: str = "step"
-    ) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool, every_s: float = LOG_EVERY_S, unit: str = "step") -> None:
         self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
         self.enabled = enabled
         self.bar = None
@@ -66,7 +64,9 @@ class Progress:
         rate = step / elapsed
         shown = f": loss {loss:.4f}" if loss is not None else ""
         eta = f", about {(self.total - step) / rate:.0f} s left" if step < self.total else f", {elapsed:.0f} s"
-        counted = f"{self.unit} {step}/{self.total}" if self.unit == "step" else f"{step:,}/{self.total:,} {self.unit}s"
+        counted = (
+            f"{self.unit} {step}/{self.total}" if self.unit == "step" else f"{step:,}/{self.total:,} {self.unit}s"
+        )
         print(f"{self.desc} {counted}{shown} ({rate:.1f} {self.unit}s/s{eta})", file=sys.stderr, flush=True)
 
     def close(self) -> None:

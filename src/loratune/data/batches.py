@@ -91,7 +91,9 @@ class PackedTokens(torch.utils.data.Dataset):
         return cls(inputs, lengths, labels, pad_token_id, bucket)
 
     @classmethod
-    def from_encoded(cls, encoded: dict[str, list[list[int]]], pad_token_id: int, bucket: bool = False) -> PackedTokens:
+    def from_encoded(
+        cls, encoded: dict[str, list[list[int]]], pad_token_id: int, bucket: bool = False
+    ) -> PackedTokens:
         """From a tokenizer's output (lists of token ids per text), without labels."""
         inputs = {
             key: np.fromiter((t for row in encoded[key] for t in row), dtype=np.int64)
@@ -116,9 +118,7 @@ class PackedTokens(torch.utils.data.Dataset):
         positions = torch.arange(longest)
         inside = positions < lengths[:, None]
         at = torch.where(inside, self.offsets[idx, None] + positions, self.end)
-        batch = {
-            key: (self.inputs[key][at] if key in self.inputs else inside).to(torch.int64) for key in self.keys
-        }
+        batch = {key: (self.inputs[key][at] if key in self.inputs else inside).to(torch.int64) for key in self.keys}
         if self.labels is not None:
             batch["labels"] = self.labels[idx]
         return batch
