@@ -720,3 +720,55 @@ def write_fake_multilabel_run(
     files.save_calibration(run_dir, {"temperature": 1.3, "fitted_on": "validation", "bins": reliability})
     files.save_data_checks(run_dir, FAKE_DATA_CHECKS)
     return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Servers (tests/serving)
+
+
+@pytest.fixture
+def serve():
+    """`serve(*args)`: `loratune serve ARGS` started in a subprocess (`helpers.served.Served`); killed at the end of
+    the test if still running."""
+    started: list = []
+
+    def start(*args: object, timeout_s: float = 120.0):
+        from helpers.served import Served
+
+        served = Served(list(args), timeout_s)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.close()
+
+
+@pytest.fixture(scope="session")
+def lora_runs(trained_run, tiny_bert, data_dir) -> list[Path]:
+    """Two LoRA runs on the tiny BERT, different seeds (so different adapters and heads)."""
+    return [trained_run(tiny_bert, data_dir, train__seed=seed) for seed in (1, 2)]
+
+
+@pytest.fixture(scope="session")
+def multi_label_run(tmp_path_factory, tiny_bert) -> Path:
+    """A multi-label LoRA run: each of three labels has its keyword; a text carries any subset of them."""
+    import random
+
+    import loratune
+
+    keywords = {"action": "music", "comedy": "actor", "romance": "story"}
+    filler = ["the", "a", "movie", "film", "plot", "was", "is", "very", "really", "scene"]
+    folder = tmp_path_factory.mktemp("tagged")
+    for split, n, seed in (("train", 96, 0), ("validation", 32, 1), ("test", 32, 2)):
+        rng = random.Random(seed)
+        rows = []
+        for _ in range(n):
+            tags = sorted(t for t in keywords if rng.random() < 0.4)
+            words = rng.choices(filler, k=rng.randint(2, 6)) + [keywords[t] for t in tags]
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words), "labels": "|".join(tags)})
+        write_csv(folder / f"{split}.csv", rows)
+    out = tmp_path_factory.mktemp("multi") / "run"
+    cfg = tiny_config(tiny_bert, folder, out, train__num_epochs=8, train__learning_rate=2e-2, data__max_length=16)
+    return Path(loratune.run(cfg).run_dir)

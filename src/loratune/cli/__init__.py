@@ -1,6 +1,6 @@
-"""Command line: `loratune train | validate | evaluate | predict | compare | check-data | export | report`. Each
-subcommand (`cli.commands`) is a few lines that call the library; user mistakes print one line and exit with
-status 2 (`--debug` shows the traceback)."""
+"""Command line: `loratune train | validate | evaluate | predict | compare | check-data | export | serve |
+report`. Each subcommand (`cli.commands`) is a few lines that call the library; user mistakes print one line and
+exit with status 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ EXIT_FAILED = 1  # one of several processes failed (a bug or a lost peer): not t
 
 
 # Commands that load datasets or models, whose progress bars and warnings are hidden while they run.
-_LOADS_LIBRARIES = ("evaluate", "predict", "export", "check-data")
+_LOADS_LIBRARIES = ("evaluate", "predict", "export", "check-data", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

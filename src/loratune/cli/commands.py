@@ -111,6 +111,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict_command(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from loratune.cli.serving import serve_command
+
+    return serve_command(args)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from loratune.report.comparison_terminal import terminal_table
     from loratune.training.compare import compare, parse_methods

@@ -11,6 +11,7 @@ from loratune.cli import commands
 from loratune.config import DEVICES, PRECISIONS, field_flags
 from loratune.errors import ConfigError
 from loratune.model.methods import METHODS
+from loratune.serving.options import ServeOptions
 from loratune.training.compare import DEFAULT_METHODS
 
 SECTIONS = ("data", "model", "lora", "train")
@@ -181,6 +182,59 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
     )
 
 
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "runs", nargs="*", metavar="RUN", help="Finished run folders, each served under its folder's name."
+    )
+    serve.add_argument(
+        "--name", action="append", default=[], metavar="NAME=RUN", help="A run served under NAME (repeatable)."
+    )
+    _add_trust_flag(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+    serve.add_argument("--port", type=int, default=8080, help="Port to listen on (default 8080).")
+    serve.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    serve.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="As for predict: auto is each run's own precision where this CPU or GPU runs it fast. The answers are "
+        "predict's at the same precision, except bf16 adapters sharing a base (see docs/serving.md).",
+    )
+    serve.add_argument(
+        "--api-key", default=None, help="Require `Authorization: Bearer KEY` on every route but /health."
+    )
+    defaults = ServeOptions()
+    serve.add_argument(
+        "--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
+        help="Requests in flight at most; beyond, 429 at once (default %(default)s).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
+        help="Padded tokens per batch at most (default %(default)s).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-batch-requests", type=int, default=defaults.max_batch_requests,
+        help="Texts per batch at most (default %(default)s).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
+        help="Texts in one request at most; beyond, 413 (default %(default)s).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--payload-limit", type=int, default=defaults.payload_limit,
+        help="Request body bytes at most; beyond, 413 (default %(default)s).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--no-auto-truncate", dest="auto_truncate", action="store_false",
+        help='Answer a text longer than the model reads with 413 unless its request sends "truncate": true '
+        "(default: score its start).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--drain-timeout", type=float, default=defaults.drain_timeout_s,
+        help="Seconds SIGTERM or Ctrl-C waits for requests in flight before exiting (default %(default)s).",
+    )  # fmt: skip
+
+
 def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("run", help="Run folder.")
     _add_trust_flag(report)
@@ -209,6 +263,11 @@ _COMMANDS = {
         "Write a run as a plain transformers model (LoRA merged) or its adapter.",
         _export_arguments,
         commands.cmd_export,
+    ),
+    "serve": (
+        "Serve finished runs over HTTP (TEI's /predict, OpenAI-style /v1/classify), many adapters on one base.",
+        _serve_arguments,
+        commands.cmd_serve,
     ),
     "report": ("Rebuild plots, report.md and report.html from a run folder.", _report_arguments, commands.cmd_report),
 }

@@ -1,0 +1,100 @@
+"""Tests for loratune.serving.adapters and .batcher, in one process: which runs share a base model, and that a batch
+mixing adapters gives each text the answer `loratune predict` gives it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from loratune.errors import ConfigError, RunError
+from loratune.runs.folder import load_run
+from loratune.serving.adapters import load_groups, name_runs
+from loratune.serving.batcher import Batcher
+from loratune.serving.metrics import ServerMetrics
+
+TEXTS = ["great movie", "the plot was really awful", "a very great scene with music", "a film " * 40]
+
+
+def predicted(run_dir, texts):
+    """`loratune predict --precision fp32`'s probabilities."""
+    return load_run(run_dir).predictor(device="cpu", precision="fp32").predict_proba(texts).numpy()
+
+
+def test_runs_are_named_by_folder_or_by_name(lora_runs):
+    pairs = name_runs([str(lora_runs[0])], [f"second={lora_runs[1]}"])
+    assert [name for name, _ in pairs] == [lora_runs[0].name, "second"]
+
+
+@pytest.mark.parametrize(
+    ("runs", "named", "message"),
+    [
+        ([], [], "Nothing to serve"),
+        ([], ["noequals"], "NAME=RUN_FOLDER"),
+        ([], ["a b=x"], "not usable in a URL"),
+        ([], ["same=x", "same=y"], "Two runs would be served as 'same'"),
+    ],
+)
+def test_bad_names_are_refused_in_one_line(runs, named, message):
+    with pytest.raises(ConfigError, match=message):
+        name_runs(runs, named)
+
+
+def test_a_missing_run_folder_is_named(tmp_path):
+    with pytest.raises(RunError, match="nowhere"):
+        load_groups([("x", tmp_path / "nowhere")], device="cpu")
+
+
+def test_lora_runs_on_one_base_share_one_model_and_a_full_run_has_its_own(trained_run, tiny_bert, data_dir, lora_runs):
+    full = trained_run(tiny_bert, data_dir, lora__method="full")
+    groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1]), ("f", full)], device="cpu")
+    assert sorted(len(g.adapters) for g in groups) == [1, 2]
+    shared = next(g for g in groups if len(g.adapters) == 2)
+    assert shared.names == ["a", "b"] and shared.mixed
+    # one copy of the encoder: the second adapter added only its LoRA and head weights
+    base_weights = [n for n, _ in shared.model.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    assert not any(n.endswith("adapter_1.weight") for n in base_weights)
+
+
+def _score_together(groups, requests):
+    """Every (adapter, texts) of `requests` queued before the batcher runs, so they meet in one batch."""
+    adapters = {a.name: a for g in groups for a in g.adapters}
+    batcher = Batcher(max_batch_tokens=16384, max_batch_requests=64, metrics=ServerMetrics())
+    calls = []
+    score = batcher._score
+    batcher._score = lambda taken: calls.append(len(taken)) or score(taken)
+
+    async def main():
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.score(adapters[n], adapters[n].encode(t, None, True)) for n, t in requests)
+            )
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main()), calls
+
+
+def test_a_batch_mixing_adapters_gives_each_text_the_answer_predict_gives(lora_runs):
+    groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1])], device="cpu", precision="fp32")
+    adapters = {a.name: a for a in groups[0].adapters}
+    requests = [("a", TEXTS[:2]), ("b", TEXTS), ("a", TEXTS[2:])]
+    results, calls = _score_together(groups, requests)
+    assert calls == [3]  # all three requests in one pass
+    for (name, texts), logits in zip(requests, results, strict=True):
+        run = lora_runs[0] if name == "a" else lora_runs[1]
+        np.testing.assert_allclose(adapters[name].probabilities(logits), predicted(run, texts), atol=1e-4)
+    # the two adapters really differ, so mixing them up would show
+    assert not np.allclose(predicted(lora_runs[0], TEXTS), predicted(lora_runs[1], TEXTS), atol=1e-3)
+
+
+def test_adapters_peft_cannot_mix_are_scored_one_sub_batch_each(trained_run, tiny_bert, data_dir):
+    runs = [trained_run(tiny_bert, data_dir, lora__method="dora", train__seed=seed) for seed in (1, 2)]
+    groups = load_groups([("a", runs[0]), ("b", runs[1])], device="cpu", precision="fp32")
+    assert len(groups) == 1 and not groups[0].mixed
+    adapters = {a.name: a for a in groups[0].adapters}
+    results, _ = _score_together(groups, [("a", TEXTS), ("b", TEXTS)])
+    for name, run, logits in zip("ab", runs, results, strict=True):
+        np.testing.assert_allclose(adapters[name].probabilities(logits), predicted(run, TEXTS), atol=1e-4)
