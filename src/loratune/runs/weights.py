@@ -4,6 +4,8 @@ run folder is ever unpickled."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,26 @@ def load_tokenizer_of(run_dir: Path, cfg: Config) -> Any:
     return load_tokenizer(str(run_dir / TOKENIZER_DIR), cfg.model.trust_remote_code)
 
 
+def load_base(run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, device: Any = "cpu") -> Any:
+    """The classifier a run's saved weights attach to: the base model (or, for a method that saves a whole model,
+    that model) with `labels`' head and the run's pooling; its saved weights are not checked here (`load_model`).
+
+    Raises:
+        RunError: when it cannot be built.
+    """
+    method = method_of(cfg.lora.method)
+    base = resolve_model_name(cfg.model.name_or_path, run_dir)
+    attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
+    with _loading_errors(run_dir, labels):
+        model, _ = load_classifier(
+            method.load_source(run_dir / (method.saved_in or ""), base), labels, cfg.model.trust_remote_code, attention
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if cfg.model.pooling == "mean":  # full models too: the mean has no weights, so their folder cannot say it
+            use_mean_pooling(model)
+    return model
+
+
 def load_model(
     run_dir: Path, cfg: Config, labels: list[str], tokenizer: Any, device: Any = "cpu", trust_unverified: bool = False
 ) -> Any:
@@ -124,16 +146,19 @@ def load_model(
     """
     method = method_of(cfg.lora.method)
     check_weights(run_dir, method, labels, trust_unverified)
-    base = resolve_model_name(cfg.model.name_or_path, run_dir)
-    trust = cfg.model.trust_remote_code
-    attention = resolve_attention(cfg.model.attn_implementation, str(device).split(":")[0])
-    saved = run_dir / (method.saved_in or "")
+    model = load_base(run_dir, cfg, labels, tokenizer, device)
+    with _loading_errors(run_dir, labels):
+        model = method.attach(model, run_dir / (method.saved_in or ""))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    check_finite_model(model, run_dir)  # full models' weights, which are not checked before loading
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _loading_errors(run_dir: Path, labels: list[str]) -> Iterator[None]:
+    """A model that fails to load as a RunError naming the run folder (a head of the wrong size as such)."""
     try:
-        model, _ = load_classifier(method.load_source(saved, base), labels, trust, attention)
-        model.config.pad_token_id = tokenizer.pad_token_id
-        if cfg.model.pooling == "mean":  # full models too: the mean has no weights, so their folder cannot say it
-            use_mean_pooling(model)
-        model = method.attach(model, saved)
+        yield
     except (RunError, ModelError):
         raise
     except Exception as error:
@@ -144,6 +169,3 @@ def load_model(
             ) from error
         first = first_line(error)
         raise RunError(f"Could not load the model saved in {run_dir} ({first}); the files may be damaged.") from error
-    model.config.pad_token_id = tokenizer.pad_token_id
-    check_finite_model(model, run_dir)  # full models' weights, which are not checked before loading
-    return model.to(device).eval()

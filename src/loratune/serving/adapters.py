@@ -4,7 +4,6 @@ each) and, where the method allows, one forward pass for a batch that mixes them
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,6 @@ from loratune.model.names import resolve_model_name
 from loratune.quiet import peft_warnings_hidden
 from loratune.runs.folder import RunFolder
 from loratune.serving.api import VALIDATION, ClientError
-
-log = logging.getLogger(__name__)
 
 # Names that read well in a URL, a JSON field and a Prometheus label.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -113,11 +110,13 @@ class ModelGroup:
     method supports it, one sub-batch per adapter otherwise.
     """
 
-    def __init__(self, base: str, model: Any, adapters: list[ServedAdapter], device: str, dtype: str) -> None:
+    def __init__(
+        self, base: str, model: Any, adapters: list[ServedAdapter], device: str, dtype: str, mixed: bool = False
+    ) -> None:
         self.base, self.model, self.adapters, self.device, self.dtype = base, model, adapters, device, dtype
         self.num_labels = len(adapters[0].labels)
         self.pad_token_id = adapters[0].tokenizer.pad_token_id or 0
-        self.mixed = len(adapters) > 1 and adapters[0].run.method.shares_base_in_batch
+        self.mixed = mixed  # one pass for a batch mixing adapters (PEFT's `adapter_names`), else one per adapter
         for adapter in adapters:
             adapter.group = self
 
@@ -132,11 +131,7 @@ class ModelGroup:
             if len(self.adapters) == 1:
                 return self.model(**batch).logits.float().cpu()
             if self.mixed:
-                try:
-                    return self.model(**batch, adapter_names=peft_names).logits.float().cpu()
-                except (TypeError, ValueError) as error:  # a head or layer PEFT cannot split by adapter
-                    log.warning("one pass per adapter from now on: PEFT cannot mix them (%s)", error)
-                    self.mixed = False
+                return self.model(**batch, adapter_names=peft_names).logits.float().cpu()
             out = torch.empty((len(peft_names), self.num_labels))
             for name in dict.fromkeys(peft_names):
                 rows = torch.tensor([i for i, n in enumerate(peft_names) if n == name])
@@ -206,20 +201,76 @@ def load_groups(
 
 
 def _load_group(key: tuple, adapters: list[ServedAdapter], device: str, precision: str) -> ModelGroup:
-    from loratune.runs import weights
-
     first = adapters[0].run
     dtype = key[-1]
     base = first.model_name
     if len(adapters) == 1:
         return ModelGroup(base, first.inference_model(device, precision), adapters, device, dtype)
-    model = first.trained_model(device)  # a PeftModel holding the first run's adapter as "default"
-    adapters[0].peft_name = "default"
-    for i, adapter in enumerate(adapters[1:], start=1):
+    model, mixed = _shared_model(adapters)
+    model = hardware.prepare_for_inference(model.to(device), dtype)
+    return ModelGroup(base, model, adapters, device, dtype, mixed)
+
+
+def _shared_model(adapters: list[ServedAdapter]) -> tuple[Any, bool]:
+    """One base model with every run's adapter and head under its own PEFT name, and whether a batch can mix them.
+
+    A batch can mix them where the method allows (`Method.shares_base_in_batch`) and PEFT can split each head
+    module by adapter: it splits only a few module types (`MIXABLE_TYPES`), so a head such as BERT's pooler (a
+    Linear, then tanh) is loaded as its Linear instead (`_mixable_heads`), which holds the very same weights.
+    """
+    from peft import PeftConfig, PeftModel, load_peft_weights, set_peft_model_state_dict
+
+    from loratune.runs import weights
+
+    first = adapters[0].run
+    folders = [a.run.run_dir / a.run.method.saved_in for a in adapters]
+    for adapter in adapters:
         run = adapter.run
         weights.check_weights(run.run_dir, run.method, run.labels, run.trust_unverified)
-        adapter.peft_name = f"adapter_{i}"  # PEFT names become module names: the served name may hold '.' or '-'
-        with peft_warnings_hidden():
-            model.load_adapter(str(run.run_dir / run.method.saved_in), adapter_name=adapter.peft_name)
-    model = hardware.prepare_for_inference(model.to(device), dtype)
-    return ModelGroup(base, model, adapters, device, dtype)
+    base = weights.load_base(first.run_dir, first.config, first.labels, first.tokenizer)
+    configs = [PeftConfig.from_pretrained(str(folder)) for folder in folders]
+    heads = [_mixable_heads(base, list(c.modules_to_save or [])) for c in configs]
+    mixed = first.method.shares_base_in_batch and all(h is not None for h in heads)
+    model = None
+    with peft_warnings_hidden():
+        for i, (adapter, folder, config) in enumerate(zip(adapters, folders, configs, strict=True)):
+            adapter.peft_name = f"adapter_{i}"  # PEFT names become module names: the served name may hold '.' or '-'
+            if mixed:
+                config.modules_to_save = heads[i]
+            config.inference_mode = True
+            if model is None:  # the PEFT class for the task (sequence classification), the weights checked
+                model = PeftModel.from_pretrained(base, str(folder), adapter_name=adapter.peft_name, config=config)
+                continue
+            model.add_adapter(adapter.peft_name, config)
+            loaded = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"), adapter.peft_name)
+            missing = [k for k in loaded.missing_keys if f".{adapter.peft_name}." in k]  # left at their initial values
+            if loaded.unexpected_keys or missing:
+                odd = (loaded.unexpected_keys or missing)[:2]
+                raise RunError(f"{folder} does not fit the base model its config names ({odd}); retrain it.")
+    model.eval()
+    return model, mixed
+
+
+# The module types whose copies PEFT's `modules_to_save` can apply per row of a mixed batch (peft.utils.other,
+# `ModulesToSaveWrapper._mixed_batch_forward`).
+MIXABLE_TYPES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _mixable_heads(model: Any, names: list[str]) -> list[str] | None:
+    """`modules_to_save` as modules PEFT can mix: one of `MIXABLE_TYPES` as it is; a module whose weights all lie
+    in such children (BERT's pooler: dense, tanh; RoBERTa's head: dense, dropout, out_proj) as those children, which
+    load the same saved weights; None when a module has weights elsewhere (a LayerNorm)."""
+    mixable = []
+    for name in names:
+        for full, module in model.named_modules():
+            if not (full == name or full.endswith("." + name)):
+                continue
+            if isinstance(module, MIXABLE_TYPES):
+                mixable.append(name)
+                continue
+            children = [(n, c) for n, c in module.named_modules() if n and isinstance(c, MIXABLE_TYPES)]
+            covered = {f"{n}.{p}" for n, c in children for p, _ in c.named_parameters()}
+            if {p for p, _ in module.named_parameters()} - covered:
+                return None
+            mixable += [f"{name}.{n}" for n, _ in children]
+    return sorted(set(mixable))
