@@ -98,3 +98,15 @@ def test_adapters_peft_cannot_mix_are_scored_one_sub_batch_each(trained_run, tin
     results, _ = _score_together(groups, [("a", TEXTS), ("b", TEXTS)])
     for name, run, logits in zip("ab", runs, results, strict=True):
         np.testing.assert_allclose(adapters[name].probabilities(logits), predicted(run, TEXTS), atol=1e-4)
+
+
+def test_runs_with_different_label_counts_share_the_base_and_keep_their_heads(lora_runs, multi_label_run):
+    groups = load_groups([("two", lora_runs[0]), ("three", multi_label_run)], device="cpu", precision="fp32")
+    assert len(groups) == 1 and [len(a.labels) for a in groups[0].adapters] == [2, 3]
+    adapters = {a.name: a for a in groups[0].adapters}
+    results, calls = _score_together(groups, [("two", TEXTS), ("three", TEXTS)])
+    assert calls == [1, 1]  # one batch per number of labels
+    np.testing.assert_allclose(adapters["two"].probabilities(results[0]), predicted(lora_runs[0], TEXTS), atol=1e-4)
+    np.testing.assert_allclose(
+        adapters["three"].probabilities(results[1]), predicted(multi_label_run, TEXTS), atol=1e-4
+    )

@@ -191,8 +191,9 @@ def return_freed_memory() -> None:
     Why: tensors of ever new shapes (batches of texts of every length) leave glibc's heap fragmented, and glibc
     keeps freed pages in the process, so the resident set creeps up with the rows processed even though nothing is
     held. Trimming once per chunk of 1,024 texts kept `predict` at 639-766 MB over 90,000 SST-2 rows against
-    692-1,088 MB without it (639-700 MB with batch lengths rounded too), at the same speed, and took `train`'s peak from the fp32 re-score (1,464 MB) back to
-    training's own (1,281 MB): benchmarks/README.md, "Memory: where it goes". A no-op without glibc.
+    692-1,088 MB without it (639-700 MB with batch lengths rounded too), at the same speed, and took `train`'s peak
+    from the fp32 re-score (1,464 MB) back to training's own (1,281 MB): benchmarks/README.md, "Memory: where it
+    goes". A no-op without glibc.
     """
     libc = _glibc()
     if libc is not None:

@@ -114,7 +114,6 @@ class ModelGroup:
         self, base: str, model: Any, adapters: list[ServedAdapter], device: str, dtype: str, mixed: bool = False
     ) -> None:
         self.base, self.model, self.adapters, self.device, self.dtype = base, model, adapters, device, dtype
-        self.num_labels = len(adapters[0].labels)
         self.pad_token_id = adapters[0].tokenizer.pad_token_id or 0
         self.mixed = mixed  # one pass for a batch mixing adapters (PEFT's `adapter_names`), else one per adapter
         for adapter in adapters:
@@ -124,15 +123,16 @@ class ModelGroup:
     def names(self) -> list[str]:
         return [a.name for a in self.adapters]
 
-    def logits(self, batch: dict[str, torch.Tensor], peft_names: list[str | None]) -> torch.Tensor:
-        """(batch, seq_len) token tensors and each row's adapter -> (batch, num_labels) float32 logits."""
+    def logits(self, batch: dict[str, torch.Tensor], peft_names: list[str | None], num_labels: int) -> torch.Tensor:
+        """(batch, seq_len) token tensors and each row's adapter, all with `num_labels` labels -> (batch,
+        num_labels) float32 logits."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode(), hardware.attention_kernels(self.device):
             if len(self.adapters) == 1:
                 return self.model(**batch).logits.float().cpu()
             if self.mixed:
                 return self.model(**batch, adapter_names=peft_names).logits.float().cpu()
-            out = torch.empty((len(peft_names), self.num_labels))
+            out = torch.empty((len(peft_names), num_labels))
             for name in dict.fromkeys(peft_names):
                 rows = torch.tensor([i for i, n in enumerate(peft_names) if n == name])
                 self.model.set_adapter(name)
@@ -170,14 +170,15 @@ def name_runs(runs: list[str], named: list[str]) -> list[tuple[str, Path]]:
 
 
 def _group_key(run: RunFolder, device: str, precision: str) -> tuple:
-    """Runs with equal keys can share one base model: same base weights, method, head size, pooling, padding and
-    dtype. A method that saves a whole model or a head (full, head, none) keys on its own folder."""
+    """Runs with equal keys can share one base model: same base weights, method, pooling, padding and dtype (their
+    heads may classify into different numbers of labels). A method that saves a whole model or a head (full, head,
+    none) keys on its own folder."""
     cfg = run.config
     dtype = hardware.inference_precision(precision, device, cfg.train.precision)
     if not run.method.adapter:
         return ("own", str(run.run_dir.resolve()), dtype)
     base = resolve_model_name(cfg.model.name_or_path, run.run_dir)
-    return (base, run.method.name, len(run.labels), cfg.model.pooling, run.tokenizer.pad_token_id, dtype)
+    return (base, run.method.name, cfg.model.pooling, run.tokenizer.pad_token_id, dtype)
 
 
 def load_groups(
@@ -242,7 +243,9 @@ def _shared_model(adapters: list[ServedAdapter]) -> tuple[Any, bool]:
                 model = PeftModel.from_pretrained(base, str(folder), adapter_name=adapter.peft_name, config=config)
                 continue
             model.add_adapter(adapter.peft_name, config)
-            loaded = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"), adapter.peft_name)
+            tensors = load_peft_weights(str(folder), device="cpu")
+            _fit_heads(model, adapter.peft_name, tensors)
+            loaded = set_peft_model_state_dict(model, tensors, adapter.peft_name)
             missing = [k for k in loaded.missing_keys if f".{adapter.peft_name}." in k]  # left at their initial values
             if loaded.unexpected_keys or missing:
                 odd = (loaded.unexpected_keys or missing)[:2]
@@ -274,3 +277,18 @@ def _mixable_heads(model: Any, names: list[str]) -> list[str] | None:
                 return None
             mixable += [f"{name}.{n}" for n, _ in children]
     return sorted(set(mixable))
+
+
+def _fit_heads(model: Any, peft_name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Give an adapter's copy of each output layer the shape its saved weights have: PEFT copies the base's head,
+    made for the first run's labels, and a run with another number of labels shares the base all the same."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for path, module in model.named_modules():
+        if not isinstance(module, ModulesToSaveWrapper) or peft_name not in module.modules_to_save:
+            continue
+        copy, weight = module.modules_to_save[peft_name], tensors.get(f"{path}.weight")
+        if isinstance(copy, torch.nn.Linear) and weight is not None and weight.shape != copy.weight.shape:
+            module.modules_to_save[peft_name] = torch.nn.Linear(
+                weight.shape[1], weight.shape[0], bias=copy.bias is not None
+            )

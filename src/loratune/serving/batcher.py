@@ -105,14 +105,15 @@ class Batcher:
                     item.future.set_result(logits)
 
     def _take(self) -> list[Queued]:
-        """The oldest request and those queued after it for the same model, up to `max_batch_requests` texts."""
-        group = self._queue[0].adapter.group
+        """The oldest request and those queued after it for the same model and number of labels (one logits
+        tensor), up to `max_batch_requests` texts."""
+        key = _batch_key(self._queue[0])
         taken, rest, texts = [], collections.deque(), 0
         while self._queue:
             item = self._queue.popleft()
             if item.future.done():  # cancelled: its client went away before it was scored
                 continue
-            if item.adapter.group is group and (not taken or texts + len(item.rows) <= self.max_batch_requests):
+            if _batch_key(item) == key and (not taken or texts + len(item.rows) <= self.max_batch_requests):
                 taken.append(item)
                 texts += len(item.rows)
             else:
@@ -131,11 +132,12 @@ class Batcher:
             {k: [row[k] for row in rows] for k in keys}, group.pad_token_id, bucket=True
         )
         lengths = packed.lengths.tolist()
-        logits = torch.empty((len(rows), group.num_labels))
+        width = len(taken[0].adapter.labels)
+        logits = torch.empty((len(rows), width))
         batches = EvalBatchSampler(lengths, self.max_batch_requests, self.max_batch_tokens, self.max_batch_requests)
         for batch_rows in batches:
             batch = packed.__getitems__(batch_rows)
-            logits[batch_rows] = group.logits(batch, [names[i] for i in batch_rows])
+            logits[batch_rows] = group.logits(batch, [names[i] for i in batch_rows], width)
             self.metrics.batch_size.observe(len(batch_rows))
             self.metrics.batch_tokens.observe(batch["input_ids"].numel())
         out, start = [], 0
@@ -144,3 +146,7 @@ class Batcher:
             out.append(array[start : start + len(item.rows)])
             start += len(item.rows)
         return out
+
+
+def _batch_key(item: Queued) -> tuple[int, int]:
+    return id(item.adapter.group), len(item.adapter.labels)

@@ -46,7 +46,7 @@ def _warm_up(group: ModelGroup) -> None:
     for adapter in group.adapters:
         rows = adapter.encode(["warm up"], None, True) if not adapter.pair else adapter.encode(["a"], ["b"], True)
         packed = PackedTokens.from_encoded({k: [r[k] for r in rows] for k in rows[0]}, group.pad_token_id, True)
-        group.logits(packed.__getitems__([0]), [adapter.peft_name])
+        group.logits(packed.__getitems__([0]), [adapter.peft_name], len(adapter.labels))
 
 
 def describe(state: ServerState) -> str:
