@@ -34,7 +34,7 @@ LAYERS = [
     {"scoring"},
     {"inference"},
     {"runs"},
-    {"export", "report"},
+    {"export", "report", "serving"},
     {"training"},
     {"cli", "__init__", "__main__"},
 ]

@@ -110,3 +110,23 @@ def test_runs_with_different_label_counts_share_the_base_and_keep_their_heads(lo
     np.testing.assert_allclose(
         adapters["three"].probabilities(results[1]), predicted(multi_label_run, TEXTS), atol=1e-4
     )
+
+
+def test_heads_become_modules_peft_can_split_by_adapter_or_none_when_they_cannot():
+    from torch import nn
+
+    from loratune.serving.adapters import _mixable_heads
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pooler = nn.Sequential()
+            self.pooler.dense = nn.Linear(4, 4)
+            self.pooler.act = nn.Tanh()
+            self.classifier = nn.Linear(4, 2)
+            self.norm_head = nn.Sequential()
+            self.norm_head.norm = nn.LayerNorm(4)
+
+    model = Model()
+    assert _mixable_heads(model, ["classifier", "pooler", "score"]) == ["classifier", "pooler.dense"]
+    assert _mixable_heads(model, ["classifier", "norm_head"]) is None

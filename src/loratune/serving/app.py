@@ -1,12 +1,11 @@
 """The HTTP routes of `loratune serve` (FastAPI): TEI's `/predict`, `/info`, `/health` and `/metrics`, vLLM's
 `/v1/models` and `/v1/classify`, every error as TEI's JSON. Admission (API key, draining, the concurrency bound, the
-payload limit) happens in `Admission`, before a request reaches a route."""
+payload limit) happens in `admission.Admission`, before a request reaches a route."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
+import importlib.metadata
 import logging
 import time
 import uuid
@@ -20,60 +19,25 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from loratune import __version__
-from loratune.serving.adapters import ModelGroup, ServedAdapter
+from loratune.serving.adapters import ServedAdapter
+from loratune.serving.admission import Admission
 from loratune.serving.api import (
     BACKEND,
     NOT_FOUND,
-    OVERLOADED,
-    UNAUTHORIZED,
     UNHEALTHY,
     VALIDATION,
     ClassifyRequest,
     ClientError,
     PredictRequest,
 )
-from loratune.serving.batcher import Batcher
-from loratune.serving.metrics import ServerMetrics
-from loratune.serving.options import ServeOptions
+from loratune.serving.state import ServerState
 
 log = logging.getLogger(__name__)
 
+VERSION = importlib.metadata.version("loratune")
+
 # Tokenised in a worker thread above this many characters, so a large request does not hold up the event loop.
 THREADED_CHARS = 20_000
-
-
-class ServerState:
-    """What the routes and the process share: the adapters, the batcher, the metrics and the phase."""
-
-    def __init__(self, groups: list[ModelGroup], options: ServeOptions) -> None:
-        self.groups, self.options = groups, options
-        self.adapters: dict[str, ServedAdapter] = {a.name: a for g in groups for a in g.adapters}
-        self.metrics = ServerMetrics()
-        self.batcher = Batcher(options.max_batch_tokens, options.max_batch_requests, self.metrics)
-        self.phase = "starting"  # then "ready", then "draining" from SIGTERM or Ctrl-C on
-        self.in_flight = 0
-        self.started = int(time.time())
-
-    def adapter(self, name: str | None) -> ServedAdapter:
-        """The adapter a request names, or the only one when it names none.
-
-        Raises:
-            ClientError: 404 for an unknown name, 422 for none given where there are several.
-        """
-        if name is None:
-            if len(self.adapters) == 1:
-                return next(iter(self.adapters.values()))
-            raise ClientError(
-                422, VALIDATION, f'This server holds several adapters; name one with "adapter": one of {self.names}.'
-            )
-        if name not in self.adapters:
-            raise ClientError(404, NOT_FOUND, f"No adapter named {name!r}; this server holds {self.names}.")
-        return self.adapters[name]
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.adapters)
 
 
 def build_app(state: ServerState) -> Any:
@@ -86,7 +50,7 @@ def build_app(state: ServerState) -> Any:
         yield
         await state.batcher.stop()
 
-    app = FastAPI(title="loratune", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="loratune", version=VERSION, lifespan=lifespan)
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -267,7 +231,7 @@ def _info(state: ServerState) -> dict[str, Any]:
         "max_client_batch_size": o.max_client_batch_size,
         "auto_truncate": o.auto_truncate,
         "tokenization_workers": None,
-        "version": __version__,
+        "version": VERSION,
         "adapters": [a.describe() for a in state.adapters.values()],
     }
 
@@ -310,106 +274,3 @@ def _validation_message(error: RequestValidationError) -> str:
     return f"{where or 'body'}: {first.get('msg', 'invalid')}" + (
         f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     )
-
-
-class Admission:
-    """ASGI middleware in front of the routes: the API key, draining, the concurrency bound and the payload limit,
-    each refused at once as TEI's JSON error; and the count of requests in flight, which draining waits for.
-
-    Hand-written as plain ASGI rather than a FastAPI middleware so that a refusal costs no body parsing, and so that
-    the body read here (at most `payload_limit` bytes, then 413) is what the route reads.
-    """
-
-    OPEN = ("/health",)  # answered without the API key and while draining (load balancers poll it)
-
-    def __init__(self, app: Any, state: ServerState) -> None:
-        self.app, self.state = app, state
-        key = state.options.api_key
-        self._expected = f"Bearer {key}".encode() if key else None
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        headers = dict(scope.get("headers") or [])
-        if self._expected is not None and path not in self.OPEN:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
-                return await _send_error(
-                    send, 401, UNAUTHORIZED, "Missing or wrong API key; send Authorization: Bearer KEY."
-                )
-        if path in self.OPEN or path == "/metrics":
-            return await self.app(scope, receive, send)
-        state = self.state
-        if state.phase == "draining":
-            return await _send_error(
-                send, 503, UNHEALTHY, "The server is shutting down; send the request to another replica."
-            )
-        if state.in_flight >= state.options.max_concurrent_requests:
-            state.metrics.request_failure.labels("", OVERLOADED).inc()
-            return await _send_error(
-                send, 429, OVERLOADED, f"The server is full ({state.in_flight} requests in flight); retry shortly."
-            )
-        state.in_flight += 1
-        state.metrics.in_flight.set(state.in_flight)
-        try:
-            try:
-                body = await self._read_body(headers, receive)
-            except _Disconnected:  # the client went away mid-body: nobody to answer
-                return
-            if body is None:
-                limit = state.options.payload_limit
-                return await _send_error(
-                    send,
-                    413,
-                    VALIDATION,
-                    f"The body is over the {limit:,}-byte limit (--payload-limit); send less per request.",
-                )
-            await self.app(scope, _replay(body, receive), send)
-        finally:
-            state.in_flight -= 1
-            state.metrics.in_flight.set(state.in_flight)
-
-    async def _read_body(self, headers: dict, receive: Any) -> bytes | None:
-        """The whole body, or None once it passes the payload limit (by its Content-Length or as it arrives)."""
-        limit = self.state.options.payload_limit
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-class _Disconnected(Exception):
-    """The client closed its connection before sending the whole body."""
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replayed() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # then the client's own messages: a disconnect
-
-    return replayed
-
-
-async def _send_error(send: Any, status: int, error_type: str, message: str) -> None:
-    payload = json.dumps({"error": message, "error_type": error_type}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

@@ -13,8 +13,8 @@ from typing import Any
 from loratune.errors import ConfigError
 from loratune.progress import announce
 from loratune.serving.adapters import ModelGroup, load_groups, name_runs
-from loratune.serving.app import ServerState
 from loratune.serving.options import ServeOptions
+from loratune.serving.state import ServerState
 
 
 def load_state(
