@@ -151,68 +151,71 @@ def baseline_server(export: Path, work: Path) -> Server:
 
 
 # -- clients -----------------------------------------------------------------------------------------------------
-async def load(
-    url: str, bodies: itertools.cycle, concurrency: int, seconds: float, warmup_s: float = 2.0, check=None
-) -> dict:
-    """`concurrency` clients sending the next body as soon as their last answer came, for `warmup_s` (not
-    counted) then `seconds`; `check(body, response)` returns an error name or None (default: status 200)."""
+async def load(url: str, bodies, concurrency: int, seconds: float, warmup_s: float = 2.0) -> list[tuple]:
+    """`concurrency` clients, each sending the next (body, expected status) as soon as its last answer came, for
+    `warmup_s` (not recorded) then `seconds`. Returns one record per request: (sent at, seconds, status or 0,
+    the httpx error's name or None, expected status, whether a 200 answer has the right shape)."""
     import httpx
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    statuses: dict[int, int] = {}
+    records: list[tuple] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     start = time.perf_counter()
     counting_from, stop_at = start + warmup_s, start + warmup_s + seconds
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120.0) as client:
 
         async def worker() -> None:
-            while (now := time.perf_counter()) < stop_at:
-                body = next(bodies)
-                sent = time.perf_counter()
+            while (sent := time.perf_counter()) < stop_at:
+                body, want = next(bodies)
+                status, error, shaped = 0, None, False
                 try:
                     if isinstance(body, bytes):
-                        response = await client.post("/predict", content=body,
-                                                     headers={"content-type": "application/json"})  # fmt: skip
+                        headers = {"content-type": "application/json"}
+                        response = await client.post("/predict", content=body, headers=headers)
                     else:
                         response = await client.post("/predict", json=body)
-                    problem = check(body, response) if check else (None if response.status_code == 200 else "status")
                     status = response.status_code
-                except httpx.HTTPError as error:
-                    problem, status = type(error).__name__, 0
-                if now >= counting_from:
-                    latencies.append(time.perf_counter() - sent)
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if problem:
-                        errors[problem] = errors.get(problem, 0) + 1
+                    shaped = status == 200 and isinstance(response.json(), list)
+                except httpx.HTTPError as problem:
+                    error = type(problem).__name__
+                if sent >= counting_from:
+                    records.append((sent, time.perf_counter() - sent, status, error, want, shaped))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarise(latencies, seconds, errors, statuses)
+    return records
 
 
-def summarise(latencies: list[float], seconds: float, errors: dict, statuses: dict) -> dict:
-    ordered = sorted(latencies)
+def good_bodies(texts: list[str], adapters: list[str] | None = None):
+    """Single-text requests over `texts` (spread round robin over `adapters`), each expecting 200."""
+    for text, adapter in zip(itertools.cycle(texts), itertools.cycle(adapters or [None])):
+        yield ({"inputs": text} if adapter is None else {"inputs": text, "adapter": adapter}), 200
+
+
+def summarise(records: list[tuple], seconds: float) -> dict:
+    """Requests/s, latency percentiles and errors (a wrong status, a failed request, a 200 of the wrong shape)."""
+    latencies = sorted(r[1] for r in records)
+    errors: dict[str, int] = {}
+    for _, _, status, error, want, shaped in records:
+        kind = error or (f"status {status}, wanted {want}" if status != want else None)
+        kind = kind or (None if want != 200 or shaped else "answer of the wrong shape")
+        if kind:
+            errors[kind] = errors.get(kind, 0) + 1
 
     def pct(p: float) -> float:
-        return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
+        return 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
 
     return {
-        "requests": len(latencies), "requests_per_s": len(latencies) / seconds,
+        "requests": len(records), "requests_per_s": len(records) / seconds,
         "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
         "mean_ms": 1000 * statistics.fmean(latencies) if latencies else float("nan"),
-        "errors": sum(errors.values()), "error_kinds": errors, "statuses": {str(k): v for k, v in statuses.items()},
+        "errors": sum(errors.values()), "error_kinds": errors,
     }  # fmt: skip
 
 
 def measure_levels(server: Server, levels: list[int], seconds: float, texts: list[str], adapters=None) -> list[dict]:
     rows = []
     for c in levels:
-        if adapters:
-            bodies = itertools.cycle({"inputs": t, "adapter": a} for t, a in zip(texts, itertools.cycle(adapters)))
-        else:
-            bodies = itertools.cycle({"inputs": t} for t in texts)
-        row = {"concurrency": c, **asyncio.run(load(server.url, bodies, c, seconds))}
-        row["rss_mb"] = server.rss_mb()
+        records = asyncio.run(load(server.url, good_bodies(texts, adapters), c, seconds))
+        row = {"concurrency": c, **summarise(records, seconds), "rss_mb": server.rss_mb()}
         rows.append(row)
         print(_line(f"  c={c:<4}", row), flush=True)
     return rows
@@ -236,73 +239,80 @@ BAD = [
 
 
 def soak_bodies(texts: list[str], adapters: list[str]):
-    """Nine good requests (spread over the adapters), then one bad, in turn; each with the status it must get."""
-    good = ((({"inputs": t, "adapter": a}), 200) for t, a in zip(itertools.cycle(texts), itertools.cycle(adapters)))
-    bad = itertools.cycle(BAD)
+    """Nine good requests (spread over the adapters), then one bad one, in turn; each with the status it must get."""
+    good, bad = good_bodies(texts, adapters), itertools.cycle(BAD)
     for i in itertools.count():
-        body, status = next(bad) if i % 10 == 9 else next(good)
-        if isinstance(body, dict) and "adapter" not in body and status != 200:
+        if i % 10 != 9:
+            yield next(good)
+            continue
+        body, status = next(bad)
+        if isinstance(body, dict) and "adapter" not in body:
             body = {**body, "adapter": adapters[0]}
         yield body, status
 
 
 def soak(server: Server, texts: list[str], adapters: list[str], seconds: float, drain_after_s: float = 5.0) -> dict:
-    """The soak, with RSS samples, then SIGTERM `drain_after_s` before the clients stop."""
+    """The soak at concurrency 64, RSS sampled every 10 s; SIGTERM `drain_after_s` before the clients stop.
 
-    expected: dict[int, int] = {}
-    stream = soak_bodies(texts, adapters)
-
-    class Bodies:
-        def __next__(self):
-            body, status = next(stream)
-            expected[id(body)] = status
-            return body
-
+    Before SIGTERM every request must get its status. A request sent after it may be refused (503, or a refused
+    or closed connection); it was never accepted. The server must answer what it had accepted and exit 0."""
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     start = time.perf_counter()
-    signalled: dict = {}
+    signalled: list[float] = []
 
-    def sample() -> None:
-        while not stop.wait(10.0):
-            if server.process.poll() is None:
-                samples.append((time.perf_counter() - start, server.rss_mb()))
+    def watch() -> None:
+        while not stop.wait(10.0) and not signalled:
+            samples.append((time.perf_counter() - start, server.rss_mb()))
+            if time.perf_counter() - start >= seconds:
+                signalled.append(time.perf_counter())
+                server.process.send_signal(signal.SIGTERM)
 
-    def terminate() -> None:
-        if not stop.wait(seconds):
-            signalled["at"] = time.perf_counter()
-            server.process.send_signal(signal.SIGTERM)
-
-    after = {"answered": 0, "refused_503": 0, "not_connected": 0, "lost": 0}
-
-    def check(body, response) -> str | None:
-        want = expected.pop(id(body), 200)
-        if "at" in signalled and response.status_code in (200, 503):
-            after["answered" if response.status_code == 200 else "refused_503"] += 1
-        if response.status_code >= 500 and not ("at" in signalled and response.status_code == 503):
-            return f"5xx:{response.status_code}"
-        if response.status_code != want:
-            return f"want {want} got {response.status_code}"
-        if want == 200 and not isinstance(response.json(), list):
-            return "bad answer"
-        return None
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (sample, terminate)]
-    for t in threads:
-        t.start()
-    result = asyncio.run(load(server.url, Bodies(), 64, seconds + drain_after_s, warmup_s=0.0, check=check))
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    records = asyncio.run(load(server.url, soak_bodies(texts, adapters), 64, seconds + drain_after_s, warmup_s=0))
     stop.set()
     code = server.process.wait(timeout=120)
-    kinds = result["error_kinds"]
-    # After SIGTERM: a refused connection was never accepted; a dropped one would have been.
-    after["not_connected"] = kinds.pop("ConnectError", 0)
-    after["lost"] = sum(v for k, v in kinds.items() if k in ("ReadError", "RemoteProtocolError", "ReadTimeout"))
+    cut = signalled[0] if signalled else float("inf")
+    before = [r for r in records if r[0] + r[1] < cut]  # answered before the signal
+    during = [r for r in records if r[0] < cut <= r[0] + r[1]]  # in flight when it came
+    after = [r for r in records if r[0] >= cut]
+    result = summarise(before, seconds)
     warm = [rss for t, rss in samples if t >= 60.0] or [rss for _, rss in samples]
     return {
-        **result, "errors_before_sigterm": {k: v for k, v in kinds.items()}, "exit_code": code,
-        "after_sigterm": after, "rss_samples": samples,
+        **result, "exit_code": code, "rss_samples": samples,
         "rss_after_warmup_mb": warm[0] if warm else None, "rss_end_mb": samples[-1][1] if samples else None,
+        "bad_requests": sum(r[4] != 200 for r in before),
+        "fivexx_before_sigterm": sum(r[2] >= 500 for r in before),
+        "in_flight_at_sigterm": len(during),
+        "in_flight_answered": sum(r[2] == r[4] and (r[4] != 200 or r[5]) for r in during),
+        "in_flight_refused_503": sum(r[2] == 503 for r in during),
+        "after_sigterm": summarise(after, max(drain_after_s, 1e-9))["error_kinds"],
     }  # fmt: skip
+
+
+def agreement(server: Server, runs: list[Path], texts: list[str]) -> dict:
+    """The server's probabilities (runs sharing a base, in one process) against `loratune predict`'s at its default
+    precision (each run alone, its adapter merged), text by text."""
+    import httpx
+    import numpy as np
+
+    from loratune.runs.folder import load_run
+
+    worst, differ, total = 0.0, 0, 0
+    for run in runs:
+        predictor = load_run(run).predictor(device="cpu")
+        expected = predictor.predict_proba(texts).numpy()
+        got = []
+        for start in range(0, len(texts), 32):
+            body = {"inputs": texts[start : start + 32], "adapter": run.name}
+            answers = httpx.post(server.url + "/predict", json=body, timeout=60).json()
+            got += [[{e["label"]: e["score"] for e in row}[label] for label in predictor.labels] for row in answers]
+        got = np.array(got)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        differ += int((got.argmax(1) != expected.argmax(1)).sum())
+        total += len(texts)
+    return {"max_abs_diff": worst, "labels_differ": differ, "texts": total, "precision": "auto"}
 
 
 # -- runs ---------------------------------------------------------------------------------------------------------
@@ -339,7 +349,9 @@ def main() -> None:
     parser.add_argument("--level-s", type=float, default=20.0, help="seconds measured per level")
     parser.add_argument("--soak-s", type=float, default=300.0, help="seconds of soak before SIGTERM (0: no soak)")
     parser.add_argument("--runs-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-serve-runs")
-    parser.add_argument("--skip", default="", help="parts to skip: baseline, levels, eight, soak (comma-separated)")
+    parser.add_argument(
+        "--skip", default="", help="parts to skip: baseline, levels, eight, agreement, soak (comma-separated)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
@@ -377,6 +389,14 @@ def main() -> None:
         print(f"  peak RSS {many['peak_rss_mb']:.0f} MB vs {one['peak_rss_mb']:.0f} MB "
               f"(x{many['peak_rss_mb'] / one['peak_rss_mb']:.2f}); throughput "
               f"{many['requests_per_s'] / one['requests_per_s']:.0%} of one adapter's", flush=True)  # fmt: skip
+    if "agreement" not in skip:
+        print("agreement with loratune predict: the eight bf16 adapters sharing a base vs each run alone", flush=True)
+        server = loratune_server(eight, work, "agreement")
+        record["agreement"] = agreement(server, eight[:2], texts[:200])
+        server.stop()
+        a = record["agreement"]
+        print(f"  max |probability difference| {a['max_abs_diff']:.2e}, labels that differ {a['labels_differ']} of "
+              f"{a['texts']}", flush=True)  # fmt: skip
     if args.soak_s > 0 and "soak" not in skip:
         print(f"soak: eight adapters, c=64, 10% bad requests, {args.soak_s:.0f} s, then SIGTERM", flush=True)
         server = loratune_server(eight, work, "soak")
@@ -385,11 +405,17 @@ def main() -> None:
         record["soak"] = result
         print(_line("  soak", result), flush=True)
         print(
-            f"  errors before SIGTERM: {result['errors_before_sigterm'] or 'none'}; RSS after warm-up "
+            f"  before SIGTERM: {result['requests']:,} requests, {result['bad_requests']:,} of them bad; errors "
+            f"{result['error_kinds'] or 'none'}; 5xx {result['fivexx_before_sigterm']}; RSS after warm-up "
             f"{result['rss_after_warmup_mb']:.0f} MB, at the end {result['rss_end_mb']:.0f} MB",
             flush=True,
         )
-        print(f"  after SIGTERM: {result['after_sigterm']}; exit {result['exit_code']}", flush=True)
+        print(
+            f"  SIGTERM: {result['in_flight_answered']} of {result['in_flight_at_sigterm']} requests in flight "
+            f"answered ({result['in_flight_refused_503']} refused with 503 before admission); after it: "
+            f"{result['after_sigterm'] or 'nothing refused'}; exit {result['exit_code']}",
+            flush=True,
+        )
     if "baseline" in record and "loratune" in record:
         print("loratune / baseline:", flush=True)
         for b, lt in zip(record["baseline"], record["loratune"], strict=True):
