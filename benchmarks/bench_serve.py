@@ -402,7 +402,7 @@ def main() -> None:
         server = loratune_server(eight, work, "soak")
         result = soak(server, texts, [r.name for r in eight], args.soak_s)
         server.log.close()
-        record["soak"] = result
+        record["soak"], record["soak_seconds"] = result, args.soak_s
         print(_line("  soak", result), flush=True)
         print(
             f"  before SIGTERM: {result['requests']:,} requests, {result['bad_requests']:,} of them bad; errors "

@@ -491,6 +491,68 @@ def busy_quote(f: dict[str, Any]) -> str:
     )
 
 
+# `loratune serve` under load, beside a hand-written pipeline server; eight adapters on one base; the soak.
+SERVE_JSON = "benchmarks/results/bench_serve_cpu.json"
+
+
+def measure_serve(work: Path) -> dict[str, Any]:
+    run_command([sys.executable, "benchmarks/bench_serve.py", "--json", SERVE_JSON], work / "serve.log")
+    record = json.loads((REPO / SERVE_JSON).read_text())
+    keep = ("concurrency", "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")
+    figures = {k: [{f: row[f] for f in keep} for row in record[k]] for k in ("baseline", "loratune")}
+    for k in ("one_adapter", "eight_adapters"):
+        figures[k] = {f: record[k][f] for f in ("requests_per_s", "p99_ms", "errors", "peak_rss_mb")}
+    figures["agreement"] = record["agreement"]
+    soak = record["soak"]
+    figures["soak"] = {
+        f: soak[f]
+        for f in (
+            "requests", "requests_per_s", "p99_ms", "errors", "bad_requests", "fivexx_before_sigterm", "exit_code",
+            "rss_after_warmup_mb", "rss_end_mb", "in_flight_at_sigterm", "in_flight_answered",
+        )
+    }  # fmt: skip
+    figures["soak_s"] = record["soak_seconds"]
+    return figures
+
+
+def serve_table(f: dict[str, Any]) -> str:
+    lines = [
+        "| clients | baseline req/s | loratune req/s | × | baseline p50 / p99 ms | loratune p50 / p99 ms | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b, lt in zip(f["baseline"], f["loratune"], strict=True):
+        lines.append(
+            f"| {b['concurrency']} | {b['requests_per_s']:.1f} | {lt['requests_per_s']:.1f} | "
+            f"{lt['requests_per_s'] / b['requests_per_s']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | "
+            f"{lt['p50_ms']:.0f} / {lt['p99_ms']:.0f} | {b['errors']} / {lt['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def serve_adapters_quote(f: dict[str, Any]) -> str:
+    one, eight, a = f["one_adapter"], f["eight_adapters"], f["agreement"]
+    return (
+        f"Eight short SST-2 runs on one base, requests spread over them, 32 clients: "
+        f"{eight['requests_per_s']:.1f} requests/s ({eight['requests_per_s'] / one['requests_per_s']:.0%} of one run "
+        f"served alone, {one['requests_per_s']:.1f}), peak RSS {eight['peak_rss_mb']:,.0f} MB "
+        f"(×{eight['peak_rss_mb'] / one['peak_rss_mb']:.2f} of one run's {one['peak_rss_mb']:,.0f} MB). Their bf16 "
+        f"answers against `loratune predict`'s (each run alone, merged): largest probability difference "
+        f"{a['max_abs_diff']:.3f}, {a['labels_differ']} of {a['texts']} labels different."
+    )
+
+
+def serve_soak_quote(f: dict[str, Any]) -> str:
+    s = f["soak"]
+    return (
+        f"Soak: the eight-run server, 64 clients for {f['soak_s'] / 60:.0f} minutes, one request in ten bad: "
+        f"{s['requests']:,} requests ({s['bad_requests']:,} bad), {s['errors']} answered other than expected, "
+        f"{s['fivexx_before_sigterm']} 5xx; RSS {s['rss_after_warmup_mb']:,.0f} MB after the first minute, "
+        f"{s['rss_end_mb']:,.0f} MB at the end. SIGTERM with the clients still sending: "
+        f"{s['in_flight_answered']} of the {s['in_flight_at_sigterm']} requests in flight answered, exit status "
+        f"{s['exit_code']}."
+    )
+
+
 EXPERIMENTS = [
     Experiment(
         "readme",
@@ -570,6 +632,17 @@ EXPERIMENTS = [
         measure_speed,
         [("README.md", speed_table), ("README.md", speed_anchor_quote)],
     ),
+    Experiment(
+        "serve",
+        16,
+        [f"python benchmarks/bench_serve.py --json {SERVE_JSON}"],
+        measure_serve,
+        [
+            ("docs/serving.md", serve_table),
+            ("docs/serving.md", serve_adapters_quote),
+            ("docs/serving.md", serve_soak_quote),
+        ],
+    ),  # fmt: skip
     Experiment(
         "busy",
         6,

@@ -34,19 +34,18 @@ class Admission:
         if self._expected is not None and path not in self.OPEN:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
-                return await _send_error(
+                return await self._refuse(
                     send, 401, UNAUTHORIZED, "Missing or wrong API key; send Authorization: Bearer KEY."
                 )
         if path in self.OPEN or path == "/metrics":
             return await self.app(scope, receive, send)
         state = self.state
         if state.phase == "draining":
-            return await _send_error(
+            return await self._refuse(
                 send, 503, UNHEALTHY, "The server is shutting down; send the request to another replica."
             )
         if state.in_flight >= state.options.max_concurrent_requests:
-            state.metrics.request_failure.labels("", OVERLOADED).inc()
-            return await _send_error(
+            return await self._refuse(
                 send, 429, OVERLOADED, f"The server is full ({state.in_flight} requests in flight); retry shortly."
             )
         state.in_flight += 1
@@ -58,7 +57,7 @@ class Admission:
                 return
             if body is None:
                 limit = state.options.payload_limit
-                return await _send_error(
+                return await self._refuse(
                     send,
                     413,
                     VALIDATION,
@@ -68,6 +67,11 @@ class Admission:
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.set(state.in_flight)
+
+    async def _refuse(self, send: Any, status: int, error_type: str, message: str) -> None:
+        """Answer with TEI's JSON error, counted in the metrics (no adapter: the body was never read)."""
+        self.state.metrics.request_failure.labels("", error_type).inc()
+        await _send_error(send, status, error_type, message)
 
     async def _read_body(self, headers: dict, receive: Any) -> bytes | None:
         """The whole body, or None once it passes the payload limit (by its Content-Length or as it arrives)."""

@@ -51,7 +51,7 @@ def build_app(state: ServerState) -> Any:
         await state.batcher.stop()
 
     app = FastAPI(title="loratune", version=VERSION, lifespan=lifespan)
-    _add_error_handlers(app)
+    _add_error_handlers(app, state)
 
     @app.get("/health")
     async def health() -> Response:
@@ -240,13 +240,14 @@ def _error(status: int, error_type: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, error: ClientError) -> Response:
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> Response:
+        state.metrics.request_failure.labels("", VALIDATION).inc()  # before an adapter is known
         return _error(422, VALIDATION, _validation_message(error))
 
     @app.exception_handler(HTTPException)
