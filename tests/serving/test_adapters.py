@@ -4,6 +4,7 @@ mixing adapters gives each text the answer `loratune predict` gives it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -58,21 +59,26 @@ def test_lora_runs_on_one_base_share_one_model_and_a_full_run_has_its_own(traine
 
 
 def _score_together(groups, requests):
-    """Every (adapter, texts) of `requests` queued before the batcher runs, so they meet in one batch."""
+    """Every (adapter, texts) of `requests` queued before the batcher's worker starts, so they meet in one batch."""
     adapters = {a.name: a for g in groups for a in g.adapters}
     batcher = Batcher(max_batch_tokens=16384, max_batch_requests=64, metrics=ServerMetrics())
     calls = []
     score = batcher._score
     batcher._score = lambda taken: calls.append(len(taken)) or score(taken)
+    done = threading.Event()
 
     async def main():
-        batcher.start()
+        tasks = [
+            asyncio.ensure_future(batcher.score(adapters[n], adapters[n].encode(t, None, True))) for n, t in requests
+        ]
+        await asyncio.sleep(0)  # each task has queued its texts
+        worker = threading.Thread(target=batcher.run, args=(done.is_set,))
+        worker.start()
         try:
-            return await asyncio.gather(
-                *(batcher.score(adapters[n], adapters[n].encode(t, None, True)) for n, t in requests)
-            )
+            return await asyncio.gather(*tasks)
         finally:
-            await batcher.stop()
+            done.set()
+            worker.join()
 
     return asyncio.run(main()), calls
 

@@ -116,6 +116,9 @@ class ModelGroup:
         self.base, self.model, self.adapters, self.device, self.dtype = base, model, adapters, device, dtype
         self.pad_token_id = adapters[0].tokenizer.pad_token_id or 0
         self.mixed = mixed  # one pass for a batch mixing adapters (PEFT's `adapter_names`), else one per adapter
+        # A forward pass's fixed cost in padded tokens' worth of work (measured at startup: `server._warm_up`), by
+        # which the batcher weighs one more pass against padding.
+        self.overhead_tokens = 64.0
         for adapter in adapters:
             adapter.group = self
 

@@ -45,10 +45,8 @@ def build_app(state: ServerState) -> Any:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        state.batcher.start()
         state.phase = "ready"
         yield
-        await state.batcher.stop()
 
     app = FastAPI(title="loratune", version=VERSION, lifespan=lifespan)
     _add_error_handlers(app, state)

@@ -3,16 +3,16 @@ Ctrl-C drain — `/health` and new requests answer 503, every request already ac
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
 from loratune.errors import ConfigError
 from loratune.progress import announce
-from loratune.serving.adapters import ModelGroup, load_groups, name_runs
+from loratune.serving.adapters import ModelGroup, ServedAdapter, load_groups, name_runs
 from loratune.serving.options import ServeOptions
 from loratune.serving.state import ServerState
 
@@ -40,13 +40,30 @@ def load_state(
 
 
 def _warm_up(group: ModelGroup) -> None:
-    """One pass per adapter before the port opens, so the first request does not pay for kernel selection."""
+    """One pass per adapter before the port opens, so the first request does not pay for kernel selection; then
+    the model's fixed cost per pass, measured (`ModelGroup.overhead_tokens`)."""
+    for adapter in group.adapters:
+        _time_pass(group, adapter, "warm up", 1)
+    adapter, text = group.adapters[0], "word " * 30
+    _time_pass(group, adapter, text, 16)
+    one = sorted(_time_pass(group, adapter, text, 1) for _ in range(3))[1]
+    many = sorted(_time_pass(group, adapter, text, 16) for _ in range(3))[1]
+    tokens = len(adapter.encode([text], [text] if adapter.pair else None, True)[0]["input_ids"])
+    per_token = (many - one) / (15 * tokens)
+    if per_token > 0:
+        group.overhead_tokens = min(4096.0, max(0.0, (one - per_token * tokens) / per_token))
+
+
+def _time_pass(group: ModelGroup, adapter: ServedAdapter, text: str, copies: int) -> float:
+    """Seconds one pass over `copies` copies of `text` takes."""
     from loratune.data.batches import PackedTokens
 
-    for adapter in group.adapters:
-        rows = adapter.encode(["warm up"], None, True) if not adapter.pair else adapter.encode(["a"], ["b"], True)
-        packed = PackedTokens.from_encoded({k: [r[k] for r in rows] for k in rows[0]}, group.pad_token_id, True)
-        group.logits(packed.__getitems__([0]), [adapter.peft_name], len(adapter.labels))
+    rows = adapter.encode([text] * copies, [text] * copies if adapter.pair else None, True)
+    packed = PackedTokens.from_encoded({k: [r[k] for r in rows] for k in rows[0]}, group.pad_token_id, True)
+    batch = packed.__getitems__(list(range(copies)))
+    started = time.perf_counter()
+    group.logits(batch, [adapter.peft_name] * copies, len(adapter.labels))
+    return time.perf_counter() - started
 
 
 def describe(state: ServerState) -> str:
@@ -60,8 +77,9 @@ def describe(state: ServerState) -> str:
 
 
 class DrainingServer:
-    """uvicorn's `Server`, except that SIGTERM and Ctrl-C drain before it stops (see the module), and that the
-    process then exits 0 rather than re-raising the signal. A second Ctrl-C stops at once."""
+    """uvicorn's `Server` in a thread of its own, the batcher's worker in the main thread (see `serving.batcher`),
+    and SIGTERM or Ctrl-C draining before uvicorn stops (see the module); the process then exits 0 rather than
+    re-raising the signal. A second Ctrl-C stops at once."""
 
     def __init__(self, app: Any, state: ServerState, host: str, port: int) -> None:
         """Binds the port at once (0: one the system picks, then in `self.port`).
@@ -81,20 +99,31 @@ class DrainingServer:
         outer = self
 
         class _Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                outer._signalled(self, sig)
-
             async def on_tick(self, counter: int) -> bool:
                 return outer._drained() or await super().on_tick(counter)
 
         self.server = _Server(config)
         self._deadline: float | None = None
 
-    def _signalled(self, server: Any, sig: int) -> None:
+    def run(self) -> None:
+        """Serve until drained: HTTP in a thread (uvloop and httptools where installed: the `serve` extra), the
+        model in this one."""
+        http = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="loratune-http", daemon=True
+        )
+        previous = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            http.start()
+            self.state.batcher.run(until=lambda: not http.is_alive())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _signalled(self, sig: int, _frame: Any) -> None:
         if self.state.phase == "draining":
             if sig == signal.SIGINT:
-                server.force_exit = True
-            server.should_exit = True
+                self.server.force_exit = True
+            self.server.should_exit = True
             return
         self.state.phase = "draining"
         self._deadline = time.monotonic() + self.state.options.drain_timeout_s
@@ -111,14 +140,14 @@ class DrainingServer:
             print(f"drain timeout: {self.state.in_flight} requests unanswered", file=sys.stderr)
         return True
 
-    def run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.socket]))
-
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: without it every answer waited ~40 ms for a delayed ACK (Nagle). uvicorn sets
+    # it on the sockets it binds itself, not on one handed to it.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
