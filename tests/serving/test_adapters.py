@@ -136,3 +136,26 @@ def test_heads_become_modules_peft_can_split_by_adapter_or_none_when_they_cannot
     model = Model()
     assert _mixable_heads(model, ["classifier", "pooler", "score"]) == ["classifier", "pooler.dense"]
     assert _mixable_heads(model, ["classifier", "norm_head"]) is None
+
+
+@pytest.mark.parametrize("overhead", [0.0, 64.0, 1e9])
+def test_batches_cover_every_text_once_within_the_limits(overhead):
+    from loratune.serving.batcher import cheapest_batches
+
+    lengths = [5, 50, 7, 48, 6, 49, 30, 3]
+    batches = cheapest_batches(lengths, overhead, max_tokens=200, max_batch=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 200) for b in batches)
+
+
+def test_a_costly_pass_gives_few_batches_and_a_free_one_no_padding():
+    from loratune.data.batches import bucket_length
+    from loratune.serving.batcher import cheapest_batches
+
+    lengths = [5, 50, 7, 48, 6, 49]
+    assert len(cheapest_batches(lengths, 1e9, max_tokens=10_000, max_batch=64)) == 1
+    free = cheapest_batches(lengths, 0.0, max_tokens=10_000, max_batch=64)
+    # never pads past the rounding every batch gets: only texts of one rounded length share a batch
+    assert all(len({bucket_length(lengths[i]) for i in b}) == 1 for b in free)
+    split = cheapest_batches(lengths, 20.0, max_tokens=10_000, max_batch=64)
+    assert sorted(sorted(lengths[i] for i in b) for b in split) == [[5, 6, 7], [48, 49, 50]]
