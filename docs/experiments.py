@@ -508,9 +508,11 @@ def measure_serve(work: Path) -> dict[str, Any]:
         f: soak[f]
         for f in (
             "requests", "requests_per_s", "p99_ms", "errors", "bad_requests", "fivexx_before_sigterm", "exit_code",
-            "rss_after_warmup_mb", "rss_end_mb", "in_flight_at_sigterm", "in_flight_answered",
+            "rss_after_warmup_mb", "rss_end_mb", "in_flight_at_sigterm", "in_flight_answered", "in_flight_refused_503",
         )
     }  # fmt: skip
+    late = [rss for t, rss in soak["rss_samples"] if t >= 180.0]
+    figures["soak"]["rss_last_two_minutes_mb"] = [min(late), max(late)] if late else None
     figures["soak_s"] = record["soak_seconds"]
     return figures
 
@@ -546,11 +548,17 @@ def serve_soak_quote(f: dict[str, Any]) -> str:
     return (
         f"Soak: the eight-run server, 64 clients for {f['soak_s'] / 60:.0f} minutes, one request in ten bad: "
         f"{s['requests']:,} requests ({s['bad_requests']:,} bad), {s['errors']} answered other than expected, "
-        f"{s['fivexx_before_sigterm']} 5xx; RSS {s['rss_after_warmup_mb']:,.0f} MB after the first minute, "
-        f"{s['rss_end_mb']:,.0f} MB at the end. SIGTERM with the clients still sending: "
-        f"{s['in_flight_answered']} of the {s['in_flight_at_sigterm']} requests in flight answered, exit status "
-        f"{s['exit_code']}."
+        f"{s['fivexx_before_sigterm']} 5xx. RSS {s['rss_after_warmup_mb']:,.0f} MB after the first minute, "
+        f"{s['rss_end_mb']:,.0f} MB at the end{_last_minutes(s)}. SIGTERM with the clients still sending: of the "
+        f"{s['in_flight_at_sigterm']} requests they had in flight, {s['in_flight_answered']} were answered and "
+        f"{s['in_flight_refused_503']} (not yet admitted) refused with 503; the server exited "
+        f"{s['exit_code']} once nothing it had admitted was left unanswered."
     )
+
+
+def _last_minutes(s: dict[str, Any]) -> str:
+    band = s.get("rss_last_two_minutes_mb")
+    return f" (between {band[0]:,.0f} and {band[1]:,.0f} MB over the last two minutes)" if band else ""
 
 
 EXPERIMENTS = [

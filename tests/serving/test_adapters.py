@@ -159,3 +159,31 @@ def test_a_costly_pass_gives_few_batches_and_a_free_one_no_padding():
     assert all(len({bucket_length(lengths[i]) for i in b}) == 1 for b in free)
     split = cheapest_batches(lengths, 20.0, max_tokens=10_000, max_batch=64)
     assert sorted(sorted(lengths[i] for i in b) for b in split) == [[5, 6, 7], [48, 49, 50]]
+
+
+@pytest.mark.parametrize(
+    ("overhead", "per_adapter"), [(0.0, 0.0), (20.0, 0.0), (20.0, 30.0), (80.0, 80.0), (5.0, 500.0)]
+)
+def test_the_batches_chosen_cost_least_of_every_split_in_length_order(overhead, per_adapter):
+    import itertools
+
+    from loratune.data.batches import bucket_length, longest_first
+    from loratune.serving.batcher import cheapest_batches
+
+    lengths = [5, 50, 7, 48, 6, 49, 30]
+    adapters = ["a", "b", "c", "a", "b", "c", "a"]
+
+    def cost(batches):
+        return sum(
+            overhead + per_adapter * (len({adapters[i] for i in b}) - 1) + len(b) * bucket_length(lengths[b[0]])
+            for b in batches
+        )
+
+    order = longest_first(lengths)
+    splits = [
+        [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True)]
+        for k in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), k)
+    ]
+    chosen = cheapest_batches(lengths, overhead, 10_000, 64, adapters, per_adapter)
+    assert cost(chosen) == pytest.approx(min(cost(split) for split in splits))

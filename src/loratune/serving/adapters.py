@@ -119,6 +119,9 @@ class ModelGroup:
         # A forward pass's fixed cost in padded tokens' worth of work (measured at startup: `server._warm_up`), by
         # which the batcher weighs one more pass against padding.
         self.overhead_tokens = 64.0
+        # What each further adapter in a mixed pass costs, in the same units (PEFT applies each adapter's layers to
+        # its rows in turn).
+        self.adapter_tokens = 0.0
         for adapter in adapters:
             adapter.group = self
 

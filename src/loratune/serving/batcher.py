@@ -150,7 +150,9 @@ class Batcher:
         lengths = packed.lengths.tolist()
         width = len(taken[0].adapter.labels)
         logits = torch.empty((len(rows), width))
-        batches = cheapest_batches(lengths, group.overhead_tokens, self.max_batch_tokens, self.max_batch_requests)
+        batches = cheapest_batches(
+            lengths, group.overhead_tokens, self.max_batch_tokens, self.max_batch_requests, names, group.adapter_tokens
+        )
         for batch_rows in batches:
             batch = packed.__getitems__(batch_rows)
             logits[batch_rows] = group.logits(batch, [names[i] for i in batch_rows], width)
@@ -168,25 +170,38 @@ def _batch_key(item: Queued) -> tuple[int, int]:
     return id(item.adapter.group), len(item.adapter.labels)
 
 
-def cheapest_batches(lengths: list[int], overhead_tokens: float, max_tokens: int, max_batch: int) -> list[list[int]]:
+def cheapest_batches(
+    lengths: list[int],
+    overhead_tokens: float,
+    max_tokens: int,
+    max_batch: int,
+    adapters: list[str | None] | None = None,
+    adapter_tokens: float = 0.0,
+) -> list[list[int]]:
     """The texts (their token counts) cut into batches of neighbours in length, longest first, so that the padded
-    tokens plus a fixed cost per forward pass (`overhead_tokens`, measured per model at startup) are least; no batch
-    over `max_tokens` padded tokens (a lone text excepted) or `max_batch` texts.
+    tokens plus a fixed cost per forward pass (`overhead_tokens`) plus a cost per adapter in a pass
+    (`adapter_tokens`, for texts of several adapters mixed in one pass; `adapters`: each text's) are least; no
+    batch over `max_tokens` padded tokens (a lone text excepted) or `max_batch` texts. Both costs are measured per
+    model at startup, in padded tokens' worth of work.
 
     Why not one batch of everything queued: sentences of every length padded to the longest cost about twice their
-    tokens (16 SST-2 sentences: 1.85x), yet a pass per text pays the fixed cost each time; the split between is a
-    small dynamic programme over the sorted lengths (at most `max_batch` texts, so at most a few thousand steps).
+    tokens (16 SST-2 sentences: 1.85x), yet a pass per text pays the fixed cost each time, and splitting a mixed
+    batch by length pays each adapter's cost in every part; the best split is a small dynamic programme over the
+    sorted lengths (at most `max_batch` texts, so at most a few thousand steps).
     """
     order = longest_first(lengths)
     padded = [bucket_length(lengths[i]) for i in order]
+    kinds = [adapters[i] for i in order] if adapters is not None else [None] * len(order)
     n = len(order)
     best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
     for end in range(1, n + 1):
-        for start in range(max(0, end - max_batch), end):
+        seen: set = set()
+        for start in range(end - 1, max(0, end - max_batch) - 1, -1):
+            seen.add(kinds[start])
             size = end - start
             if size > 1 and size * padded[start] > max_tokens:
-                continue
-            cost = best[start] + overhead_tokens + size * padded[start]
+                break  # longer texts further back: only larger
+            cost = best[start] + overhead_tokens + adapter_tokens * (len(seen) - 1) + size * padded[start]
             if cost < best[end]:
                 best[end], cut[end] = cost, start
     batches, end = [], n

@@ -50,19 +50,27 @@ def _warm_up(group: ModelGroup) -> None:
     many = sorted(_time_pass(group, adapter, text, 16) for _ in range(3))[1]
     tokens = len(adapter.encode([text], [text] if adapter.pair else None, True)[0]["input_ids"])
     per_token = (many - one) / (15 * tokens)
-    if per_token > 0:
-        group.overhead_tokens = min(4096.0, max(0.0, (one - per_token * tokens) / per_token))
+    if per_token <= 0:
+        return
+    group.overhead_tokens = min(4096.0, max(0.0, (one - per_token * tokens) / per_token))
+    spread = [a for a in group.adapters if len(a.labels) == len(adapter.labels)][:8]  # one batch holds one width
+    if group.mixed and len(spread) > 1:  # the same 16 texts dealt over several adapters
+        mixed = sorted(_time_pass(group, adapter, text, 16, spread) for _ in range(3))[1]
+        group.adapter_tokens = min(4096.0, max(0.0, (mixed - many) / (len(spread) - 1) / per_token))
 
 
-def _time_pass(group: ModelGroup, adapter: ServedAdapter, text: str, copies: int) -> float:
-    """Seconds one pass over `copies` copies of `text` takes."""
+def _time_pass(
+    group: ModelGroup, adapter: ServedAdapter, text: str, copies: int, spread: list[ServedAdapter] | None = None
+) -> float:
+    """Seconds one pass over `copies` copies of `text` takes (for `adapter`, or dealt over the adapters `spread`)."""
     from loratune.data.batches import PackedTokens
 
     rows = adapter.encode([text] * copies, [text] * copies if adapter.pair else None, True)
     packed = PackedTokens.from_encoded({k: [r[k] for r in rows] for k in rows[0]}, group.pad_token_id, True)
     batch = packed.__getitems__(list(range(copies)))
+    names = [(spread[i % len(spread)] if spread else adapter).peft_name for i in range(copies)]
     started = time.perf_counter()
-    group.logits(batch, [adapter.peft_name] * copies, len(adapter.labels))
+    group.logits(batch, names, len(adapter.labels))
     return time.perf_counter() - started
 
 
