@@ -1,11 +1,12 @@
 """`loratune serve` under load, beside the server a user would write by hand, on 127.0.0.1.
 
-- Levels: SST-2 validation sentences as single-text `/predict` requests from bounded asyncio clients (httpx), at
-  concurrency 1, 8, 32 and 128, each for --level-s seconds after a warm-up: requests/s, p50 / p95 / p99 latency,
-  errors, the server's peak RSS. The same levels against the baseline: a FastAPI endpoint calling
-  `transformers.pipeline` on the run's merged export (`loratune export`), one request at a time.
+- Levels: SST-2 validation sentences as single-text `/predict` requests from bounded asyncio clients (httpx, one
+  connection each), at concurrency 1, 8, 32 and 128, each for --level-s seconds after a warm-up: requests/s, p50 /
+  p95 / p99 latency, errors, the server's RSS. The same levels against the baseline: a FastAPI endpoint calling
+  `transformers.pipeline` on the run's merged export (`loratune export`), one request at a time. Both servers run
+  side by side and each level is measured on one, then the other, --rounds times; the figures are the medians.
 - Eight adapters: eight short runs on one base served by one process, requests spread over them (round robin), at
-  concurrency 32, against one of them served alone; each server fresh, peak RSS from /proc (VmHWM).
+  concurrency 32, against one of them served alone, alternately as above; peak RSS from /proc (VmHWM).
 - Soak: the eight-adapter server at concurrency 64 for --soak-s seconds with 10% bad requests (unknown adapter,
   malformed JSON, too many texts, an unknown field, empty inputs): each must get its 4xx, each good one its answer,
   never a 5xx; RSS sampled every 10 s. Then SIGTERM while the clients keep sending: every request the server had
@@ -15,7 +16,7 @@ Clients and servers share the machine's cores; the baseline and loratune are mea
 
 Usage:
     python benchmarks/bench_serve.py --json benchmarks/results/bench_serve_cpu.json
-    python benchmarks/bench_serve.py --level-s 5 --soak-s 20 --levels 1,32     # a quick look
+    python benchmarks/bench_serve.py --level-s 5 --rounds 1 --soak-s 20 --levels 1,32     # a quick look
 """
 
 from __future__ import annotations
@@ -213,14 +214,33 @@ def summarise(records: list[tuple], seconds: float) -> dict:
     }  # fmt: skip
 
 
-def measure_levels(server: Server, levels: list[int], seconds: float, texts: list[str], adapters=None) -> list[dict]:
-    rows = []
-    for c in levels:
-        records = asyncio.run(load(server.url, good_bodies(texts, adapters), c, seconds))
-        row = {"concurrency": c, **summarise(records, seconds), "rss_mb": server.rss_mb()}
-        rows.append(row)
-        print(_line(f"  c={c:<4}", row), flush=True)
-    return rows
+def alternate(
+    servers: dict[str, Server], levels: list[int], seconds: float, rounds: int, texts: list[str], adapters: dict
+) -> dict[str, list[list[dict]]]:
+    """Each level on each server in turn, `rounds` times: {server: [[row per level] per round]}. Measured side by
+    side, so that a machine that slows down for a while (this one's speed varied by a third between runs) slows
+    both alike."""
+    out: dict[str, list[list[dict]]] = {name: [] for name in servers}
+    for r in range(rounds):
+        rows = {name: [] for name in servers}
+        for c in levels:
+            for name, server in servers.items():
+                records = asyncio.run(load(server.url, good_bodies(texts, adapters.get(name)), c, seconds))
+                row = {"concurrency": c, **summarise(records, seconds), "rss_mb": server.rss_mb()}
+                rows[name].append(row)
+                print(_line(f"  round {r + 1} {name:<14} c={c:<4}", row), flush=True)
+        for name in servers:
+            out[name].append(rows[name])
+    return out
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The median of each figure over the rounds; errors summed."""
+    keys = ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "rss_mb")
+    out = {"concurrency": rows[0]["concurrency"], **{k: statistics.median(r[k] for r in rows) for k in keys}}
+    out["requests"] = sum(r["requests"] for r in rows)
+    out["errors"] = sum(r["errors"] for r in rows)
+    return out
 
 
 def _line(what: str, r: dict) -> str:
@@ -348,12 +368,11 @@ def prepare(runs_dir: Path) -> tuple[Path, list[Path], Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,8,32,128", help="client concurrencies")
-    parser.add_argument("--level-s", type=float, default=20.0, help="seconds measured per level")
+    parser.add_argument("--level-s", type=float, default=10.0, help="seconds measured per level and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each level, servers alternating")
     parser.add_argument("--soak-s", type=float, default=300.0, help="seconds of soak before SIGTERM (0: no soak)")
     parser.add_argument("--runs-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-serve-runs")
-    parser.add_argument(
-        "--skip", default="", help="parts to skip: baseline, levels, eight, agreement, soak (comma-separated)"
-    )
+    parser.add_argument("--skip", default="", help="parts to skip: levels, eight, agreement, soak (comma-separated)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
@@ -364,33 +383,45 @@ def main() -> None:
     texts = sentences()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
 
-    if "baseline" not in skip:
-        print("baseline: FastAPI + transformers.pipeline on the merged export, one request at a time", flush=True)
-        server = baseline_server(export, work)
-        record["baseline"] = measure_levels(server, levels, args.level_s, texts)
-        record["baseline_peak_rss_mb"] = server.rss_mb("VmHWM")
-        server.stop()
     if "levels" not in skip:
-        print(f"loratune serve {main_run.name}", flush=True)
-        server = loratune_server([main_run], work, "loratune")
-        record["loratune"] = measure_levels(server, levels, args.level_s, texts)
-        record["loratune_peak_rss_mb"] = server.rss_mb("VmHWM")
-        record["loratune_exit"] = server.stop()
+        print(f"baseline (FastAPI + transformers.pipeline on the merged export, one request at a time) and loratune "
+              f"serve {main_run.name}, alternately, {args.rounds} rounds", flush=True)  # fmt: skip
+        servers = {
+            "baseline": baseline_server(export, work),
+            "loratune": loratune_server([main_run], work, "loratune"),
+        }
+        rounds = alternate(servers, levels, args.level_s, args.rounds, texts, {})
+        for name, server in servers.items():
+            record[name] = [median_row(rows) for rows in zip(*rounds[name], strict=True)]
+            record[f"{name}_rounds"] = rounds[name]
+            record[f"{name}_peak_rss_mb"] = server.rss_mb("VmHWM")
+            server.stop()
+        for i, row in enumerate(record["loratune"]):
+            row["ratio"] = statistics.median(
+                lt[i]["requests_per_s"] / b[i]["requests_per_s"]
+                for b, lt in zip(rounds["baseline"], rounds["loratune"], strict=True)
+            )
     if "eight" not in skip:
         names = [r.name for r in eight]
-        print("one short run alone, then the eight on one base, requests spread over them (c=32)", flush=True)
-        server = loratune_server(eight[:1], work, "one")
-        one = measure_levels(server, [32], args.level_s, texts)[0]
-        one["peak_rss_mb"] = server.rss_mb("VmHWM")
-        server.stop()
-        server = loratune_server(eight, work, "eight")
-        many = measure_levels(server, [32], args.level_s, texts, adapters=names)[0]
-        many["peak_rss_mb"] = server.rss_mb("VmHWM")
-        server.stop()
-        record["one_adapter"], record["eight_adapters"] = one, many
+        print(f"one short run alone and the eight on one base (requests spread over them), c=32, alternately, "
+              f"{args.rounds} rounds", flush=True)  # fmt: skip
+        servers = {
+            "one_adapter": loratune_server(eight[:1], work, "one"),
+            "eight_adapters": loratune_server(eight, work, "eight"),
+        }
+        rounds = alternate(servers, [32], args.level_s, args.rounds, texts, {"eight_adapters": names})
+        for name, server in servers.items():
+            record[name] = median_row([r[0] for r in rounds[name]])
+            record[name]["peak_rss_mb"] = server.rss_mb("VmHWM")
+            server.stop()
+        one, many = record["one_adapter"], record["eight_adapters"]
+        many["ratio"] = statistics.median(
+            m[0]["requests_per_s"] / o[0]["requests_per_s"]
+            for o, m in zip(rounds["one_adapter"], rounds["eight_adapters"], strict=True)
+        )
         print(f"  peak RSS {many['peak_rss_mb']:.0f} MB vs {one['peak_rss_mb']:.0f} MB "
               f"(x{many['peak_rss_mb'] / one['peak_rss_mb']:.2f}); throughput "
-              f"{many['requests_per_s'] / one['requests_per_s']:.0%} of one adapter's", flush=True)  # fmt: skip
+              f"{many['ratio']:.0%} of one adapter's (median of the rounds)", flush=True)  # fmt: skip
     if "agreement" not in skip:
         print("agreement with loratune predict: the eight bf16 adapters sharing a base vs each run alone", flush=True)
         server = loratune_server(eight, work, "agreement")
@@ -419,9 +450,9 @@ def main() -> None:
             flush=True,
         )
     if "baseline" in record and "loratune" in record:
-        print("loratune / baseline:", flush=True)
+        print("loratune / baseline (medians of the rounds):", flush=True)
         for b, lt in zip(record["baseline"], record["loratune"], strict=True):
-            print(f"  c={b['concurrency']:<4} throughput x{lt['requests_per_s'] / b['requests_per_s']:.2f}, "
+            print(f"  c={b['concurrency']:<4} throughput x{lt['ratio']:.2f}, "
                   f"p50 {lt['p50_ms']:.1f} vs {b['p50_ms']:.1f} ms, p99 {lt['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms",
                   flush=True)  # fmt: skip
     if args.json:
