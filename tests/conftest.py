@@ -750,25 +750,31 @@ def lora_runs(trained_run, tiny_bert, data_dir) -> list[Path]:
     return [trained_run(tiny_bert, data_dir, train__seed=seed) for seed in (1, 2)]
 
 
+# Multi-label rows: each label is learnable from its keyword; a text carries any subset, or none (an empty cell).
+# Words from the tiny models' vocabulary (WORDS): any other word is one unknown token.
+TAGS = {"action": "music", "comedy": "actor", "romance": "story"}
+FILLER = ["the", "a", "movie", "film", "plot", "was", "is", "very", "really", "scene"]
+
+
+def tagged_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tags = sorted(t for t in TAGS if rng.random() < 0.4)
+        words = rng.choices(FILLER, k=rng.randint(2, 6)) + [TAGS[t] for t in tags]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "labels": "|".join(tags)})
+    return rows
+
+
 @pytest.fixture(scope="session")
 def multi_label_run(tmp_path_factory, tiny_bert) -> Path:
     """A multi-label LoRA run: each of three labels has its keyword; a text carries any subset of them."""
-    import random
-
     import loratune
 
-    keywords = {"action": "music", "comedy": "actor", "romance": "story"}
-    filler = ["the", "a", "movie", "film", "plot", "was", "is", "very", "really", "scene"]
     folder = tmp_path_factory.mktemp("tagged")
     for split, n, seed in (("train", 96, 0), ("validation", 32, 1), ("test", 32, 2)):
-        rng = random.Random(seed)
-        rows = []
-        for _ in range(n):
-            tags = sorted(t for t in keywords if rng.random() < 0.4)
-            words = rng.choices(filler, k=rng.randint(2, 6)) + [keywords[t] for t in tags]
-            rng.shuffle(words)
-            rows.append({"text": " ".join(words), "labels": "|".join(tags)})
-        write_csv(folder / f"{split}.csv", rows)
+        write_csv(folder / f"{split}.csv", tagged_rows(n, seed))
     out = tmp_path_factory.mktemp("multi") / "run"
     cfg = tiny_config(tiny_bert, folder, out, train__num_epochs=8, train__learning_rate=2e-2, data__max_length=16)
     return Path(loratune.run(cfg).run_dir)

@@ -263,3 +263,17 @@ def test_a_multi_label_run_answers_sigmoid_scores_and_the_label_set_predict_choo
         assert {e["label"] for e in answer if e["selected"]} == set(want["labels"])
     classified = served.post("/v1/classify", {"input": texts}).json()["data"]
     assert [set(d["labels"]) for d in classified] == [set(w["labels"]) for w in expected]
+
+
+def test_bad_limits_and_a_port_in_use_are_refused_in_one_line_before_loading(capsys, lora_runs):
+    from loratune.cli import main
+
+    assert main(["serve", str(lora_runs[0]), "--max-batch-tokens", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-batch-tokens must be at least 1, got 0."
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(lora_runs[0]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Could not listen on 127.0.0.1:{port}") and "loading" not in err

@@ -11,28 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pipeline_probabilities, tiny_config, write_csv
+from conftest import FILLER, TAGS, pipeline_probabilities, tagged_rows, tiny_config, write_csv
 
 import loratune
 from loratune.export.plain import export_run
 from loratune.runs import files
 from loratune.runs.folder import load_run
-
-# Each label is learnable from its keyword; a text carries any subset, or none (an empty cell). Words from the tiny
-# models' vocabulary (conftest.WORDS): any other word is one unknown token.
-TAGS = {"action": "music", "comedy": "actor", "romance": "story"}
-FILLER = ["the", "a", "movie", "film", "plot", "was", "is", "very", "really", "scene"]
-
-
-def tagged_rows(n: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        tags = sorted(t for t in TAGS if rng.random() < 0.4)
-        words = rng.choices(FILLER, k=rng.randint(2, 6)) + [TAGS[t] for t in tags]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "labels": "|".join(tags)})
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,16 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
     )
 
 
+# `loratune serve`'s limits: each flag names its `ServeOptions` field.
+_SERVE_LIMITS = {
+    "--max-concurrent-requests": "Requests in flight at most; beyond, 429 at once",
+    "--max-batch-tokens": "Padded tokens per batch at most",
+    "--max-batch-requests": "Texts per batch at most",
+    "--max-client-batch-size": "Texts in one request at most; beyond, 413",
+    "--payload-limit": "Request body bytes at most; beyond, 413",
+}
+
+
 def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "runs", nargs="*", metavar="RUN", help="Finished run folders, each served under its folder's name."
@@ -204,26 +214,9 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="Require `Authorization: Bearer KEY` on every route but /health."
     )
     defaults = ServeOptions()
-    serve.add_argument(
-        "--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
-        help="Requests in flight at most; beyond, 429 at once (default %(default)s).",
-    )  # fmt: skip
-    serve.add_argument(
-        "--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
-        help="Padded tokens per batch at most (default %(default)s).",
-    )  # fmt: skip
-    serve.add_argument(
-        "--max-batch-requests", type=int, default=defaults.max_batch_requests,
-        help="Texts per batch at most (default %(default)s).",
-    )  # fmt: skip
-    serve.add_argument(
-        "--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
-        help="Texts in one request at most; beyond, 413 (default %(default)s).",
-    )  # fmt: skip
-    serve.add_argument(
-        "--payload-limit", type=int, default=defaults.payload_limit,
-        help="Request body bytes at most; beyond, 413 (default %(default)s).",
-    )  # fmt: skip
+    for flag, text in _SERVE_LIMITS.items():
+        attr = flag.removeprefix("--").replace("-", "_")
+        serve.add_argument(flag, type=int, default=getattr(defaults, attr), help=f"{text} (default %(default)s).")
     serve.add_argument(
         "--no-auto-truncate", dest="auto_truncate", action="store_false",
         help='Answer a text longer than the model reads with 413 unless its request sends "truncate": true '

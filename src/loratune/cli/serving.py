@@ -22,10 +22,11 @@ def serve_command(args: argparse.Namespace) -> int:
             f"loratune serve needs {', '.join(missing)}; install them with pip install 'loratune[serve]'."
         )
     from loratune.serving.app import build_app
-    from loratune.serving.server import DrainingServer, describe, load_state
+    from loratune.serving.server import DrainingServer, bind, describe, load_state
 
+    sock = bind(args.host, args.port)  # a port in use is refused before minutes of loading
     state = load_state(args.runs, args.name, options, args.device, args.precision, args.trust_unverified)
-    server = DrainingServer(build_app(state), state, args.host, args.port)
+    server = DrainingServer(build_app(state), state, sock)
     print(
         f"serving {len(state.adapters)} adapter{'s' * (len(state.adapters) != 1)} on {len(state.groups)} "
         f"model{'s' * (len(state.groups) != 1)}:\n{describe(state)}",

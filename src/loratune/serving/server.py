@@ -89,17 +89,14 @@ class DrainingServer:
     and SIGTERM or Ctrl-C draining before uvicorn stops (see the module); the process then exits 0 rather than
     re-raising the signal. A second Ctrl-C stops at once."""
 
-    def __init__(self, app: Any, state: ServerState, host: str, port: int) -> None:
-        """Binds the port at once (0: one the system picks, then in `self.port`).
-
-        Raises:
-            ConfigError: when the address cannot be bound (in use, not this machine's, no permission).
-        """
+    def __init__(self, app: Any, state: ServerState, sock: socket.socket) -> None:
+        """`sock`: the listening socket (`bind`)."""
         import uvicorn
 
         self.state = state
-        self.socket = _bind(host, port)
-        self.host, self.port = host, self.socket.getsockname()[1]
+        self.socket = sock
+        host, port = sock.getsockname()[:2]
+        self.host, self.port = host, port
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
             timeout_graceful_shutdown=max(1, int(state.options.drain_timeout_s)),
@@ -149,7 +146,12 @@ class DrainingServer:
         return True
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port` (0: a port the system picks), bound before any model loads.
+
+    Raises:
+        ConfigError: when the address cannot be bound (in use, not this machine's, no permission).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
