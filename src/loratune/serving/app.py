@@ -194,8 +194,8 @@ async def _classify(state: ServerState, adapter: ServedAdapter, body: ClassifyRe
     for i, row in enumerate(probs):
         item = {"index": i, "label": adapter.labels[int(np.argmax(row))], "probs": [float(p) for p in row]}
         item["num_classes"] = len(adapter.labels)
-        if adapter.task.needs_thresholds:
-            item["labels"] = [adapter.labels[k] for k in sorted(np.flatnonzero(decided[i]), key=lambda k: -row[k])]
+        if adapter.task.needs_thresholds:  # the label set, most probable first, as `loratune predict` gives it
+            item["labels"] = adapter.task.answer(row, decided[i], adapter.labels)["labels"]
         data.append(item)
     tokens = sum(len(r["input_ids"]) for r in rows)
     return {

@@ -99,11 +99,13 @@ class Batcher:
             if not self._queue:
                 self._queue.append(self._inbox.get(timeout=POLL_S))
             deadline = time.perf_counter() + LINGER_MAX_S
-            while sum(len(item.rows) for item in self._queue) < self.max_batch_requests:
+            texts = sum(len(item.rows) for item in self._queue)
+            while texts < self.max_batch_requests:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
                 self._queue.append(self._inbox.get(timeout=min(LINGER_GAP_S, left)))
+                texts += len(self._queue[-1].rows)
         except queue.Empty:
             pass
 
