@@ -1,5 +1,6 @@
-"""Tests for loratune.serving.adapters and .batcher, in one process: which runs share a base model, and that a batch
-mixing adapters gives each text the answer `loratune predict` gives it."""
+"""Tests for loratune.serving.adapters and .batcher, in one process: which runs share a base model, how (merged
+copies sharing their unchanged weights, or PEFT's one model), and that a batch mixing adapters gives each text the
+answer `loratune predict` gives it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from loratune.errors import ConfigError, RunError
 from loratune.runs.folder import load_run
+from loratune.serving import adapters as adapters_module
 from loratune.serving.adapters import load_groups, name_runs
 from loratune.serving.batcher import Batcher
 from loratune.serving.metrics import ServerMetrics
@@ -47,12 +50,31 @@ def test_a_missing_run_folder_is_named(tmp_path):
         load_groups([("x", tmp_path / "nowhere")], device="cpu")
 
 
+@pytest.fixture
+def peft_shared(monkeypatch):
+    """Runs on one base share PEFT's one unmerged model, as when merging would copy too much of it."""
+    monkeypatch.setattr(adapters_module, "MERGED_COPIES_BYTES", 0)
+
+
 def test_lora_runs_on_one_base_share_one_model_and_a_full_run_has_its_own(trained_run, tiny_bert, data_dir, lora_runs):
     full = trained_run(tiny_bert, data_dir, lora__method="full")
     groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1]), ("f", full)], device="cpu")
     assert sorted(len(g.adapters) for g in groups) == [1, 2]
     shared = next(g for g in groups if len(g.adapters) == 2)
-    assert shared.names == ["a", "b"] and shared.mixed
+    assert shared.names == ["a", "b"] and shared.merged is not None
+    first, second = (dict(m.named_parameters()) for m in shared.merged.values())
+    # one copy of every weight the merges left alone; the adapted projections and heads each their own
+    same = [n for n in first if first[n] is second[n]]
+    own = sorted(n for n in first if first[n] is not second[n])
+    assert any("word_embeddings" in n for n in same) and any("intermediate" in n for n in same)
+    assert own and all(any(k in n for k in ("attention", "classifier", "pooler")) for n in own), own
+    assert not any(torch.equal(first[n], second[n]) for n in own)
+
+
+def test_runs_whose_merges_would_copy_too_much_share_one_peft_model(lora_runs, peft_shared):
+    groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1])], device="cpu")
+    (shared,) = groups
+    assert shared.merged is None and shared.mixed
     # one copy of the encoder: the second adapter added only its LoRA and head weights
     base_weights = [n for n, _ in shared.model.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
     assert not any(n.endswith("adapter_1.weight") for n in base_weights)
@@ -83,12 +105,16 @@ def _score_together(groups, requests):
     return asyncio.run(main()), calls
 
 
-def test_a_batch_mixing_adapters_gives_each_text_the_answer_predict_gives(lora_runs):
+@pytest.mark.parametrize("shared_as", ["merged", "peft"])
+def test_a_batch_mixing_adapters_gives_each_text_the_answer_predict_gives(lora_runs, shared_as, monkeypatch):
+    if shared_as == "peft":
+        monkeypatch.setattr(adapters_module, "MERGED_COPIES_BYTES", 0)
     groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1])], device="cpu", precision="fp32")
+    assert (groups[0].merged is not None) == (shared_as == "merged")
     adapters = {a.name: a for a in groups[0].adapters}
     requests = [("a", TEXTS[:2]), ("b", TEXTS), ("a", TEXTS[2:])]
     results, calls = _score_together(groups, requests)
-    assert calls == [3]  # all three requests in one pass
+    assert calls == [3]  # all three requests in one batch
     for (name, texts), logits in zip(requests, results, strict=True):
         run = lora_runs[0] if name == "a" else lora_runs[1]
         np.testing.assert_allclose(adapters[name].probabilities(logits), predicted(run, texts), atol=1e-4)
@@ -96,10 +122,20 @@ def test_a_batch_mixing_adapters_gives_each_text_the_answer_predict_gives(lora_r
     assert not np.allclose(predicted(lora_runs[0], TEXTS), predicted(lora_runs[1], TEXTS), atol=1e-3)
 
 
-def test_adapters_peft_cannot_mix_are_scored_one_sub_batch_each(trained_run, tiny_bert, data_dir):
+def test_merged_runs_in_bf16_give_exactly_the_answers_predict_gives(lora_runs):
+    groups = load_groups([("a", lora_runs[0]), ("b", lora_runs[1])], device="cpu", precision="bf16")
+    adapters = {a.name: a for a in groups[0].adapters}
+    results, _ = _score_together(groups, [("a", TEXTS), ("b", TEXTS)])
+    for name, run, logits in zip("ab", lora_runs, results, strict=True):
+        expected = load_run(run).predictor(device="cpu", precision="bf16").predict_proba(TEXTS).numpy()
+        # the same bf16 model: equal up to the float32 -> float64 of the softmax
+        np.testing.assert_allclose(adapters[name].probabilities(logits), expected, rtol=0, atol=1e-6)
+
+
+def test_adapters_peft_cannot_mix_are_scored_one_sub_batch_each(trained_run, tiny_bert, data_dir, peft_shared):
     runs = [trained_run(tiny_bert, data_dir, lora__method="dora", train__seed=seed) for seed in (1, 2)]
     groups = load_groups([("a", runs[0]), ("b", runs[1])], device="cpu", precision="fp32")
-    assert len(groups) == 1 and not groups[0].mixed
+    assert len(groups) == 1 and not groups[0].mixed and groups[0].merged is None
     adapters = {a.name: a for a in groups[0].adapters}
     results, _ = _score_together(groups, [("a", TEXTS), ("b", TEXTS)])
     for name, run, logits in zip("ab", runs, results, strict=True):

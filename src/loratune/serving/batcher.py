@@ -152,9 +152,23 @@ class Batcher:
         lengths = packed.lengths.tolist()
         width = len(taken[0].adapter.labels)
         logits = torch.empty((len(rows), width))
-        batches = cheapest_batches(
-            lengths, group.overhead_tokens, self.max_batch_tokens, self.max_batch_requests, names, group.adapter_tokens
-        )
+        if group.mixed or len(set(names)) == 1:
+            batches = cheapest_batches(
+                lengths,
+                group.overhead_tokens,
+                self.max_batch_tokens,
+                self.max_batch_requests,
+                names,
+                group.adapter_tokens,
+            )
+        else:  # a model per adapter (merged), or PEFT switching adapters between passes: each adapter's own batches
+            batches = []
+            for name in dict.fromkeys(names):
+                own = [i for i, n in enumerate(names) if n == name]
+                cut = cheapest_batches(
+                    [lengths[i] for i in own], group.overhead_tokens, self.max_batch_tokens, self.max_batch_requests
+                )
+                batches += [[own[i] for i in part] for part in cut]
         for batch_rows in batches:
             batch = packed.__getitems__(batch_rows)
             logits[batch_rows] = group.logits(batch, [names[i] for i in batch_rows], width)

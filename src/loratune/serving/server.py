@@ -79,7 +79,9 @@ def describe(state: ServerState) -> str:
     lines = []
     for group in state.groups:
         names = ", ".join(group.names)
-        shared = " (one shared copy)" if len(group.adapters) > 1 else ""
+        shared = ""
+        if len(group.adapters) > 1:
+            shared = " (each run merged, unchanged weights shared)" if group.merged else " (one shared copy)"
         lines.append(f"  {group.base} {group.dtype}{shared}: {names}")
     return "\n".join(lines)
 
