@@ -313,11 +313,12 @@ needs_refusal = pytest.mark.skipif(not _root_can_be_refused(), reason="root cann
 
 
 @needs_refusal
-@pytest.mark.parametrize("command", ["train", "export", "predict", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "export", "export-onnx", "predict", "evaluate"])
 def test_a_read_only_output_is_refused_before_the_model_loads(command, read_only, lora_run, tiny_bert, data_dir):
     args = {
         "train": _train_args(tiny_bert, data_dir, read_only / "run"),
         "export": ["export", lora_run, "--output-dir", read_only / "exported"],
+        "export-onnx": ["export", lora_run, "--format", "onnx", "--quantize", "int8", "--output-dir", read_only / "x"],
         "predict": ["predict", lora_run, "--text", "great movie", "--output", read_only / "predictions.csv"],
         "evaluate": ["evaluate", lora_run, "--data", data_dir, "--output", read_only / "metrics.json"],
     }[command]

@@ -157,10 +157,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     from loratune.export.plain import export_run
     from loratune.runs.folder import RunFolder
 
+    if args.format == "onnx":
+        return _export_onnx(args)
+    if args.quantize or args.force:
+        raise ConfigError("--quantize and --force apply to --format onnx; add --format onnx.")
     run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
     folder = export_run(run, args.output_dir, adapter_only=args.adapter_only, overwrite=args.overwrite)
     form = "PEFT adapter" if args.adapter_only else "transformers model"
     print(f"exported {args.run} as a {form} to {folder}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from loratune.export.onnx_export import export_onnx
+    from loratune.export.onnx_graph import require_onnx
+    from loratune.runs.folder import RunFolder
+
+    if args.adapter_only:
+        raise ConfigError("--adapter-only and --format onnx exclude each other; the graph holds the merged model.")
+    require_onnx()  # before the run loads
+    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
+    record = export_onnx(run, args.output_dir, args.quantize, args.force, args.overwrite)
+    for split, scores in record["checks"].items():
+        row = [f"pytorch fp32 {scores['pytorch_fp32']['accuracy']:.4f}"]
+        for name in ("onnx_fp32", "onnx_int8"):
+            if name in scores:
+                s = scores[name]
+                row.append(f"{name.replace('_', ' ')} {s['accuracy']:.4f} (agree {s['agreement']:.1%})")
+        print(f"{split} {run.task.accuracy_name}: " + ", ".join(row))
+    if record["int8_problem"]:
+        kept = "kept as the default (--force)" if record["forced"] else f"not the default; {record['default']} is fp32"
+        print(f"warning: int8 loses more than a point ({record['int8_problem']}): {kept}")
+    size = record["files"][record["default"]]["bytes"]
+    print(
+        f"exported {args.run} as ONNX ({record['default_precision']}, {size / 2**20:.1f} MB, PyTorch fp32 weights "
+        f"{record['pytorch_fp32_weights_bytes'] / 2**20:.1f} MB) to {args.output_dir}"
+    )
     return 0
 
 

@@ -124,7 +124,7 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
 
 
 def _predict_arguments(predict: argparse.ArgumentParser) -> None:
-    predict.add_argument("run", help="Run folder.")
+    predict.add_argument("run", help="Run folder, or an ONNX export folder.")
     _add_trust_flag(predict)
     predict.add_argument("--text", action="append", help="A text to classify (repeatable).")
     predict.add_argument("--input", help="CSV / TSV / JSONL / Parquet / TXT file of texts, of any size.")
@@ -138,6 +138,13 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     )
     predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(predict)
+    predict.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="torch: the run folder's model in PyTorch; onnx: an ONNX export folder (loratune export RUN --format "
+        "onnx) on ONNX Runtime; auto: onnx for an ONNX export folder, torch for a run folder.",
+    )
 
 
 def _compare_arguments(compare: argparse.ArgumentParser) -> None:
@@ -179,6 +186,22 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
     )
     export.add_argument(
         "--overwrite", action="store_true", help="Replace an earlier export in --output-dir (never other files)."
+    )
+    export.add_argument(
+        "--format",
+        choices=("transformers", "onnx"),
+        default="transformers",
+        help="transformers: a model `transformers.pipeline` loads; onnx: a graph for ONNX Runtime, checked on the "
+        "run's validation and test splits (needs loratune[onnx]).",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="With --format onnx: dynamic int8 quantisation as well, the default graph unless it loses more than "
+        "one point of accuracy or macro-F1.",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="With --quantize: make the int8 graph the default whatever it loses."
     )
 
 
@@ -253,7 +276,7 @@ _COMMANDS = {
         commands.cmd_check_data,
     ),
     "export": (
-        "Write a run as a plain transformers model (LoRA merged) or its adapter.",
+        "Write a run as a plain transformers model (LoRA merged), its adapter, or an ONNX graph (int8 optional).",
         _export_arguments,
         commands.cmd_export,
     ),

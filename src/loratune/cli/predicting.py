@@ -11,7 +11,7 @@ from typing import Any
 from loratune.cli import texts as text_files
 from loratune.cli.prediction_files import PredictionWriter, check_output_name, format_prediction
 from loratune.cli.texts import InputFile
-from loratune.errors import DataError
+from loratune.errors import ConfigError, DataError
 from loratune.model import hardware
 from loratune.progress import Progress, announce
 from loratune.runs.destination import check_destination
@@ -19,6 +19,37 @@ from loratune.runs.folder import RunFolder
 
 # More texts than this and predicting shows its progress.
 PREDICT_PROGRESS_ROWS = 500
+
+
+def _open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(the run folder or ONNX export, its predictor) for `--backend`.
+
+    Raises:
+        ConfigError: for a backend the folder cannot run, or PyTorch options given to ONNX Runtime.
+        RunError: for a damaged folder.
+    """
+    from loratune.export.onnx_folder import OnnxExport, is_onnx_export
+
+    exported = is_onnx_export(args.run)
+    backend = args.backend if args.backend != "auto" else ("onnx" if exported else "torch")
+    if backend == "torch":
+        if exported:
+            raise ConfigError(
+                f"{args.run} is an ONNX export; predict with --backend onnx, or give its run folder for torch."
+            )
+        run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
+        return run, run.predictor(device=args.device, precision=args.precision)
+    if not exported:
+        raise ConfigError(
+            f"{args.run} is not an ONNX export; make one with loratune export {args.run} --format onnx --quantize "
+            "int8 --output-dir DIR, then predict with DIR (or use --backend torch)."
+        )
+    if args.device not in ("auto", "cpu") or args.precision != "auto":
+        raise ConfigError(
+            "--device and --precision choose PyTorch's model; an ONNX export runs as exported, on the CPU."
+        )
+    export = OnnxExport.open(args.run)
+    return export, export.predictor()
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -34,8 +65,7 @@ def predict_command(args: argparse.Namespace) -> int:
         raise DataError("Nothing to predict; pass --text 'some text' (repeatable) or --input FILE.")
     shown = total > PREDICT_PROGRESS_ROWS
     announce(f"loading {args.run} to predict {total:,} texts", shown)
-    run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
-    predictor = run.predictor(device=args.device, precision=args.precision)
+    run, predictor = _open_predictor(args)
     predictor.at_least_one = args.at_least_one
 
     def chunks() -> Iterator[tuple[list[str], list[dict[str, Any]]]]:

@@ -100,6 +100,18 @@ def export_run(
             transformers lacks; an adapter export of a run without an adapter).
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    _check_exportable(run, adapter_only)
+    write = _write_adapter if adapter_only else _write_merged
+    return save_export(run, output_dir, overwrite, lambda folder: write(run, folder, Path(output_dir).name))
+
+
+def save_export(run: RunFolder, output_dir: str | Path, overwrite: bool, write: Any) -> Path:
+    """Check that `output_dir` may be written (`runs.destination.check_destination`, before any model loads), then
+    `write(folder)` into a temporary folder beside it, marked as an export and renamed into place.
+
+    Raises:
+        RunError: for an `output_dir` that may not be written.
+    """
     output_dir = Path(output_dir)
     inputs = {"the run folder": run.run_dir, **run_inputs(run.config)}
     check_destination(output_dir, "--output-dir", "export", inputs, overwrite)
@@ -107,11 +119,9 @@ def export_run(
     problem = writable_problem(output_dir.resolve().parent, f"--output-dir {output_dir}")
     if problem:
         raise RunError(problem + ".")
-    _check_exportable(run, adapter_only)
-    write = _write_adapter if adapter_only else _write_merged
 
     def write_marked(folder: Path) -> None:
-        write(run, folder, output_dir.name)
+        write(folder)
         _mark_export(run, folder)
 
     files.save_directory(output_dir, write_marked)
