@@ -1,7 +1,8 @@
 """loratune: LoRA fine-tuning of Hugging Face text classifiers, measured before and after.
 
 The public API: `load_config`, `run` (train and measure; returns the run folder), `load_run` (open a finished run
-folder: scores, `predict`, `predictor`), `evaluate_run` (score a run again, or on other data), `export_run`.
+folder: scores, `predict`, `predictor`), `evaluate_run` (score a run again, or on other data), `export_run`,
+`export_onnx` (an ONNX graph, int8 optional, checked) and `load_onnx` (open one to predict on ONNX Runtime).
 """
 
 from loratune.config import Config, load_config
@@ -18,8 +19,10 @@ __all__ = [
     "RunError",
     "RunFolder",
     "evaluate_run",
+    "export_onnx",
     "export_run",
     "load_config",
+    "load_onnx",
     "load_run",
     "run",
 ]
@@ -32,6 +35,8 @@ _LAZY = {
     "Predictor": "loratune.inference.predictor",
     "evaluate_run": "loratune.scoring.evaluation",
     "export_run": "loratune.export.plain",
+    "export_onnx": "loratune.export.onnx_export",
+    "load_onnx": "loratune.export.onnx_folder",
 }
 
 

@@ -142,6 +142,7 @@ def test_cli_predict_runs_an_export_on_onnx_runtime_with_predicts_answers(lora_r
 def test_cli_mistakes_get_one_line_and_exit_2(lora_runs, tmp_path, capsys, argv, message):
     onnx = tmp_path / "onnx"
     export_onnx(lora_runs[0], onnx)
+    capsys.readouterr()  # the export's own progress
     before = sorted(p.name for p in onnx.iterdir())
     values = {"run": str(lora_runs[0]), "onnx": str(onnx), "new": str(tmp_path / "new")}
     assert main([a.format(**values) for a in argv]) == 2

@@ -223,3 +223,31 @@ def test_the_batches_chosen_cost_least_of_every_split_in_length_order(overhead, 
     ]
     chosen = cheapest_batches(lengths, overhead, 10_000, 64, adapters, per_adapter)
     assert cost(chosen) == pytest.approx(min(cost(split) for split in splits))
+
+
+def test_an_onnx_export_is_served_on_onnx_runtime_beside_pytorch_runs(lora_runs, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (CI installs it)")
+    from loratune.export.onnx_export import export_onnx
+    from loratune.export.onnx_folder import OnnxExport
+
+    export_onnx(lora_runs[1], tmp_path / "onnx")
+    groups = load_groups([("a", lora_runs[0]), ("b", tmp_path / "onnx")], device="cpu")
+    assert len(groups) == 2  # an export has a session of its own
+    adapters = {a.name: a for g in groups for a in g.adapters}
+    assert isinstance(adapters["b"].run, OnnxExport) and adapters["b"].describe()["dtype"] == "fp32"
+    results, _ = _score_together(groups, [("a", TEXTS), ("b", TEXTS)])
+    np.testing.assert_allclose(adapters["b"].probabilities(results[1]), predicted(lora_runs[1], TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("backend", "folder", "message"),
+    [("torch", "onnx", "is an ONNX export"), ("onnx", "run", "is not an ONNX export")],
+)
+def test_a_folder_the_backend_cannot_run_is_refused(lora_runs, tmp_path, backend, folder, message):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (CI installs it)")
+    from loratune.export.onnx_export import export_onnx
+
+    export_onnx(lora_runs[0], tmp_path / "onnx")
+    path = tmp_path / "onnx" if folder == "onnx" else lora_runs[0]
+    with pytest.raises(ConfigError, match=message):
+        load_groups([("x", path)], device="cpu", backend=backend)

@@ -138,12 +138,16 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     )
     predict.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_precision(predict)
-    predict.add_argument(
+    _add_backend(predict, "predict")
+
+
+def _add_backend(command: argparse.ArgumentParser, verb: str) -> None:
+    command.add_argument(
         "--backend",
         choices=("auto", "torch", "onnx"),
         default="auto",
-        help="torch: the run folder's model in PyTorch; onnx: an ONNX export folder (loratune export RUN --format "
-        "onnx) on ONNX Runtime; auto: onnx for an ONNX export folder, torch for a run folder.",
+        help=f"torch: {verb} with a run folder's model in PyTorch; onnx: with an ONNX export (loratune export RUN "
+        "--format onnx) on ONNX Runtime; auto: each folder for what it is.",
     )
 
 
@@ -217,7 +221,7 @@ _SERVE_LIMITS = {
 
 def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
-        "runs", nargs="*", metavar="RUN", help="Finished run folders, each served under its folder's name."
+        "runs", nargs="*", metavar="RUN", help="Finished run folders or ONNX exports, each served under its name."
     )
     serve.add_argument(
         "--name", action="append", default=[], metavar="NAME=RUN", help="A run served under NAME (repeatable)."
@@ -231,8 +235,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         default="auto",
         choices=PRECISIONS,
         help="As for predict: auto is each run's own precision where this CPU or GPU runs it fast. The answers are "
-        "predict's at the same precision, except bf16 adapters sharing a base (see docs/serving.md).",
+        "predict's at the same precision, except in bf16 a text batched with others of other lengths may round "
+        "differently (see docs/serving.md).",
     )
+    _add_backend(serve, "serve")
     serve.add_argument(
         "--api-key", default=None, help="Require `Authorization: Bearer KEY` on every route but /health."
     )

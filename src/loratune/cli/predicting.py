@@ -15,41 +15,28 @@ from loratune.errors import ConfigError, DataError
 from loratune.model import hardware
 from loratune.progress import Progress, announce
 from loratune.runs.destination import check_destination
-from loratune.runs.folder import RunFolder
 
 # More texts than this and predicting shows its progress.
 PREDICT_PROGRESS_ROWS = 500
 
 
 def _open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(the run folder or ONNX export, its predictor) for `--backend`.
+    """(the run folder or ONNX export, its predictor) for `--backend` (see `export.onnx_folder.open_scorer`).
 
     Raises:
         ConfigError: for a backend the folder cannot run, or PyTorch options given to ONNX Runtime.
         RunError: for a damaged folder.
     """
-    from loratune.export.onnx_folder import OnnxExport, is_onnx_export
+    from loratune.export.onnx_folder import OnnxExport, open_scorer
 
-    exported = is_onnx_export(args.run)
-    backend = args.backend if args.backend != "auto" else ("onnx" if exported else "torch")
-    if backend == "torch":
-        if exported:
-            raise ConfigError(
-                f"{args.run} is an ONNX export; predict with --backend onnx, or give its run folder for torch."
-            )
-        run = RunFolder.open(args.run, trust_unverified=args.trust_unverified)
-        return run, run.predictor(device=args.device, precision=args.precision)
-    if not exported:
-        raise ConfigError(
-            f"{args.run} is not an ONNX export; make one with loratune export {args.run} --format onnx --quantize "
-            "int8 --output-dir DIR, then predict with DIR (or use --backend torch)."
-        )
+    source = open_scorer(args.run, args.backend, args.trust_unverified)
+    if not isinstance(source, OnnxExport):
+        return source, source.predictor(device=args.device, precision=args.precision)
     if args.device not in ("auto", "cpu") or args.precision != "auto":
         raise ConfigError(
             "--device and --precision choose PyTorch's model; an ONNX export runs as exported, on the CPU."
         )
-    export = OnnxExport.open(args.run)
-    return export, export.predictor()
+    return source, source.predictor()
 
 
 def predict_command(args: argparse.Namespace) -> int:

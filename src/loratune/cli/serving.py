@@ -70,4 +70,5 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         auto_truncate=args.auto_truncate,
         api_key=args.api_key,
         drain_timeout_s=args.drain_timeout,
+        backend=args.backend,
     )

@@ -149,7 +149,7 @@ _DECIDE = {
     "single": 'labels = [meta["labels"][i] for i in logits.argmax(axis=1)]',
     "multi": (
         "probs = 1 / (1 + np.exp(-logits))\n"
-        'labels = [[l for l, p, t in zip(meta["labels"], row, meta["thresholds"]) if p >= t] for row in probs]'
+        'labels = [[meta["labels"][i] for i in np.argsort(-row) if row[i] >= meta["thresholds"][i]] for row in probs]'
     ),
 }
 _ACTIVATION = {

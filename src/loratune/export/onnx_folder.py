@@ -1,6 +1,6 @@
 """Scoring with ONNX Runtime: an ONNX export folder (`loratune export --format onnx`) opened and checked, and its
 graph behind the interface the PyTorch scoring loop calls, so `loratune predict` and `serve` batch, decide and
-answer exactly as they do for a run folder."""
+answer exactly as they do for a run folder (`open_scorer` picks one or the other by `--backend`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loratune.errors import RunError
+from loratune.errors import ConfigError, RunError
 from loratune.export.onnx_graph import require_onnx
 from loratune.runs import files
 from loratune.runs.integrity import sha256_file
@@ -20,6 +20,27 @@ from loratune.task import task_of
 
 EXPORT_FILE = "export.json"  # what the export holds and how it scored (`export.onnx_export`)
 ONNX_FORMAT = "onnx"
+
+
+def open_scorer(path: str | Path, backend: str = "auto", trust_unverified: bool = False) -> Any:
+    """A run folder (`RunFolder`, scored by PyTorch) or an ONNX export (`OnnxExport`, by ONNX Runtime), as
+    `backend` asks: auto takes the folder for what it is.
+
+    Raises:
+        ConfigError: for a backend the folder cannot run.
+        RunError: for a damaged folder.
+    """
+    from loratune.runs.folder import RunFolder
+
+    exported = is_onnx_export(path)
+    if backend == "torch" and exported:
+        raise ConfigError(f"{path} is an ONNX export; use --backend onnx (or auto), or give its run folder for torch.")
+    if backend == "onnx" and not exported:
+        raise ConfigError(
+            f"{path} is not an ONNX export; make one with loratune export {path} --format onnx --quantize int8 "
+            "--output-dir DIR and give DIR (or use --backend torch)."
+        )
+    return OnnxExport.open(path) if exported else RunFolder.open(path, trust_unverified=trust_unverified)
 
 
 def is_onnx_export(folder: str | Path) -> bool:
@@ -41,15 +62,13 @@ class OnnxClassifier(torch.nn.Module):
     unchanged: the batches, their order and the progress are then the ones `loratune evaluate` makes.
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__()
         require_onnx()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         # Where `predict_logits` looks for the device to move batches to: ONNX Runtime reads CPU arrays.
@@ -76,9 +95,15 @@ class OnnxExport:
 
     def __init__(self, folder: Path, record: dict[str, Any]) -> None:
         from loratune.config import load_config
+        from loratune.formatting import short_name
+        from loratune.model.methods import method_of
 
-        self.folder, self.record = folder, record
+        self.folder = self.run_dir = folder
+        self.record = record
         self.config = load_config(str(folder / files.CONFIG_FILE))
+        self.method = method_of(self.config.lora.method)
+        self.model_name = f"{short_name(self.config.model.name_or_path)} (ONNX)"
+        self.precision = record["default_precision"]
         self.labels: list[str] = list(record["labels"])
         self.task = task_of(record["task"])
         self.thresholds: list[float] | None = record.get("thresholds")
@@ -128,3 +153,9 @@ class OnnxExport:
         from loratune.inference.predictor import Predictor
 
         return Predictor(self.model(name), self)
+
+
+def load_onnx(folder: str | Path) -> OnnxExport:
+    """Open an ONNX export to predict with (`load_onnx(DIR).predictor().predict(texts)`), checked as `OnnxExport.open`
+    checks it."""
+    return OnnxExport.open(folder)

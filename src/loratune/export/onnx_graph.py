@@ -129,8 +129,6 @@ def quantize_graph(source: Path, target: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(
-            str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra
-        )
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra)
     finally:
         root.setLevel(level)

@@ -16,6 +16,7 @@ import torch
 
 from loratune.data.batches import MODEL_INPUTS, bounded_columns
 from loratune.errors import ConfigError, RunError
+from loratune.export.onnx_folder import OnnxExport, open_scorer
 from loratune.model import hardware
 from loratune.model.names import resolve_model_name
 from loratune.quiet import peft_warnings_hidden
@@ -32,14 +33,14 @@ class ServedAdapter:
 
     Attributes:
         name: what requests call it (`"adapter"` in `/predict`, `"model"` in `/v1/classify`).
-        run: its run folder.
+        run: its run folder, or its ONNX export (scored by ONNX Runtime).
         group: the model in memory that scores it.
         peft_name: its name among the runs sharing a base (the key of its merged model, or its adapter's name in
             PEFT's shared model); None where it has a model to itself.
     """
 
     name: str
-    run: RunFolder
+    run: RunFolder | OnnxExport
     group: ModelGroup | None = field(default=None, repr=False)
     peft_name: str | None = None
 
@@ -191,10 +192,12 @@ def name_runs(runs: list[str], named: list[str]) -> list[tuple[str, Path]]:
     return pairs
 
 
-def _group_key(run: RunFolder, device: str, precision: str) -> tuple:
+def _group_key(run: Any, device: str, precision: str) -> tuple:
     """Runs with equal keys can share one base model: same base weights, method, pooling, padding and dtype (their
     heads may classify into different numbers of labels). A method that saves a whole model or a head (full, head,
-    none) keys on its own folder."""
+    none), and an ONNX export, key on their own folder."""
+    if isinstance(run, OnnxExport):
+        return ("onnx", str(run.folder.resolve()), run.precision)
     cfg = run.config
     dtype = hardware.inference_precision(precision, device, cfg.train.precision)
     if not run.method.adapter:
@@ -204,16 +207,25 @@ def _group_key(run: RunFolder, device: str, precision: str) -> tuple:
 
 
 def load_groups(
-    pairs: list[tuple[str, Path]], device: str = "auto", precision: str = "auto", trust_unverified: bool = False
+    pairs: list[tuple[str, Path]],
+    device: str = "auto",
+    precision: str = "auto",
+    trust_unverified: bool = False,
+    backend: str = "auto",
 ) -> list[ModelGroup]:
-    """Every run folder opened and checked before any model loads, then one model per group of runs that can share
-    a base (see `_group_key`).
+    """Every run folder (or ONNX export, per `backend`: `export.onnx_folder.open_scorer`) opened and checked before
+    any model loads, then one model per group of runs that can share a base (see `_group_key`).
 
     Raises:
+        ConfigError: for a folder `backend` cannot run.
         RunError: naming the first folder that is missing, unfinished, damaged or lacks its thresholds.
     """
+    runs = [(name, open_scorer(path, backend, trust_unverified)) for name, path in pairs]
+    if any(isinstance(run, OnnxExport) for _, run in runs) and (device not in ("auto", "cpu") or precision != "auto"):
+        raise ConfigError(
+            "--device and --precision choose PyTorch's models; an ONNX export runs as exported, on the CPU."
+        )
     device = hardware.resolve_device(device)
-    runs = [(name, RunFolder.open(path, trust_unverified=trust_unverified)) for name, path in pairs]
     for _, run in runs:
         if run.task.needs_thresholds and run.thresholds is None:
             raise RunError(f"{run.run_dir} is a multi-label run without its thresholds; rerun training.")
@@ -226,6 +238,8 @@ def load_groups(
 def _load_group(key: tuple, adapters: list[ServedAdapter], device: str, precision: str) -> ModelGroup:
     first = adapters[0].run
     dtype = key[-1]
+    if isinstance(first, OnnxExport):  # an ONNX Runtime session of its own
+        return ModelGroup(first.model(), adapters, "cpu", dtype)
     if len(adapters) == 1:
         return ModelGroup(first.inference_model(device, precision), adapters, device, dtype)
     merged = _merged_copies(adapters, device, dtype)

@@ -18,3 +18,4 @@ class ServeOptions:
     auto_truncate: bool = True
     api_key: str | None = None
     drain_timeout_s: float = 30.0
+    backend: str = "auto"  # torch, onnx, or auto: each folder for what it is (a run folder or an ONNX export)

@@ -33,7 +33,7 @@ def load_state(
     """
     pairs = name_runs(runs, named)
     announce(f"loading {len(pairs)} run{'s' * (len(pairs) != 1)}")
-    groups = load_groups(pairs, device, precision, trust_unverified)
+    groups = load_groups(pairs, device, precision, trust_unverified, options.backend)
     for group in groups:
         _warm_up(group)
     return ServerState(groups, options)
