@@ -36,6 +36,7 @@ LAYERS = [
     {"runs"},
     {"export", "report", "serving"},
     {"training"},
+    {"tuning"},
     {"cli", "__init__", "__main__"},
 ]
 

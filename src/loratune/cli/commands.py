@@ -129,6 +129,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from loratune.tuning.study import TuneOptions, require_optuna, tune
+
+    options = TuneOptions(
+        output_dir=Path(args.tune_dir),
+        n_trials=args.n_trials,
+        timeout_s=args.timeout,
+        metric=args.metric,
+        space_file=args.space,
+        storage=args.storage,
+        resume=args.resume,
+        pruner=args.pruner,
+        keep_all=args.keep_all,
+        max_epochs=args.max_epochs,
+    )
+    options.check()  # before the data or a model loads
+    require_optuna()
+    summary = tune(_config_from_args(args), options)
+    counts = summary["counts"]
+    print(f"{counts['COMPLETE']} trials finished, {counts['PRUNED']} pruned, {counts['FAIL']} failed")
+    if "best" in summary:
+        best, defaults = summary["best"], summary["defaults"]
+        test = defaults.get("test", {}).get("f1")
+        print(
+            f"best: trial {best['number']}, validation {summary['metric']} {best['validation']:.4f} (defaults "
+            f"{_maybe(defaults['validation'])}); test f1 {best['test']['f1']:.4f} (defaults {_maybe(test)})"
+        )
+        print(f"its config: {args.tune_dir}/best_config.yaml; the page: {args.tune_dir}/tune.html")
+    return 0
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     from loratune.data.checks import SPLITS, check_strict, compute_data_checks, format_block
     from loratune.data.splits import load_texts

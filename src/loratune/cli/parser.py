@@ -173,6 +173,22 @@ def _compare_arguments(compare: argparse.ArgumentParser) -> None:
     _add_config_flags(compare, skip={"train.output_dir", "train.overwrite", "lora.method"})
 
 
+def _tune_arguments(tune: argparse.ArgumentParser) -> None:
+    tune.add_argument("--output-dir", dest="tune_dir", required=True, help="Folder for the study and its results.")
+    tune.add_argument("--n-trials", type=int, default=20, help="Finished or pruned trials to run (default 20).")
+    tune.add_argument("--timeout", type=float, help="Stop starting trials after this many seconds.")
+    tune.add_argument("--metric", default="f1", help="Validation score to optimise: f1 (macro), accuracy or loss.")
+    tune.add_argument("--max-epochs", type=int, help="Epochs a trial may run at most (default: train.num_epochs).")
+    tune.add_argument("--space", help="YAML file of ranges replacing the method's (see docs/tuning.md).")
+    tune.add_argument(
+        "--storage", help="Optuna storage URL shared by several processes (default: SQLite in --output-dir)."
+    )
+    tune.add_argument("--resume", action="store_true", help="Continue a study a crash or a kill interrupted.")
+    tune.add_argument("--pruner", default="median", help="median (default), hyperband or none.")
+    tune.add_argument("--keep-all", action="store_true", help="Keep every trial's run folder, not only the best.")
+    _add_config_flags(tune, skip={"train.output_dir", "train.overwrite"})
+
+
 def _check_data_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--output", help="Write the checks as JSON here.")
     check.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
@@ -275,6 +291,11 @@ _COMMANDS = {
         "Train several methods on the same data and compare them in one table.",
         _compare_arguments,
         commands.cmd_compare,
+    ),
+    "tune": (
+        "Search a method's settings with Optuna (pruning, resumable, shareable storage); the best trained again.",
+        _tune_arguments,
+        commands.cmd_tune,
     ),
     "check-data": (
         "Check a dataset's files (duplicates, shared texts, conflicting labels) without a model.",

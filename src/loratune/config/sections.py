@@ -70,6 +70,13 @@ class DataArgs:
         default=None, metadata=_help("Use at most this many validation and test rows each (seeded subsample).")
     )
     max_length: int = field(default=128, metadata=_help("Tokens per text (pair); longer texts are truncated."))
+    eval_split: str = field(
+        default="test",
+        metadata=_help(
+            "The split 'before' and 'after' are measured on: test, or validation (what `loratune tune` trials "
+            "use, so that the test split is scored only for the configuration chosen)."
+        ),
+    )
     merge_label_case: bool = field(
         default=False,
         metadata=_help(
@@ -89,6 +96,8 @@ class DataArgs:
     def __post_init__(self) -> None:
         check_numbers("data", self)
         check_setting(self.task, self.label_columns)
+        if self.eval_split not in ("test", "validation"):
+            raise ConfigError(f"data.eval_split must be test or validation, got {self.eval_split!r}.")
         if not self.label_separator.strip():
             raise ConfigError(f"data.label_separator must be visible, such as '|', got {self.label_separator!r}.")
         if self.label_columns is not None:

@@ -105,7 +105,13 @@ def load_splits(args: DataArgs, seed: int = 42) -> Splits:
     validation = _subsample(raw["validation"], args.max_eval_samples, seed)
     test = _subsample(raw["test"], args.max_eval_samples, seed)
     return Splits(
-        train=train, validation=validation, test=test, labels=labels, has_test=True, dropped=dropped, task=task
+        train=train,
+        validation=validation,
+        test=test,
+        labels=labels,
+        has_test=args.eval_split == "test",
+        dropped=dropped,
+        task=task,
     )
 
 

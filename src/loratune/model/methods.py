@@ -42,6 +42,7 @@ class Method:
         shares_base_in_batch: several runs of it on one base model can answer one mixed batch (PEFT's
             `adapter_names`, which plain LoRA supports, and DoRA, IA3 and a RoBERTa head in `modules_to_save`
             do not).
+        tuned: the settings of its own `loratune tune` searches, besides the learning rate and the schedule.
     """
 
     name: str
@@ -54,6 +55,7 @@ class Method:
     trainable_share: float = ADAPTER_SHARE
     adapter: bool = False
     shares_base_in_batch: bool = False
+    tuned: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -267,6 +269,8 @@ def _ia3_targets(model: Any, head: list[str]) -> list[str]:
 # so that the methods differ in how the encoder adapts and not in how fast the head learns (docs/comparing.md).
 FULL_HEAD_LEARNING_RATE = 2e-3
 
+# What `loratune tune` searches for a low-rank adapter: its rank, alpha as a multiple of the rank, its dropout.
+RANK_SETTINGS = ("lora.r", "lora.alpha_per_r", "lora.lora_dropout")
 # Learning rates: adapters start from zero (or one, for IA3) and need a larger step than full fine-tuning, which
 # moves pretrained weights directly (measurements: docs/comparing.md and docs/configuration.md).
 METHODS: dict[str, Method] = {
@@ -274,11 +278,11 @@ METHODS: dict[str, Method] = {
     for m in (
         PeftAdapter(
             "lora", "LoRA", 2e-3, saved_in="adapter", adapter=True, shares_base_in_batch=True,
-            peft_config=_lora_config, default_targets=attention_targets,
+            peft_config=_lora_config, default_targets=attention_targets, tuned=RANK_SETTINGS,
         ),
         PeftAdapter(
             "dora", "DoRA", 2e-3, saved_in="adapter", adapter=True,
-            peft_config=_dora_config, default_targets=attention_targets,
+            peft_config=_dora_config, default_targets=attention_targets, tuned=RANK_SETTINGS,
         ),
         PeftAdapter(
             "ia3", "IA3", 5e-3, saved_in="adapter", adapter=True, peft_config=_ia3_config, default_targets=_ia3_targets

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from loratune.quiet import quiet_libraries
 from loratune.runs import files, weights
 from loratune.runs.folder import RunFolder
 from loratune.runs.lock import run_lock
+from loratune.schema import EpochRecord
 from loratune.training import movement, preflight
 from loratune.training.after import evaluate_after, evaluate_before, examine, scoring_loaders
 from loratune.training.checkpoint import verify_checkpoint
@@ -43,12 +45,14 @@ from loratune.training.summary import save_results, summarise
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, resume: bool = False) -> RunFolder:
+def run(cfg: Config, resume: bool = False, on_epoch_end: Callable[[EpochRecord], None] | None = None) -> RunFolder:
     """Evaluate before, train, evaluate after, and write the run folder.
 
     Args:
         cfg: a validated config (see `load_config`).
         resume: continue the unfinished run in `cfg.train.output_dir` from its last end-of-epoch checkpoint.
+        on_epoch_end: called with each epoch's record, validation scores included (`loratune tune` prunes with
+            it; an exception it raises stops the run).
 
     Returns:
         The finished run folder.
@@ -57,6 +61,7 @@ def run(cfg: Config, resume: bool = False) -> RunFolder:
         LoratuneError: subclasses for bad data, models or settings, before anything slow where possible.
     """
     state = RunState.start(cfg, resume)
+    state.on_epoch_end = on_epoch_end
     with contextlib.ExitStack() as scope:
         scope.enter_context(quiet_libraries())
         state.splits = preflight.check_training(cfg, state.output_dir)  # data, output, max_length: before the model
@@ -225,7 +230,7 @@ def _train(state: RunState, model: Any, built: BuiltModel) -> LoopState | None:
         task=state.splits.task,
         pad_token_id=built.tokenizer.pad_token_id,
         checkpoint_dir=state.run_dir,
-        on_epoch_end=lambda record: accelerator.log(dataclasses.asdict(record), step=record.epoch),
+        on_epoch_end=lambda record: _epoch_ended(state, record),
         class_weights=state.class_weights,
         head_modules=built.head_modules,
     )
@@ -235,6 +240,12 @@ def _train(state: RunState, model: Any, built: BuiltModel) -> LoopState | None:
     steps = optimizer_steps(len(job.train_ds), state.cfg.train) * loop.epoch // state.cfg.train.num_epochs
     movement.check_trained(accelerator.unwrap_model(model), start, built.head_modules, steps)
     return loop
+
+
+def _epoch_ended(state: RunState, record: EpochRecord) -> None:
+    state.accelerator.log(dataclasses.asdict(record), step=record.epoch)
+    if state.on_epoch_end is not None:
+        state.on_epoch_end(record)
 
 
 def _save_model(state: RunState, model: Any, built: BuiltModel) -> None:

@@ -32,6 +32,7 @@ class RunState:
     tokenised: dict[str, Any] = field(default_factory=dict)  # split name -> tokenised dataset
     truncated: dict[str, int] = field(default_factory=dict)  # split name -> texts cut to max_length
     class_weights: np.ndarray | None = None
+    on_epoch_end: Any = None  # the caller's hook for each epoch's record (`recipe.run`)
 
     @classmethod
     def start(cls, cfg: Config, resume: bool) -> RunState:

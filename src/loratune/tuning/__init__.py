@@ -1,0 +1,1 @@
+"""Hyperparameter search: `loratune tune` on Optuna (`study`), its search spaces (`space`) and its outputs."""
