@@ -79,6 +79,7 @@ def test_notebook_runs_top_to_bottom_on_sst2(tmp_path, monkeypatch):
             "EPOCHS": 1,
             "OUTPUT_DIR": str(out),
             "METHODS": METHODS,
+            "TUNE_TRIALS": 3,
         },
     )
     check = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel runs {{sys.executable}}, not this environment'"
@@ -91,6 +92,7 @@ def test_notebook_runs_top_to_bottom_on_sst2(tmp_path, monkeypatch):
         nbformat.write(nb, tmp_path / "executed.ipynb")
 
     assert (out / "lora" / "COMPLETE").exists()
+    assert (out / "tune" / "best" / "COMPLETE").exists() and (out / "tune" / "tune.html").exists()
     rows = json.loads((out / "compare" / "comparison.json").read_text())
     assert [row["method"] for row in rows] == METHODS  # a method that failed in its child process is left out
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]

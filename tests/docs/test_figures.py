@@ -35,6 +35,9 @@ ALLOWED = {
     ("docs/distributed.md", "gradient_clipping: 1.0"),
     ("docs/distributed.md", "10.0.0.1"),
     ("docs/onnx.md", "transformers older than 4.58"),
+    ("docs/tuning.md", "warmup (0 to 0.2 of the steps), weight decay (0 to 0.1)"),
+    ("docs/tuning.md", "{low: 1.0e-4, high: 3.0e-3, log: true}"),
+    ("docs/tuning.md", "dropout (0 to 0.2)"),
 }
 # a decimal, or a count with a unit of time, size, speed or share
 MEASURED = re.compile(

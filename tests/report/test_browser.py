@@ -263,3 +263,19 @@ def test_the_checks_see_a_broken_word_and_a_table_that_scrolls(browser, tmp_path
     found = browser.open(page, WIDE)
     assert "admiration" in found["broken_words"]
     assert len(found["scrolling"]) == 1
+
+
+@pytest.mark.parametrize("device", ["phone", "desktop"])
+def test_the_tune_page_renders_its_plots_and_tables(browser, tiny_bert, data_dir, tmp_path, device):
+    pytest.importorskip("optuna", reason="the tune extra (CI installs it)")
+    from conftest import tiny_config
+
+    from loratune.tuning.study import TuneOptions, tune
+
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "unused", train__num_epochs=2)
+    tune(cfg, TuneOptions(output_dir=tmp_path / "study", n_trials=4))
+    made = len(list((tmp_path / "study").glob("tune_*.png")))
+    found = browser.open(tmp_path / "study" / "tune.html", PHONE if device == "phone" else DESKTOP)
+    assert made >= 3 and found["images"] == made and found["decoded"] == made
+    assert found["tables"] == 2 and found["overflow_px"] <= 0
+    keep_screenshot(browser.screenshot(tmp_path / f"tune-{device}.png"))

@@ -35,13 +35,13 @@ def test_a_study_tries_the_defaults_first_prunes_and_leaves_a_config_that_reprod
     summary = tune(cfg, options)
     rows = trials(tmp_path / "study")
     assert sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) == 6
-    space = search_space(cfg, 3)
+    space = search_space(cfg, 3)  # with a pruner, every trial gets the same epochs and the pruner cuts them
     first = {k.removeprefix("param "): v for k, v in rows[0].items() if k.startswith("param ")}
     assert first == {k: str(v) for k, v in default_point(cfg, space).items()}
     assert summary["best"]["validation"] >= float(rows[0]["value"])  # never worse than not tuning
     for row in rows:
         epochs = row["epoch values"].split()
-        assert (len(epochs) < int(float(row["param train.num_epochs"]))) == (row["state"] == "PRUNED"), row
+        assert (len(epochs) < 3) == (row["state"] == "PRUNED"), row
     assert not (tmp_path / "study" / "trials").exists() or not any((tmp_path / "study" / "trials").iterdir())
     # the best configuration, trained again from its YAML, gives the best trial's validation score
     best = load_config(str(tmp_path / "study" / "best_config.yaml"))
@@ -111,13 +111,26 @@ def test_two_processes_on_one_storage_share_the_trials(tiny_bert, data_dir, tmp_
         (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot be opened"),
         (["--space", "{bad_key}"], "is not a config key"),
         (["--space", "{empty}"], "is empty"),
+        (["--n-trials", "1"], "holds a study already; continue it with --resume"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tiny_bert, data_dir, tmp_path, capsys, extra, message):
     (tmp_path / "bad.yaml").write_text("train.learning_rat: [0.001]\n")
     (tmp_path / "empty.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.001}\n")
     paths = {"bad_key": tmp_path / "bad.yaml", "empty": tmp_path / "empty.yaml"}
+    if "1" in extra:  # a folder that holds a study
+        (tmp_path / "study").mkdir()
+        (tmp_path / "study" / "study.db").write_bytes(b"")
     argv = _cli(tiny_bert, data_dir, tmp_path / "study", *[a.format(**paths) for a in extra])[3:]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and message in err, err
+
+
+def test_epochs_are_searched_only_without_a_pruner(tiny_bert, data_dir, tmp_path):
+    cfg = tiny_config(tiny_bert, data_dir, tmp_path / "unused")
+    assert "train.num_epochs" not in search_space(cfg, 3)
+    assert search_space(cfg, 3, epochs_searched=True)["train.num_epochs"].high == 3
+    (tmp_path / "space.yaml").write_text("lora.r: [16, 64]\ntrain.weight_decay: null\n")
+    space = search_space(cfg, 3, tmp_path / "space.yaml")
+    assert space["lora.r"].choices == (16, 64) and "train.weight_decay" not in space

@@ -75,14 +75,20 @@ def method_space(cfg: Config) -> dict[str, Param]:
     }
 
 
-def search_space(cfg: Config, max_epochs: int, space_file: str | Path | None = None) -> dict[str, Param]:
-    """The method's table, epochs 1..`max_epochs`, then the file's entries over it.
+def search_space(
+    cfg: Config, max_epochs: int, space_file: str | Path | None = None, epochs_searched: bool = False
+) -> dict[str, Param]:
+    """The method's table, epochs 1..`max_epochs` when `epochs_searched`, then the file's entries over it.
+
+    Epochs are searched only without a pruner: with one, every trial runs the same schedule and the pruner decides
+    how many epochs it gets (a 1-epoch trial's first epoch ends its learning-rate decay, a 2-epoch trial's is
+    halfway, and the pruner would compare the two as equals).
 
     Raises:
         ConfigError: for a method that trains nothing, an unknown key, a malformed or empty range.
     """
     space = method_space(cfg)
-    if max_epochs > 1:
+    if epochs_searched and max_epochs > 1:
         space["train.num_epochs"] = Param(1, max_epochs, integer=True)
     if space_file is not None:
         raw = read_yaml(Path(space_file))

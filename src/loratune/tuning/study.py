@@ -9,6 +9,7 @@ and targets are model settings; Optuna's samplers, pruners and storages are used
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -70,10 +71,14 @@ def open_study(cfg: Config, options: TuneOptions) -> Any:
     """The study in its storage, created (the defaults enqueued as its first trial) or joined.
 
     Raises:
-        ConfigError: for a storage that cannot be reached, or a new study's folder already holding one.
+        ConfigError: for a storage that cannot be opened, or an output folder holding a study without --resume.
     """
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if options.storage is None and (options.output_dir / "study.db").exists() and not options.resume:
+        raise ConfigError(
+            f"{options.output_dir} holds a study already; continue it with --resume, or choose another --output-dir."
+        )
     options.output_dir.mkdir(parents=True, exist_ok=True)
     storage = options.storage or f"sqlite:///{(options.output_dir / 'study.db').resolve()}"
     pruner = {
@@ -110,7 +115,7 @@ def tune(cfg: Config, options: TuneOptions) -> dict[str, Any]:
     options.check()
     max_epochs = options.max_epochs or cfg.train.num_epochs
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_epochs=max_epochs))
-    space = search_space(cfg, max_epochs, options.space_file)
+    space = search_space(cfg, max_epochs, options.space_file, epochs_searched=options.pruner == "none")
     optuna = require_optuna()
     study = open_study(cfg, options)
     if not study.trials:
@@ -128,8 +133,10 @@ def tune(cfg: Config, options: TuneOptions) -> dict[str, Any]:
             catch=(LoratuneError, RuntimeError, ValueError),
             callbacks=[objective.progress],
         )
-    summary = write_outputs(study, cfg, space, options, time.perf_counter() - started)
-    return summary
+    trials = options.output_dir / TRIALS_DIR
+    if trials.is_dir() and not any(trials.iterdir()):
+        trials.rmdir()
+    return write_outputs(study, cfg, space, options, time.perf_counter() - started)
 
 
 def _requeue_interrupted(study: Any, optuna: Any) -> None:
@@ -186,8 +193,10 @@ class _Objective:
 
         from loratune.training.recipe import run
 
-        try:
-            run(cfg, on_epoch_end=report)
+        try:  # a trial's own lines (data checks, phases) go to trials.log: the terminal shows one line per trial
+            with (self.options.output_dir / "trials.log").open("a") as log, contextlib.redirect_stderr(log):
+                print(f"--- trial {trial.number}: {point}", file=log, flush=True)
+                run(cfg, on_epoch_end=report)
         except optuna.TrialPruned:
             trial.set_user_attr("reason", f"pruned after epoch {len(values)}")
             raise
@@ -223,4 +232,3 @@ class _Objective:
 
 class _Surplus(RuntimeError):
     """A trial begun after the study had its trials (several processes): recorded as failed, never run."""
-
