@@ -371,11 +371,13 @@ from loratune.tuning.study import TuneOptions, tune
 if TUNE_TRIALS:
     study = tune(cfg, TuneOptions(output_dir=Path(OUTPUT_DIR) / "tune", n_trials=TUNE_TRIALS, max_epochs=EPOCHS))
     best, defaults = study["best"], study["defaults"]
-    display(Markdown(
-        f"Best of {len(study['trials'])} trials: trial {best['number']}, validation macro-F1 "
-        f"{best['validation']:.3f} against the defaults' {defaults['validation']:.3f}; on test, "
-        f"{best['test']['f1']:.3f} against {defaults['test']['f1']:.3f}. Settings: {best['params']}"
-    ))""",
+    display(
+        Markdown(
+            f"Best of {len(study['trials'])} trials: trial {best['number']}, validation macro-F1 "
+            f"{best['validation']:.3f} against the defaults' {defaults['validation']:.3f}; on test, "
+            f"{best['test']['f1']:.3f} against {defaults['test']['f1']:.3f}. Settings: {best['params']}"
+        )
+    )""",
         [],
     ),
 ]

@@ -79,7 +79,7 @@ def test_notebook_runs_top_to_bottom_on_sst2(tmp_path, monkeypatch):
             "EPOCHS": 1,
             "OUTPUT_DIR": str(out),
             "METHODS": METHODS,
-            "TUNE_TRIALS": 3,
+            "TUNE_TRIALS": 2,
         },
     )
     check = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel runs {{sys.executable}}, not this environment'"

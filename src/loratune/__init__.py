@@ -2,7 +2,8 @@
 
 The public API: `load_config`, `run` (train and measure; returns the run folder), `load_run` (open a finished run
 folder: scores, `predict`, `predictor`), `evaluate_run` (score a run again, or on other data), `export_run`,
-`export_onnx` (an ONNX graph, int8 optional, checked) and `load_onnx` (open one to predict on ONNX Runtime).
+`export_onnx` (an ONNX graph, int8 optional, checked), `load_onnx` (open one to predict on ONNX Runtime) and `tune`
+(search a method's settings with Optuna).
 """
 
 from loratune.config import Config, load_config
@@ -25,6 +26,7 @@ __all__ = [
     "load_onnx",
     "load_run",
     "run",
+    "tune",
 ]
 
 # torch and transformers load only when a model is needed, so `import loratune` and config checks stay fast.
@@ -37,6 +39,7 @@ _LAZY = {
     "export_run": "loratune.export.plain",
     "export_onnx": "loratune.export.onnx_export",
     "load_onnx": "loratune.export.onnx_folder",
+    "tune": "loratune.tuning.study",
 }
 
 

@@ -98,20 +98,32 @@ def open_study(cfg: Config, options: TuneOptions) -> Any:
             )
         except Exception as error:  # SQLAlchemy's errors: a URL it cannot reach, a driver that is missing
             # Two processes creating one new storage at once: one of them meets the other's half-made tables.
-            if attempt < 2 and "UNIQUE constraint" in str(error):
+            racing = ("UNIQUE constraint", "already exists", "database is locked")
+            if attempt < 2 and any(text in str(error) for text in racing):
                 time.sleep(1.0 + attempt)
                 continue
             raise ConfigError(f"--storage {storage} cannot be opened: {str(error).splitlines()[0]}") from None
     raise AssertionError("unreachable")
 
 
-def tune(cfg: Config, options: TuneOptions) -> dict[str, Any]:
-    """Run the study to `options.n_trials` finished or pruned trials (or its timeout), then train the best
-    configuration and the defaults once more, scored on the test split. Returns the summary `tune.json` holds.
+def tune(cfg: Config, options: TuneOptions | None = None, **settings: Any) -> dict[str, Any]:
+    """Run the study to `n_trials` finished or pruned trials (or its timeout), then train the best configuration and
+    the defaults once more, scored on the test split. Returns the summary `tune.json` holds.
+
+    Example:
+        >>> loratune.tune(cfg, output_dir="runs/tune-trec", n_trials=16, max_epochs=2)["best"]["params"]
+
+    Args:
+        cfg: the config every trial starts from (its data, model, method and every setting not searched).
+        options: the study's settings; or give them as keywords (`TuneOptions`' fields, `output_dir` required).
 
     Raises:
         ConfigError: for bad options, a bad space file or an unreachable storage.
     """
+    if options is None:
+        if "output_dir" not in settings:
+            raise ConfigError("tune needs output_dir, the folder for the study and its results.")
+        options = TuneOptions(**{**settings, "output_dir": Path(settings["output_dir"])})
     options.check()
     max_epochs = options.max_epochs or cfg.train.num_epochs
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_epochs=max_epochs))
