@@ -111,7 +111,7 @@ def write_onnx(run: Any, folder: Path, quantize: str | None, force: bool, name: 
         "int8_problem": problem,
         "forced": bool(force and problem),
         "transformer_fusions": fused,
-        "files": {name: _describe(folder / name, name, default) for name in written},
+        "files": {file: _describe(folder / file, file, default) for file in written},
         "pytorch_fp32_weights_bytes": sum(p.numel() * 4 for p in model.parameters()),
         "checks": checks,
         "versions": _versions(),
