@@ -4,6 +4,7 @@ answer exactly as they do for a run folder (`open_scorer` picks one or the other
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,13 +126,11 @@ class OnnxExport:
             raise RunError(f"{folder / EXPORT_FILE} is damaged ({error}); export the run again.") from None
         return export
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        if not hasattr(self, "_tokenizer"):
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
-        return self._tokenizer
+        return AutoTokenizer.from_pretrained(str(self.folder))
 
     def model(self, name: str | None = None) -> OnnxClassifier:
         """The session on `name` (default: the export's default graph), its bytes checked first.

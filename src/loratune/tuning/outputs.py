@@ -27,7 +27,7 @@ def best_value(study: Any) -> float | None:
         return None
 
 
-def write_outputs(study: Any, cfg: Config, space: dict[str, Any], options: Any, seconds: float) -> dict[str, Any]:
+def write_outputs(study: Any, cfg: Config, options: Any, seconds: float) -> dict[str, Any]:
     """Write the study's files into `options.output_dir`; -> the summary in `tune.json`."""
     out = options.output_dir
     rows = _write_trials(study, out / "trials.csv")

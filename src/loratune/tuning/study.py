@@ -148,7 +148,7 @@ def tune(cfg: Config, options: TuneOptions | None = None, **settings: Any) -> di
     trials = options.output_dir / TRIALS_DIR
     if trials.is_dir() and not any(trials.iterdir()):
         trials.rmdir()
-    return write_outputs(study, cfg, space, options, time.perf_counter() - started)
+    return write_outputs(study, cfg, options, time.perf_counter() - started)
 
 
 def _requeue_interrupted(study: Any, optuna: Any) -> None:
@@ -167,7 +167,6 @@ class _Objective:
 
     def __init__(self, cfg: Config, space: dict[str, Param], options: TuneOptions, study: Any) -> None:
         self.cfg, self.space, self.options, self.study = cfg, space, options, study
-        self.direction = METRICS[options.metric]
         self.started = time.perf_counter()
         self.done_before = self.counted()  # trials an earlier process finished (resume)
 
